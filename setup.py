@@ -1,0 +1,51 @@
+"""Packaging of std_daq_service: one package, a console script per service and one CLI."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_namespace_packages, setup
+
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', Path("std_daq_service/__init__.py").read_text()
+).group(1)
+
+setup(
+    name="std_daq_service",
+    version=VERSION,
+    description="Live data acquisition for the PANOSETI telescope: PFF tailing, ZMQ streams, HDF5 files",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_namespace_packages(include=["std_daq_service", "std_daq_service.*"]),
+    package_data={"": ["*.pff", "*.json", "*.md", "recording_ended"]},
+    install_requires=[
+        "numpy>=1.24",
+        "pydantic>=2.5",
+        "pyzmq>=25",
+        "orjson>=3.9",
+        "pika>=1.3",
+        "redis>=4.5",
+        "h5py>=3.8",
+        "hdf5plugin>=4.1",
+        "flask>=2.3",
+        "waitress>=2.1",
+        "inotify_simple>=1.3; sys_platform == 'linux'",
+    ],
+    extras_require={
+        "plot": ["matplotlib>=3.6"],
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout>=2.1",
+            "hypothesis>=6.80",
+            "import-linter>=2.0",
+            "ruff>=0.5",
+            "requests>=2.28",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "std_daq=std_daq_service.cli:main",
+        ],
+    },
+)

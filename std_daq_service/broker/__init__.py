@@ -1,0 +1,30 @@
+"""RabbitMQ for requests and statuses: service side (consumer, dispatcher) and caller side."""
+
+from std_daq_service.broker.caller import CallResult, RequestCaller
+from std_daq_service.broker.consumer import RequestConsumer
+from std_daq_service.broker.dispatcher import Dispatcher, Handler, RequestContext
+from std_daq_service.broker.topology import (
+    DEFAULT_BROKER_URL,
+    KILL_EXCHANGE,
+    REQUEST_EXCHANGE,
+    STATUS_EXCHANGE,
+    broker_url,
+    connection_parameters,
+    declare_service_queues,
+)
+
+__all__ = [
+    "CallResult",
+    "DEFAULT_BROKER_URL",
+    "Dispatcher",
+    "Handler",
+    "KILL_EXCHANGE",
+    "REQUEST_EXCHANGE",
+    "RequestCaller",
+    "RequestConsumer",
+    "RequestContext",
+    "STATUS_EXCHANGE",
+    "broker_url",
+    "connection_parameters",
+    "declare_service_queues",
+]

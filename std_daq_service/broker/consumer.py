@@ -1,0 +1,174 @@
+"""The service side of RabbitMQ: consume requests and kills, publish statuses, survive broker restarts."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+import pika
+import pika.exceptions
+
+from std_daq_service.broker.dispatcher import Dispatcher
+from std_daq_service.broker.topology import (
+    STATUS_EXCHANGE,
+    connection_parameters,
+    declare_service_queues,
+    kill_queue,
+    request_queue,
+)
+from std_daq_service.protocol import PROTOCOL_VERSION, Status, encode_status, status_routing_key
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 3.0)
+_OUTBOX_LIMIT = 100_000
+
+
+class RequestConsumer:
+    """Consume a service's request and kill queues on one connection owned by one I/O thread.
+
+    A request is acknowledged once its `request_received` status is confirmed by the broker, so a
+    request is never lost (not acknowledged before that) and never run twice (redeliveries of an
+    accepted request id are dropped). Statuses from handler threads go through an outbox that the
+    I/O thread drains; while the broker is away they wait there and are sent after reconnecting.
+    """
+
+    def __init__(self, broker_url: str | None, service_name: str, dispatcher: Dispatcher):
+        self.broker_url = broker_url
+        self.service_name = service_name
+        self.dispatcher = dispatcher
+        self.connected = threading.Event()
+        self._outbox: collections.deque[Status] = collections.deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connection: pika.BlockingConnection | None = None
+        self._channel = None
+        self.reconnects = 0
+
+    def publish(self, status: Status) -> None:
+        """Queue a status for publication (thread-safe)."""
+        if len(self._outbox) >= _OUTBOX_LIMIT:
+            dropped = self._outbox.popleft()
+            log.error("status outbox full while the broker is away; dropped %s %s", dropped.action, dropped.request_id)
+        self._outbox.append(status)
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(self._drain)
+            except (pika.exceptions.AMQPError, RuntimeError):
+                pass  # connection closing: the outbox is drained after reconnecting
+
+    def start(self) -> RequestConsumer:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"broker-{self.service_name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop consuming; statuses queued so far are sent first while the broker is reachable."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> RequestConsumer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self._serve()
+                attempt = 0
+            except pika.exceptions.AMQPError as exc:
+                self.connected.clear()
+                delay = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+                level = logging.WARNING if attempt == 0 else logging.DEBUG
+                log.log(level, "%s: broker connection lost or refused (%s); reconnecting in %.1f s",
+                        self.service_name, type(exc).__name__, delay)
+                attempt += 1
+                self.reconnects += 1
+                self._stop.wait(delay)
+            finally:
+                self._close_connection()
+
+    def _serve(self) -> None:
+        params = connection_parameters(self.broker_url, f"std_daq:{self.service_name}")
+        self._connection = pika.BlockingConnection(params)
+        self._channel = self._connection.channel()
+        self._channel.confirm_delivery()
+        declare_service_queues(self._channel, self.service_name)
+        self._channel.basic_qos(prefetch_count=50)
+        self._channel.basic_consume(request_queue(self.service_name), self._on_request)
+        self._channel.basic_consume(kill_queue(self.service_name), self._on_kill)
+        log.info("%s: consuming %s and %s", self.service_name, request_queue(self.service_name),
+                 kill_queue(self.service_name))
+        self.connected.set()
+        self._drain()
+        while not self._stop.is_set():
+            self._connection.process_data_events(time_limit=0.25)
+            self._drain()
+        self._drain()
+
+    def _close_connection(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self.connected.clear()
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except pika.exceptions.AMQPError:
+                pass  # already broken; nothing to close cleanly
+
+    def _send(self, status: Status) -> None:
+        body, headers = encode_status(status)
+        self._channel.basic_publish(
+            exchange=STATUS_EXCHANGE,
+            routing_key=status_routing_key(status.source, status.action),
+            body=body,
+            properties=pika.BasicProperties(
+                correlation_id=status.request_id,
+                headers=headers,
+                delivery_mode=pika.DeliveryMode.Persistent,
+                content_type="application/json",
+            ),
+        )
+
+    def _drain(self) -> None:
+        while self._outbox and self._channel is not None:
+            status = self._outbox[0]
+            self._send(status)
+            self._outbox.popleft()
+
+    def _on_request(self, channel, method, properties, body: bytes) -> None:
+        request_id = properties.correlation_id
+        if not request_id:
+            log.warning("%s: request without correlation_id dropped: %r", self.service_name, body[:200])
+            channel.basic_ack(method.delivery_tag)
+            return
+        if self.dispatcher.already_accepted(request_id):
+            log.info("%s: request %s delivered again; already accepted, not run twice", self.service_name, request_id)
+            channel.basic_ack(method.delivery_tag)
+            return
+        version = (properties.headers or {}).get("protocol_version")
+        if version not in (None, PROTOCOL_VERSION):
+            log.warning("request %s uses protocol version %s, this service speaks %s", request_id, version,
+                        PROTOCOL_VERSION)
+        self._drain()
+        self._send(self.dispatcher.received(request_id, body))
+        channel.basic_ack(method.delivery_tag)
+        self.dispatcher.submit(request_id, body)
+
+    def _on_kill(self, channel, method, properties, body: bytes) -> None:
+        target = properties.correlation_id
+        channel.basic_ack(method.delivery_tag)
+        if target:
+            self.dispatcher.kill(target)
+        else:
+            log.warning("%s: kill without correlation_id ignored: %r", self.service_name, body[:200])

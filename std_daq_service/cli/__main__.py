@@ -1,0 +1,5 @@
+import sys
+
+from std_daq_service.cli import main
+
+sys.exit(main())

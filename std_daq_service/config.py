@@ -1,0 +1,272 @@
+"""Service configuration in Redis (`config.<SERVICE_NAME>`) and liveness beacons (`status.<SERVICE_NAME>`).
+
+Every service's configuration schema lives here, keyed by the service kind (the last part of
+SERVICE_NAME, e.g. `lick.daq1.hp_io_agent` is an `hp_io_agent`), so the REST proxy and the CLI
+validate a configuration before storing it without importing the service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+
+from std_daq_service import __version__
+from std_daq_service.protocol import InvalidRequest, UnknownTarget, describe_validation_error
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+CONFIG_CHANNEL = "config_changed"
+"""Redis pub/sub channel on which a stored config's SERVICE_NAME is announced."""
+
+
+def redis_url(explicit: str | None = None) -> str:
+    """The Redis URL: the explicit one, else `REDIS_URL`, else the local default."""
+    return explicit or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def connect_redis(url: str | None = None) -> redis.Redis:
+    """A Redis client for `url` (see `redis_url`); connects lazily, reconnects on each command."""
+    return redis.Redis.from_url(redis_url(url), socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
+
+
+def service_kind(service_name: str) -> str:
+    """`lick.daq1.hp_io_agent` -> `hp_io_agent`."""
+    return service_name.rsplit(".", 1)[-1]
+
+
+class ServiceConfig(BaseModel):
+    """Base of every service's configuration; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class HpIoAgentConfig(ServiceConfig):
+    """Configuration of a node agent (`<site>.<node>.hp_io_agent`)."""
+
+    data_dir: str | None = Field(None, description="Data dir tracked at start; None waits for init_hp_io.")
+    data_bind: str = Field("tcp://127.0.0.1:5555", description="ZMQ PUB address for every frame.")
+    preview_bind: str = Field("tcp://127.0.0.1:5556", description="ZMQ PUB address for previews.")
+    advertise_host: str | None = Field(
+        None, description="Host name clients connect to; default: the bind address's host."
+    )
+    min_update_interval_seconds: PositiveFloat = Field(0.1, description="Fastest preview period allowed.")
+    sim_data_dir: str = Field("/tmp/std_daq_sim", description="Where init_sim writes its live run.")
+    sim_source_dir: str | None = Field(None, description="Archived run to replay; None: the embedded excerpt.")
+    run_end_idle_seconds: PositiveFloat = Field(
+        30.0, description="A run with no writes for this long is reported as ended."
+    )
+    poll_interval_seconds: PositiveFloat = Field(0.5, description="Polling period where inotify is missing.")
+    max_batch_frames: PositiveInt = Field(1000, description="Most frames per ZMQ message.")
+    send_hwm: PositiveInt = Field(100_000, description="ZMQ messages queued per subscriber before drops.")
+    socket_hook: bool = Field(False, description="Listen on Hashpipe's low-latency Unix sockets.")
+    socket_path_template: str = Field(
+        "/tmp/hashpipe_grpc.dp_{dp}.sock", description="Path of the Unix socket per data product."
+    )
+
+
+class AgentStream(BaseModel):
+    """One agent whose frames a writer records."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="The agent's SERVICE_NAME.")
+    data: str = Field(description="The agent's ZMQ data address, e.g. tcp://127.0.0.1:5555.")
+
+
+class WriterConfig(ServiceConfig):
+    """Configuration of an HDF5 writer (`<site>.<node>.writer`)."""
+
+    agents: list[AgentStream] = Field(min_length=1, description="Agents to subscribe to.")
+    output_root: str = Field(description="Every output_file lies below this directory.")
+    ring_buffer_seconds: PositiveFloat = Field(10.0, description="Past kept per stream for pre-trigger writes.")
+    ring_buffer_bytes: PositiveInt = Field(256 << 20, description="Memory cap of all ring buffers.")
+    max_concurrent_writes: PositiveInt = Field(8, description="Writes at once; more are refused.")
+    compression: Literal["none", "gzip", "lzf", "bitshuffle_lz4", "blosc_lz4"] = "bitshuffle_lz4"
+
+
+class RestConfig(ServiceConfig):
+    """Configuration of the REST proxy (`<site>.<node>.rest`)."""
+
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(5000, ge=1, le=65535)
+    writers: list[str] = Field(default_factory=list, description="Writers that write requests go to.")
+    token: str | None = Field(None, description="If set, mutating endpoints need 'Authorization: Bearer <token>'.")
+    sync_timeout_seconds: PositiveFloat = Field(60.0, description="Longest wait of a *_sync call.")
+
+
+CONFIG_MODELS: dict[str, type[ServiceConfig]] = {
+    "hp_io_agent": HpIoAgentConfig,
+    "writer": WriterConfig,
+    "rest": RestConfig,
+}
+
+
+def validate_config(service_name: str, data: dict[str, Any] | str | bytes) -> ServiceConfig:
+    """Validate a configuration for `service_name`.
+
+    Raises:
+        InvalidRequest: not JSON, or a field is wrong (named); or the service kind is unknown.
+    """
+    kind = service_kind(service_name)
+    model = CONFIG_MODELS.get(kind)
+    if model is None:
+        raise InvalidRequest(
+            f"{service_name!r}: unknown service kind {kind!r}; SERVICE_NAME ends in one of {', '.join(CONFIG_MODELS)}"
+        )
+    try:
+        if isinstance(data, (str, bytes)):
+            return model.model_validate_json(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(f"config.{service_name}: {describe_validation_error(exc)}") from exc
+
+
+class ConfigStore:
+    """Load and save validated service configurations in Redis."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+
+    def load(self, service_name: str) -> ServiceConfig:
+        """Return the validated configuration of `service_name`.
+
+        Raises:
+            UnknownTarget: no `config.<service_name>` key.
+            InvalidRequest: the stored configuration does not validate.
+        """
+        raw = self.redis.get(f"config.{service_name}")
+        if raw is None:
+            raise UnknownTarget(
+                f"no configuration at Redis key config.{service_name}; store one with "
+                f"'std_daq config set {service_name} FILE.json' or ./setup_dev_env.sh"
+            )
+        return validate_config(service_name, raw)
+
+    def load_raw(self, service_name: str) -> dict[str, Any] | None:
+        raw = self.redis.get(f"config.{service_name}")
+        return None if raw is None else json.loads(raw)
+
+    def save(self, service_name: str, data: dict[str, Any] | str | bytes) -> ServiceConfig:
+        """Validate, store, and announce on `config_changed`; nothing is stored if invalid."""
+        config = validate_config(service_name, data)
+        self.redis.set(f"config.{service_name}", config.model_dump_json(exclude_unset=True))
+        self.redis.publish(CONFIG_CHANNEL, service_name)
+        return config
+
+    def service_names(self) -> list[str]:
+        return sorted(key.removeprefix("config.") for key in self.redis.scan_iter("config.*"))
+
+
+class LivenessBeacon:
+    """Keep `status.<SERVICE_NAME>` alive in Redis: a hash refreshed every `period_s` with a TTL.
+
+    Args:
+        state: called at each refresh; its dict (JSON-encoded values) is merged into the hash.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        service_name: str,
+        config: ServiceConfig,
+        state: Callable[[], dict[str, Any]] = dict,
+        period_s: float = 2.0,
+    ):
+        self.redis = client
+        self.service_name = service_name
+        self.key = f"status.{service_name}"
+        self.config = config
+        self.state = state
+        self.period_s = period_s
+        self.ttl_s = max(1, round(3 * period_s))
+        self.start_timestamp = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._healthy = True
+
+    def start(self) -> LivenessBeacon:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"beacon-{self.service_name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            try:
+                self.redis.delete(self.key)
+            except redis.RedisError:
+                pass  # Redis away at shutdown: the key expires by its TTL
+        self.redis.close()
+
+    def __enter__(self) -> LivenessBeacon:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def fields(self) -> dict[str, str]:
+        """The hash as it is written now."""
+        fields = {
+            "service_name": self.service_name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start_timestamp": self.start_timestamp,
+            "heartbeat_timestamp": time.time(),
+            "version": __version__,
+            "config": self.config.model_dump(mode="json"),
+        }
+        fields.update(self.state())
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+
+    def beat(self) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(self.key)
+        pipe.hset(self.key, mapping=self.fields())
+        pipe.expire(self.key, self.ttl_s)
+        pipe.execute()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.beat()
+                if not self._healthy:
+                    log.info("Redis is back; liveness beacon %s restored", self.key)
+                self._healthy = True
+            except redis.RedisError as exc:
+                if self._healthy:
+                    log.warning("cannot refresh liveness beacon %s: %s; retrying", self.key, exc)
+                self._healthy = False
+            if self._stop.wait(self.period_s):
+                return
+
+
+def live_services(client: redis.Redis, kind: str | None = None) -> dict[str, dict[str, Any]]:
+    """Liveness hashes of the services whose beacon is alive, by SERVICE_NAME (optionally of one kind)."""
+    services = {}
+    for key in client.scan_iter("status.*"):
+        name = key.removeprefix("status.")
+        if kind is not None and service_kind(name) != kind:
+            continue
+        raw = client.hgetall(key)
+        if raw:
+            services[name] = {k: _json_or_text(v) for k, v in raw.items()}
+    return dict(sorted(services.items()))
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

@@ -1,0 +1,210 @@
+"""Requests that control software sends to services over RabbitMQ, one model per request type."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from std_daq_service.protocol.errors import InvalidRequest
+
+DataProductName = Literal["img16", "img8", "ph256", "ph1024"]
+ModuleId = Annotated[int, Field(ge=0, le=255, description="PANOSETI module id (0-255).")]
+CompressionName = Literal["none", "gzip", "lzf", "bitshuffle_lz4", "blosc_lz4"]
+
+
+class RequestBase(BaseModel):
+    """Fields common to every request; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class InitHpIoRequest(RequestBase):
+    """Start tracking the PFF runs Hashpipe writes under `data_dir` (panoseti's hp_io_config.json)."""
+
+    request_type: Literal["init_hp_io"] = "init_hp_io"
+    data_dir: str = Field(
+        min_length=1,
+        description="Directory with module_<N>/obs_*.pffd run dirs, or one archived (flat) run dir.",
+    )
+    update_interval_seconds: PositiveFloat = Field(
+        1.0, le=3600, description="Preview period: latest frame per module and product this often."
+    )
+    force: bool = Field(False, description="Re-initialise even while consumers are subscribed.")
+    module_ids: list[ModuleId] = Field(default_factory=list, description="Empty means all modules.")
+    simulate_daq: bool = Field(False, description="Track the simulator's output instead of data_dir.")
+
+
+class InitSimRequest(RequestBase):
+    """Replay an archived run as a live Hashpipe run and track it."""
+
+    request_type: Literal["init_sim"] = "init_sim"
+    source_dir: str | None = Field(
+        None, description="Archived run dir to replay; the embedded Lick 2024-07-25 excerpt if omitted."
+    )
+    module_ids: list[ModuleId] = Field(
+        default_factory=list,
+        description="Module ids to simulate; source modules are relabelled in order. Empty: as in the source.",
+    )
+    movie_rate_hz: PositiveFloat = Field(1000.0, le=100_000, description="Image frames per second per module.")
+    pulse_height_rate_hz: PositiveFloat = Field(
+        100.0, le=100_000, description="Pulse-height frames per second per module."
+    )
+    max_file_size_mb: PositiveFloat = Field(
+        4000.0, description="Roll over to the next seqno after this many MB, as Hashpipe does."
+    )
+    update_interval_seconds: PositiveFloat = Field(1.0, le=3600, description="As in init_hp_io.")
+    force: bool = Field(False, description="As in init_hp_io.")
+
+
+class StopHpIoRequest(RequestBase):
+    """Stop tracking (and the simulator, if running); tell subscribers the stream ended."""
+
+    request_type: Literal["stop_hp_io"] = "stop_hp_io"
+
+
+class StatusRequest(RequestBase):
+    """Report what the service is doing; the answer is the `result` of `request_success`."""
+
+    request_type: Literal["status"] = "status"
+
+
+class StreamRequest(RequestBase):
+    """Ask where to subscribe for frames; the answer holds ZMQ endpoints and topics."""
+
+    request_type: Literal["stream"] = "stream"
+    stream_movie_data: bool = Field(True, description="Include image (movie) data products.")
+    stream_pulse_height_data: bool = Field(True, description="Include pulse-height data products.")
+    update_interval_seconds: PositiveFloat = Field(1.0, le=3600, description="Wanted preview period.")
+    module_ids: list[ModuleId] = Field(default_factory=list, description="Empty means all modules.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StreamRequest:
+        if not (self.stream_movie_data or self.stream_pulse_height_data):
+            raise ValueError("at least one of stream_movie_data and stream_pulse_height_data must be true")
+        return self
+
+
+def to_unix_ns(value: int | str | None) -> int | None:
+    """Unix nanoseconds from an integer, or from an ISO 8601 time (UTC when no zone is given)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither Unix nanoseconds nor an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+class WriteRequest(RequestBase):
+    """Record selected frames into one HDF5 file under the writer's output root."""
+
+    request_type: Literal["write"] = "write"
+    output_file: str = Field(min_length=1, max_length=1024, description="Path relative to the output root.")
+    sources: list[str] = Field(
+        default_factory=list, description="Agent service names to record from; empty means all configured."
+    )
+    module_ids: list[ModuleId] = Field(default_factory=list, description="Empty means all modules.")
+    data_products: list[DataProductName] = Field(default_factory=list, description="Empty means all.")
+    n_images: PositiveInt | None = Field(None, description="Stop after this many frames per stream.")
+    duration_seconds: PositiveFloat | None = Field(None, le=7 * 86400, description="Record this long.")
+    start_time: NonNegativeInt | None = Field(
+        None, description="Unix ns or ISO 8601 UTC; may lie in the past, within the ring buffer."
+    )
+    stop_time: NonNegativeInt | None = Field(None, description="Unix ns or ISO 8601 UTC.")
+    timeout_seconds: PositiveFloat = Field(
+        10.0, le=86400, description="Fail if a selected stream sends nothing for this long."
+    )
+    overwrite: bool = Field(False, description="Replace an existing file.")
+    compression: CompressionName | None = Field(None, description="None: the writer's configured default.")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _one_source(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("start_time", "stop_time", mode="before")
+    @classmethod
+    def _time(cls, value):
+        return to_unix_ns(value)
+
+    @field_validator("output_file")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> WriteRequest:
+        limits = [n for n in ("n_images", "duration_seconds", "stop_time") if getattr(self, n) is not None]
+        if len(limits) > 1:
+            raise ValueError(f"give at most one of n_images, duration_seconds, stop_time (got {limits})")
+        if self.start_time is not None and self.stop_time is not None and self.stop_time <= self.start_time:
+            raise ValueError("stop_time must be after start_time")
+        return self
+
+
+Request = Annotated[
+    InitHpIoRequest | InitSimRequest | StopHpIoRequest | StatusRequest | StreamRequest | WriteRequest,
+    Field(discriminator="request_type"),
+]
+REQUEST_TYPES: dict[str, type[RequestBase]] = {
+    model.model_fields["request_type"].default: model
+    for model in (InitHpIoRequest, InitSimRequest, StopHpIoRequest, StatusRequest, StreamRequest, WriteRequest)
+}
+_REQUEST_ADAPTER: TypeAdapter = TypeAdapter(Request)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line per problem: `field: what is wrong`."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"] if part not in REQUEST_TYPES)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "union_tag_invalid":
+            message = f"unknown request_type; known: {', '.join(REQUEST_TYPES)}"
+        elif error["type"] == "union_tag_not_found":
+            where, message = "request_type", f"missing; one of {', '.join(REQUEST_TYPES)}"
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
+def decode_request(body: bytes | str | dict) -> Request:
+    """Validate a request from JSON bytes or a dict.
+
+    Raises:
+        InvalidRequest: the body is not JSON, not an object, or a field is wrong (named in the message).
+    """
+    try:
+        if isinstance(body, dict):
+            return _REQUEST_ADAPTER.validate_python(body)
+        return _REQUEST_ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        if exc.error_count() == 1 and exc.errors()[0]["type"] == "json_invalid":
+            raise InvalidRequest(f"request body is not valid JSON: {exc.errors()[0]['msg']}") from exc
+        if exc.error_count() == 1 and exc.errors()[0]["type"] == "model_attributes_type":
+            raise InvalidRequest("request body must be a JSON object") from exc
+        raise InvalidRequest(f"invalid request: {describe_validation_error(exc)}") from exc
+
+
+def encode_request(request: RequestBase) -> bytes:
+    """JSON bytes of a request, as sent on the `request` exchange."""
+    return request.model_dump_json().encode()

@@ -1,0 +1,120 @@
+"""Fixtures for real Redis, RabbitMQ, sample data, unique service names, and leak checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+import redis
+
+import std_daq_service
+from std_daq_service.broker import broker_url as default_broker_url
+from std_daq_service.broker import connection_parameters
+from std_daq_service.config import connect_redis
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_RUN = (
+    Path(std_daq_service.__file__).parent
+    / "sample_data/lick_2024-07-25/obs_Lick.start_2024-07-25T04:34:06Z.runtype_sci-data.pffd"
+)
+SAMPLE_IMG16 = SAMPLE_RUN / "start_2024-07-25T04_34_46Z.dp_img16.bpp_2.module_1.seqno_0.debug_TRUNCATED.pff"
+SAMPLE_PH256_M1 = SAMPLE_RUN / "start_2024-07-25T04_34_46Z.dp_ph256.bpp_2.module_1.seqno_0.debug_TRUNCATED.pff"
+SAMPLE_PH256_M3 = SAMPLE_RUN / "start_2024-07-25T04_34_46Z.dp_ph256.bpp_2.module_3.seqno_0.debug_TRUNCATED.pff"
+PYPFF_PH256 = REPO / "tests/data/pypff_example/start_2025-08-02T05:31:36Z.dp_ph256.bpp_2.module_254.seqno_0.pff"
+SHARED_DATA = Path(os.environ.get("PANOSETI_DATA", REPO.parent / "shared" / "data"))
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02, message: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        connect_redis(url).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis not reachable at {url} ({exc}); run ./setup_dev_env.sh")
+    return url
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    url = default_broker_url()
+    try:
+        pika.BlockingConnection(connection_parameters(url, "std_daq:test-check")).close()
+    except pika.exceptions.AMQPError as exc:
+        pytest.fail(f"RabbitMQ not reachable at {url} ({exc!r}); run ./setup_dev_env.sh")
+    return url
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = connect_redis(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def service_name(request, redis_url, broker_url):
+    """A unique SERVICE_NAME of the requested kind; its Redis keys and queues are removed afterwards."""
+    kind = getattr(request, "param", "hp_io_agent")
+    name = f"test.{uuid.uuid4().hex[:8]}.{kind}"
+    yield name
+    client = connect_redis(redis_url)
+    client.delete(f"config.{name}", f"status.{name}")
+    client.close()
+    delete_queues(broker_url, [f"{name}.request", f"{name}.kill"])
+
+
+def delete_queues(url: str, queues: list[str]) -> None:
+    connection = pika.BlockingConnection(connection_parameters(url, "std_daq:test-cleanup"))
+    channel = connection.channel()
+    for queue in queues:
+        channel.queue_delete(queue)
+    connection.close()
+
+
+def close_broker_connections(name_prefix: str) -> int:
+    """Close, from the broker's side, every connection whose client name starts with `name_prefix`."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    closed = 0
+    for line in out.splitlines()[1:]:
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{name_prefix}' in properties:
+            subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by test"], check=True,
+                           capture_output=True)
+            closed += 1
+    return closed
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Fail a test that leaves threads running after it ends."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"test left threads running: {[t.name for t in leaked]}"

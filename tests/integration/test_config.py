@@ -1,0 +1,78 @@
+"""Config store and liveness beacons against the real Redis."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, wait_until
+
+from std_daq_service.config import (
+    ConfigStore,
+    HpIoAgentConfig,
+    LivenessBeacon,
+    live_services,
+    validate_config,
+)
+from std_daq_service.protocol import InvalidRequest, UnknownTarget
+
+
+def test_config_round_trip_and_announcement(redis_client, service_name):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("config_changed")
+    wait_until(lambda: pubsub.get_message(timeout=0.1), 5, message="subscription confirmed")
+    store = ConfigStore(redis_client)
+    store.save(service_name, {"data_dir": "/data", "data_bind": "tcp://127.0.0.1:6000"})
+    config = store.load(service_name)
+    assert isinstance(config, HpIoAgentConfig) and config.data_dir == "/data"
+    message = wait_until(lambda: pubsub.get_message(timeout=0.1), 5, message="config_changed message")
+    assert message["data"] == service_name
+    pubsub.close()
+
+
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        ({"data_bind": 5}, "data_bind: Input should be a valid string"),
+        ({"colour": "red"}, "colour: unknown field"),
+        ('{"data_dir": ', "Invalid JSON"),
+        ({"max_batch_frames": 0}, "max_batch_frames: Input should be greater than 0"),
+    ],
+)
+def test_invalid_config_is_refused_naming_the_field_and_nothing_is_stored(redis_client, service_name, data, expected):
+    with pytest.raises(InvalidRequest, match=expected):
+        ConfigStore(redis_client).save(service_name, data)
+    assert redis_client.get(f"config.{service_name}") is None
+
+
+def test_missing_config_says_where_it_was_looked_for(redis_client, service_name):
+    with pytest.raises(UnknownTarget, match=f"config.{service_name}"):
+        ConfigStore(redis_client).load(service_name)
+
+
+def test_unknown_service_kind_is_refused():
+    with pytest.raises(InvalidRequest, match="unknown service kind 'toaster'"):
+        validate_config("lick.daq1.toaster", {})
+
+
+def test_beacon_publishes_refreshes_and_expires(redis_client, service_name):
+    config = HpIoAgentConfig()
+    with LivenessBeacon(redis_client, service_name, config, state=lambda: {"state": "idle"}, period_s=0.2):
+        services = wait_until(lambda: live_services(redis_client, "hp_io_agent").get(service_name), 5,
+                              message="beacon")
+        assert services["state"] == "idle" and services["config"]["data_bind"] == config.data_bind
+        first = services["heartbeat_timestamp"]
+        wait_until(lambda: live_services(redis_client).get(service_name, {}).get("heartbeat_timestamp", first) > first,
+                   5, message="refresh")
+        assert 0 < redis_client.ttl(f"status.{service_name}") <= 1
+    assert redis_client.exists(f"status.{service_name}") == 0
+
+
+def test_cli_config_load_refuses_a_directory_with_one_bad_file(tmp_path, redis_url, redis_client, service_name):
+    (tmp_path / f"{service_name}.json").write_text(json.dumps({"data_dir": "/ok"}))
+    (tmp_path / "test.bad.writer.json").write_text(json.dumps({"output_root": "/x"}))
+    result = subprocess.run([sys.executable, "-m", "std_daq_service.cli", "--redis-url", redis_url, "config", "load",
+                             str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1
+    assert "agents: Field required" in result.stderr and "Traceback" not in result.stderr
+    assert redis_client.get(f"config.{service_name}") is None

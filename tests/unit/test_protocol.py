@@ -1,0 +1,111 @@
+"""Request validation, status and frame wire formats."""
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1
+
+from std_daq_service.pff import PffReader
+from std_daq_service.protocol import (
+    CONTROL_TOPIC,
+    ControlHeader,
+    InvalidMessage,
+    InvalidRequest,
+    Status,
+    WriteRequest,
+    decode_request,
+    decode_status,
+    decode_stream_message,
+    encode_control,
+    encode_frames,
+    encode_request,
+    encode_status,
+    frame_topic,
+)
+
+
+@pytest.mark.parametrize(
+    "body,expected",
+    [
+        (b"{", "not valid JSON"),
+        (b"[]", "object"),
+        (b'{"request_type": "nope"}', "unknown request_type; known: init_hp_io"),
+        (b"{}", "request_type: missing"),
+        (b'{"request_type": "write", "output_file": "a", "n_images": -1}', "n_images: Input should be greater than 0"),
+        (b'{"request_type": "write", "output_file": "a", "bogus": 1}', "bogus: unknown field"),
+        (b'{"request_type": "write", "output_file": "a", "n_images": "ten"}', "n_images"),
+        (b'{"request_type": "write", "output_file": "a", "n_images": 1, "duration_seconds": 2}', "at most one of"),
+        (b'{"request_type": "write", "output_file": "a\\u0000b"}', "NUL"),
+        (b'{"request_type": "write", "output_file": "a", "start_time": "yesterday"}', "ISO 8601"),
+        (b'{"request_type": "stream", "stream_movie_data": false, "stream_pulse_height_data": false}', "at least one"),
+        (b'{"request_type": "init_hp_io"}', "data_dir: Field required"),
+        (b'{"request_type": "init_hp_io", "data_dir": "/x", "module_ids": [999]}', "module_ids.0"),
+    ],
+)
+def test_bad_requests_are_rejected_naming_the_problem(body, expected):
+    with pytest.raises(InvalidRequest, match=expected):
+        decode_request(body)
+
+
+def test_write_request_times_accept_iso_and_ns_and_round_trip():
+    request = decode_request(b'{"request_type": "write", "output_file": "x.h5", "start_time": "2024-07-25T04:34:46.5Z",'
+                             b' "sources": "lick.daq1.hp_io_agent"}')
+    assert isinstance(request, WriteRequest)
+    assert request.start_time == 1721882086_500000000
+    assert request.sources == ["lick.daq1.hp_io_agent"]
+    assert decode_request(encode_request(request)) == request
+
+
+def test_status_round_trip_with_std_daq_headers():
+    status = Status(request_id="r1", source="lick.daq1.writer", action="request_fail", message="disk full",
+                    result={"error": "x"})
+    body, headers = encode_status(status)
+    assert headers["action"] == "request_fail" and headers["source"] == "lick.daq1.writer"
+    assert headers["message"] == "disk full"
+    assert decode_status(body) == status
+    with pytest.raises(InvalidMessage):
+        decode_status(b'{"request_id": 1}')
+
+
+@pytest.mark.parametrize("path", [SAMPLE_IMG16, SAMPLE_PH256_M1], ids=["img16", "ph256"])
+def test_frame_batch_round_trip_is_exact(path):
+    with PffReader(path) as reader:
+        block = reader.block(10, 20)
+        parts = encode_frames(
+            source="s", origin="file", module_id=1, dp=reader.dp.name, shape=reader.dp.shape, run="obs_x",
+            file=path.name, seqno=0, frame_number=block.frame_numbers, seq=np.arange(100, 110),
+            wr_timestamp_ns=block.wr_timestamp_ns, host_timestamp_ns=block.host_timestamp_ns,
+            pff_fields=block.fields, image_bytes=block.image_bytes,
+        )
+        assert parts[0] == frame_topic(reader.dp.name, 1) == f"{reader.dp.name}.001.".encode()
+        batch = decode_stream_message(parts)
+        assert len(batch) == 10
+        assert np.array_equal(batch.images, block.images())
+        for i in range(10):
+            fields = batch.frame_fields(i)
+            assert fields["pff_header"] == block.header(i)
+            assert fields["frame_number"] == 10 + i and fields["seq"] == 100 + i
+            assert fields["wr_timestamp_ns"] == int(block.wr_timestamp_ns[i])
+
+
+def test_invalid_wr_time_travels_as_null():
+    parts = encode_frames(
+        source="s", origin="file", module_id=254, dp="ph256", shape=(16, 16), run=None, file=None, seqno=None,
+        frame_number=np.array([0]), seq=np.array([0]), wr_timestamp_ns=np.array([-1]),
+        host_timestamp_ns=np.array([5]), pff_fields={"tv_sec": np.array([1])}, image_bytes=bytes(512),
+    )
+    assert decode_stream_message(parts).header["wr_timestamp_ns"] == [None]
+
+
+def test_control_messages_and_malformed_messages():
+    control = decode_stream_message(encode_control("s", "run_end", "run ended", run="obs_x"))
+    assert isinstance(control, ControlHeader) and control.event == "run_end"
+    for parts in ([b"img16.001.", b"{}", b""], [b"img16.001.", b"not json", b""], [b"x"], [CONTROL_TOPIC, b"{}"]):
+        with pytest.raises(InvalidMessage):
+            decode_stream_message(parts)
+    good = encode_frames(
+        source="s", origin="file", module_id=1, dp="ph256", shape=(16, 16), run=None, file=None, seqno=None,
+        frame_number=np.array([0]), seq=np.array([0]), wr_timestamp_ns=np.array([1]),
+        host_timestamp_ns=np.array([5]), pff_fields={"tv_sec": np.array([1])}, image_bytes=bytes(512),
+    )
+    with pytest.raises(InvalidMessage, match="expected 512"):
+        decode_stream_message(good[:2] + [bytes(100)])
