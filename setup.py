@@ -46,6 +46,7 @@ setup(
     entry_points={
         "console_scripts": [
             "std_daq=std_daq_service.cli:main",
+            "std_daq_hp_io_agent=std_daq_service.hp_io_agent.start:main",
         ],
     },
 )

@@ -118,3 +118,44 @@ def no_leaked_threads():
             break
         time.sleep(0.05)
     assert not leaked, f"test left threads running: {[t.name for t in leaked]}"
+
+
+class ServiceProcess:
+    """A service started as a subprocess with its own SERVICE_NAME and config; stopped by PID."""
+
+    def __init__(self, kind: str, service_name: str, config: dict, redis_url: str, log_dir: Path):
+        import json
+        import sys
+
+        self.service_name = service_name
+        self.log_path = log_dir / f"{service_name}.log"
+        client = connect_redis(redis_url)
+        client.set(f"config.{service_name}", json.dumps(config))
+        client.close()
+        env = {**os.environ, "SERVICE_NAME": service_name, "REDIS_URL": redis_url}
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", f"std_daq_service.{kind}"], env=env,
+                                        stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def wait_ready(self, redis_client, timeout: float = 20) -> dict:
+        def beacon():
+            assert self.process.poll() is None, f"{self.service_name} exited:\n{self.log()}"
+            raw = redis_client.hget(f"status.{self.service_name}", "broker_connected")
+            return raw == "true"
+
+        wait_until(beacon, timeout, message=f"{self.service_name} beacon with a broker connection")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"{self.service_name} did not stop within {timeout} s of SIGTERM:\n{self.log()}")
+        self._log.close()
+        return self.process.returncode

@@ -1,0 +1,97 @@
+"""Wake up when files under a data dir change: inotify where available, polling otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+try:
+    from inotify_simple import INotify
+    from inotify_simple import flags as _flags
+
+    _MASK = (_flags.MODIFY | _flags.CREATE | _flags.MOVED_TO | _flags.MOVED_FROM | _flags.DELETE
+             | _flags.DELETE_SELF | _flags.CLOSE_WRITE)
+    _STRUCTURE = _flags.CREATE | _flags.MOVED_TO | _flags.MOVED_FROM | _flags.DELETE | _flags.DELETE_SELF
+except ImportError:  # not Linux: polling only
+    INotify = None
+
+
+class FileWatcher:
+    """Watch directories (not recursively) and wait for changes with a timeout.
+
+    `wait()` returns True when a file or directory was created, moved or deleted (a reason to look
+    for new runs and files), False for only appended data or a timeout. Without inotify it sleeps
+    `poll_interval_s` and returns True, so callers rescan and reread on every poll.
+    """
+
+    def __init__(self, poll_interval_s: float = 0.5):
+        self.poll_interval_s = poll_interval_s
+        self._inotify = None
+        self._watches: dict[Path, int] = {}
+        self._wake_r, self._wake_w = os.pipe()
+        self._lock = threading.Lock()
+        if INotify is not None:
+            try:
+                self._inotify = INotify()
+            except OSError as exc:
+                log.warning("inotify unavailable (%s); polling every %.2f s", exc, poll_interval_s)
+
+    @property
+    def uses_inotify(self) -> bool:
+        return self._inotify is not None
+
+    def watch(self, directories: list[Path]) -> None:
+        """Watch exactly these directories from now on."""
+        if self._inotify is None:
+            return
+        with self._lock:
+            wanted = set(directories)
+            for path in list(self._watches):
+                if path not in wanted:
+                    try:
+                        self._inotify.rm_watch(self._watches.pop(path))
+                    except OSError:
+                        pass  # the directory is already gone, and its watch with it
+            for path in wanted - set(self._watches):
+                try:
+                    self._watches[path] = self._inotify.add_watch(path, _MASK)
+                except OSError:
+                    continue  # vanished since it was listed; the next scan finds out
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until a change, a `wake()` or the timeout; True if the directory structure changed."""
+        if self._inotify is None:
+            readable, _, _ = select.select([self._wake_r], [], [], min(timeout_s, self.poll_interval_s))
+            if readable:
+                os.read(self._wake_r, 4096)
+            return True
+        readable, _, _ = select.select([self._inotify.fileno(), self._wake_r], [], [], timeout_s)
+        structure = False
+        if self._wake_r in readable:
+            os.read(self._wake_r, 4096)
+            structure = True
+        if self._inotify.fileno() in readable:
+            for event in self._inotify.read(timeout=0):
+                if event.mask & _STRUCTURE:
+                    structure = True
+        return structure
+
+    def wake(self) -> None:
+        """Make a waiting `wait()` return at once (thread-safe)."""
+        os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # closed twice
+        self._wake_r = self._wake_w = -1

@@ -1,0 +1,119 @@
+"""ZMQ PUB sockets of the agent: every frame on the data socket, the latest per stream on the preview socket."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from urllib.parse import urlsplit
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from std_daq_service.hp_io_agent.stream_tailer import StreamBlock
+from std_daq_service.protocol import encode_control, encode_frames
+
+log = logging.getLogger(__name__)
+
+
+def advertised_endpoint(bind: str, advertise_host: str | None) -> str:
+    """The address a client connects to for a bind address (wildcards become a host name)."""
+    parts = urlsplit(bind)
+    host = parts.hostname or ""
+    if advertise_host:
+        host = advertise_host
+    elif host in ("*", "0.0.0.0", ""):
+        host = socket.gethostname()
+    return f"{parts.scheme}://{host}:{parts.port}"
+
+
+class FramePublisher:
+    """Own the data and preview PUB sockets (use from one thread only).
+
+    Messages are sent without blocking: a subscriber whose queue (send_hwm messages) is full loses
+    messages, never the agent or other subscribers; it sees the loss as a gap in `seq`.
+    """
+
+    def __init__(self, service_name: str, data_bind: str, preview_bind: str, send_hwm: int):
+        self.service_name = service_name
+        self.context = zmq.Context.instance()
+        self.data = self.context.socket(zmq.PUB)
+        self.preview = self.context.socket(zmq.PUB)
+        for sock, bind in ((self.data, data_bind), (self.preview, preview_bind)):
+            sock.setsockopt(zmq.SNDHWM, send_hwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(bind)
+        self.data_endpoint = self.data.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.preview_endpoint = self.preview.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._monitors = [s.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+                          for s in (self.data, self.preview)]
+        self.subscribers = [0, 0]
+        self.messages = 0
+        self.send_failures = 0
+        self._latest: dict[tuple[int, str], StreamBlock] = {}
+        self._last_preview = 0.0
+
+    def publish(self, stream: StreamBlock, origin: str = "file") -> None:
+        """Send a block of frames as one message and remember its last frame for the preview."""
+        self._send(self.data, self._encode(stream, origin))
+        self._latest[stream.file.key] = stream
+
+    def _encode(self, stream: StreamBlock, origin: str) -> list[bytes]:
+        block = stream.block
+        return encode_frames(
+            source=self.service_name,
+            origin=origin,
+            module_id=stream.file.module_id,
+            dp=stream.file.dp,
+            shape=block.dp.shape,
+            run=stream.file.run,
+            file=stream.file.path.name,
+            seqno=stream.file.seqno,
+            frame_number=block.frame_numbers,
+            seq=stream.seq,
+            wr_timestamp_ns=block.wr_timestamp_ns,
+            host_timestamp_ns=block.host_timestamp_ns,
+            pff_fields=block.fields,
+            image_bytes=block.image_bytes,
+        )
+
+    def _send(self, sock: zmq.Socket, parts: list[bytes]) -> None:
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts[-1]) < 65536)
+            self.messages += 1
+        except zmq.Again:
+            self.send_failures += 1
+
+    def publish_previews(self, interval_s: float) -> None:
+        """Every `interval_s`, send the latest frame of each stream that had new frames."""
+        now = time.monotonic()
+        if now - self._last_preview < interval_s or not self._latest:
+            return
+        self._last_preview = now
+        for stream in self._latest.values():
+            last = len(stream.block) - 1
+            one = StreamBlock(stream.file, stream.block[last:], stream.seq[last:])
+            self._send(self.preview, self._encode(one, "file"))
+        self._latest.clear()
+
+    def control(self, event: str, message: str, **fields) -> None:
+        """Announce a run start or end, a re-initialisation or a stop on both sockets."""
+        log.info("stream control %s: %s", event, message)
+        parts = encode_control(self.service_name, event, message, **fields)
+        self._send(self.data, parts)
+        self._send(self.preview, parts)
+
+    def poll_monitors(self) -> None:
+        """Count connected subscribers from the sockets' connection events."""
+        for index, monitor in enumerate(self._monitors):
+            while monitor.poll(0):
+                event = recv_monitor_message(monitor)["event"]
+                self.subscribers[index] += 1 if event == zmq.EVENT_ACCEPTED else -1
+
+    def close(self) -> None:
+        for sock in (self.data, self.preview):
+            sock.disable_monitor()
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self.data.close(linger=0)
+        self.preview.close(linger=0)

@@ -1,0 +1,162 @@
+"""The agent's answers to init_hp_io, init_sim, stop_hp_io, status and stream requests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from std_daq_service.broker import Handler, RequestContext
+from std_daq_service.config import HpIoAgentConfig
+from std_daq_service.hp_io_agent.frame_publisher import advertised_endpoint
+from std_daq_service.hp_io_agent.simulator import DEFAULT_SOURCE, Simulator
+from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
+from std_daq_service.pff import DATA_PRODUCTS
+from std_daq_service.protocol import (
+    Busy,
+    InitHpIoRequest,
+    InitSimRequest,
+    InvalidRequest,
+    StatusRequest,
+    StopHpIoRequest,
+    StreamRequest,
+    UnknownTarget,
+)
+
+log = logging.getLogger(__name__)
+
+
+class AgentHandlers:
+    """Request handlers of one agent; inits and stops are serialised, the others run at any time."""
+
+    def __init__(self, service_name: str, config: HpIoAgentConfig, tracker: Tracker):
+        self.service_name = service_name
+        self.config = config
+        self.tracker = tracker
+        self.simulator: Simulator | None = None
+        self._init_lock = threading.Lock()
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "init_hp_io": self.init_hp_io,
+            "init_sim": self.init_sim,
+            "stop_hp_io": self.stop_hp_io,
+            "status": self.status,
+            "stream": self.stream,
+        }
+
+    def _check_interval(self, seconds: float) -> None:
+        minimum = self.config.min_update_interval_seconds
+        if seconds < minimum:
+            raise InvalidRequest(f"update_interval_seconds {seconds:g} is below this agent's minimum of {minimum:g} s")
+
+    def _check_force(self, force: bool) -> None:
+        subscribers = self.tracker.publisher.subscribers[0] + self.tracker.publisher.subscribers[1]
+        if self.tracker.tracking is not None and subscribers and not force:
+            raise Busy(
+                f"{subscribers} consumer(s) are subscribed to the running stream of "
+                f"{self.tracker.tracking.data_dir}; send force=true to re-initialise anyway"
+            )
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if not self._init_lock.acquire(timeout=10):
+            raise Busy("another init or stop of this agent is still running; retry when it has finished")
+        try:
+            yield
+        finally:
+            self._init_lock.release()
+
+    def _stop_simulator(self) -> None:
+        if self.simulator is not None:
+            self.simulator.close()
+            self.simulator = None
+
+    def init_hp_io(self, request: InitHpIoRequest, ctx: RequestContext) -> dict:
+        if request.simulate_daq:
+            return self.init_sim(InitSimRequest(module_ids=request.module_ids, force=request.force,
+                                                update_interval_seconds=request.update_interval_seconds), ctx)
+        self._check_interval(request.update_interval_seconds)
+        data_dir = Path(request.data_dir)
+        if not data_dir.is_dir():
+            raise UnknownTarget(f"data_dir '{data_dir}' does not exist on {self.service_name}")
+        with self._exclusive():
+            self._check_force(request.force)
+            self._stop_simulator()
+            tracking = Tracking(data_dir, set(request.module_ids), request.update_interval_seconds)
+            self.tracker.track(tracking, "reinit", f"now tracking {data_dir}")
+        return {"data_dir": str(data_dir), "module_ids": request.module_ids}
+
+    def init_sim(self, request: InitSimRequest, ctx: RequestContext) -> dict:
+        self._check_interval(request.update_interval_seconds)
+        source = Path(request.source_dir or self.config.sim_source_dir or DEFAULT_SOURCE)
+        if not source.is_dir():
+            raise UnknownTarget(f"simulation source_dir '{source}' does not exist on {self.service_name}")
+        with self._exclusive():
+            self._check_force(request.force)
+            self._stop_simulator()
+            data_dir = Path(self.config.sim_data_dir)
+            try:
+                data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InvalidRequest(f"cannot create sim_data_dir '{data_dir}': {exc.strerror}") from exc
+            tracking = Tracking(data_dir, set(request.module_ids), request.update_interval_seconds, "simulator")
+            self.tracker.track(tracking, "reinit", f"now tracking a simulated run in {data_dir}")
+            simulator = Simulator(source, data_dir, request.module_ids, request.movie_rate_hz,
+                                  request.pulse_height_rate_hz, request.max_file_size_mb)
+            try:
+                simulator.start()
+            except (OSError, ValueError) as exc:
+                self.tracker.track(None, "stop", "simulation could not start")
+                raise InvalidRequest(f"simulation could not start: {exc}") from exc
+            self.simulator = simulator
+        return {"data_dir": str(data_dir), "source_dir": str(source), "run_dirs": [str(d) for d in simulator.run_dirs]}
+
+    def stop_hp_io(self, request: StopHpIoRequest, ctx: RequestContext) -> dict:
+        with self._exclusive():
+            was = self.tracker.tracking
+            self.tracker.track(None, "stop", f"{self.service_name} stopped tracking")
+            self._stop_simulator()
+        return {"stopped": str(was.data_dir) if was else None}
+
+    def status(self, request: StatusRequest | None = None, ctx: RequestContext | None = None) -> dict:
+        status = self.tracker.status()
+        status["simulator"] = self.simulator.status() if self.simulator else None
+        status["endpoints"] = self.endpoints()
+        return status
+
+    def endpoints(self) -> dict[str, str]:
+        publisher = self.tracker.publisher
+        return {
+            "data": advertised_endpoint(publisher.data_endpoint, self.config.advertise_host),
+            "preview": advertised_endpoint(publisher.preview_endpoint, self.config.advertise_host),
+        }
+
+    def stream(self, request: StreamRequest, ctx: RequestContext) -> dict:
+        self._check_interval(request.update_interval_seconds)
+        tracked = {int(m) for m in self.tracker.status()["modules"]}
+        unknown = sorted(set(request.module_ids) - tracked)
+        if unknown and self.tracker.tracking is not None:
+            raise UnknownTarget(f"modules {unknown} are not tracked by {self.service_name}; tracked: {sorted(tracked)}")
+        products = [dp for dp, product in DATA_PRODUCTS.items()
+                    if (product.is_movie and request.stream_movie_data)
+                    or (not product.is_movie and request.stream_pulse_height_data)]
+        if request.module_ids:
+            topics = [f"{dp}.{m:03d}." for dp in products for m in sorted(request.module_ids)]
+        else:
+            topics = [f"{dp}." for dp in products]
+        interval = self.tracker.tracking.update_interval_s if self.tracker.tracking else None
+        return {"endpoints": self.endpoints(), "topics": topics + ["control."], "preview_interval_seconds": interval}
+
+    def beacon_state(self) -> dict:
+        tracking = self.tracker.tracking
+        return {
+            "state": "tracking" if tracking else "idle",
+            "data_dir": str(tracking.data_dir) if tracking else None,
+            "endpoints": self.endpoints(),
+        }
+
+    def close(self) -> None:
+        self._stop_simulator()

@@ -1,0 +1,107 @@
+"""Find the newest run of each module under a data dir and the PFF file to tail per data product."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from std_daq_service.pff import PffError, parse_data_file_name, parse_run_dir_name
+
+RUN_END_MARKERS = ("recording_ended", "collect_complete", "run_complete")
+
+
+@dataclass(frozen=True)
+class StreamFile:
+    """The current file of one stream (module and data product)."""
+
+    module_id: int
+    dp: str
+    path: Path
+    seqno: int
+    run: str
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.module_id, self.dp
+
+
+def _run_dirs(directory: Path) -> list[Path]:
+    runs = []
+    for entry in directory.glob("obs_*.pffd"):
+        try:
+            runs.append((parse_run_dir_name(entry.name).start, entry.name, entry))
+        except PffError:
+            continue
+    return [path for _, _, path in sorted(runs)]
+
+
+def _files_in_run(run_dir: Path, module_ids: set[int] | None) -> dict[tuple[int, str], StreamFile]:
+    """Highest-seqno file per (module, dp) in one run dir; empty files count (Hashpipe creates all four)."""
+    newest: dict[tuple[int, str], StreamFile] = {}
+    for entry in run_dir.glob("start_*.pff"):
+        try:
+            name = parse_data_file_name(entry.name)
+        except PffError:
+            continue
+        if module_ids and name.module_id not in module_ids:
+            continue
+        found = StreamFile(name.module_id, name.dp, entry, name.seqno, run_dir.name)
+        current = newest.get(found.key)
+        if current is None or (found.seqno, entry.name) > (current.seqno, current.path.name):
+            newest[found.key] = found
+    return newest
+
+
+def next_in_run(file: StreamFile) -> StreamFile | None:
+    """The file of the same stream and run with the next higher seqno, if it exists yet."""
+    later = [f for f in _all_files_in_run(file.path.parent, file.module_id, file.dp) if f.seqno > file.seqno]
+    return min(later, key=lambda f: f.seqno) if later else None
+
+
+def _all_files_in_run(run_dir: Path, module_id: int, dp: str) -> list[StreamFile]:
+    files = []
+    for entry in run_dir.glob(f"start_*.dp_{dp}.*.module_{module_id}.*pff"):
+        try:
+            name = parse_data_file_name(entry.name)
+        except PffError:
+            continue
+        if name.module_id == module_id and name.dp == dp:
+            files.append(StreamFile(module_id, dp, entry, name.seqno, run_dir.name))
+    return files
+
+
+def is_run_dir(path: Path) -> bool:
+    try:
+        parse_run_dir_name(path.name)
+        return True
+    except PffError:
+        return any(path.glob("start_*.pff"))
+
+
+def discover(data_dir: Path, module_ids: set[int] | None = None) -> dict[tuple[int, str], StreamFile]:
+    """Current file of every stream: newest run per module, highest seqno per data product.
+
+    `data_dir` is either a DAQ node's data dir (`module_<N>/obs_*.pffd/*.pff`) or one archived run
+    dir holding the files of all modules.
+    """
+    if is_run_dir(data_dir):
+        return _files_in_run(data_dir, module_ids)
+    streams: dict[tuple[int, str], StreamFile] = {}
+    for module_dir in sorted(data_dir.glob("module_*")):
+        suffix = module_dir.name.removeprefix("module_")
+        if not suffix.isdigit() or (module_ids and int(suffix) not in module_ids):
+            continue
+        runs = _run_dirs(module_dir)
+        if runs:
+            streams.update(_files_in_run(runs[-1], module_ids))
+    return streams
+
+
+def run_ended(run_dir: Path) -> str | None:
+    """Why a run is over (a marker file, or its dir is gone), or None while it may go on."""
+    if not run_dir.is_dir():
+        return f"run dir {run_dir} was removed"
+    for marker in RUN_END_MARKERS:
+        if (run_dir / marker).exists():
+            return f"marker file {marker} appeared"
+    return None

@@ -1,0 +1,174 @@
+"""Replay an archived PFF run as a live Hashpipe run: same layout, names, buffering and rollover."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+import std_daq_service
+from std_daq_service.hp_io_agent.run_discovery import discover
+from std_daq_service.pff import (
+    DATA_PRODUCTS,
+    PffReader,
+    PffWriter,
+    data_product,
+    format_data_file_name,
+    format_header,
+    format_run_dir_name,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = next((Path(std_daq_service.__file__).parent / "sample_data" / "lick_2024-07-25").glob("obs_*.pffd"))
+_IMAGE_BUFFER = 1 << 20  # Hashpipe's stdio buffer for image files
+_PH_BUFFER = 64 << 10
+
+
+@dataclass
+class _SimStream:
+    module_id: int
+    dp: str
+    headers: list[dict]
+    images: list[bytes]
+    rate_hz: float
+    written: int = 0
+    seqno: int = 0
+    writer: PffWriter | None = None
+    file_bytes: int = 0
+
+
+def _retimed(header: dict, unix_ns: int) -> dict:
+    """A header moved to `unix_ns`, WR and host clocks in agreement."""
+    tv_sec, ns = divmod(unix_ns, 1_000_000_000)
+    times = {"tv_sec": tv_sec, "tv_usec": ns // 1000, "pkt_tai": (tv_sec + 37) % 1024, "pkt_nsec": ns}
+    if "quabo_num" in header:
+        return {**header, **times}
+    return {key: {**value, **times} if value.get("tv_sec") else value for key, value in header.items()}
+
+
+class Simulator:
+    """Write a live run under `data_dir/module_<N>/obs_*.pffd/` from the frames of an archived run.
+
+    All four data product files of each module are created at start (unused ones stay empty, as
+    Hashpipe leaves them). Frames are written at the configured rates with headers moved to the
+    current time; files are buffered like Hashpipe's, so readers see torn frames, and roll over to
+    the next seqno after `max_file_size_mb`. The source loops forever; `close()` stops and removes
+    what was written.
+    """
+
+    def __init__(self, source_dir: Path, data_dir: Path, module_ids: list[int], movie_rate_hz: float,
+                 pulse_height_rate_hz: float, max_file_size_mb: float):
+        self.source_dir = source_dir
+        self.data_dir = data_dir
+        self.module_ids = module_ids
+        self.movie_rate_hz = movie_rate_hz
+        self.pulse_height_rate_hz = pulse_height_rate_hz
+        self.max_file_bytes = int(max_file_size_mb * 1e6)
+        self.run_dirs: list[Path] = []
+        self._streams: list[_SimStream] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def _load_source(self) -> dict[int, dict[str, tuple[list[dict], list[bytes]]]]:
+        by_module: dict[int, dict[str, tuple[list[dict], list[bytes]]]] = {}
+        for (module_id, dp), file in sorted(discover(self.source_dir).items()):
+            with PffReader(file.path, dp) as reader:
+                if reader.n_frames == 0:
+                    continue
+                block = reader.block()
+                headers = [block.header(i) for i in range(len(block))]
+                images = [bytes(row) for row in block.raw[:, block.header_size :]]
+            by_module.setdefault(module_id, {})[dp] = (headers, images)
+        if not by_module:
+            raise FileNotFoundError(f"no PFF frames in {self.source_dir}")
+        return by_module
+
+    def start(self) -> Simulator:
+        source = self._load_source()
+        source_modules = sorted(source)
+        targets = self.module_ids or source_modules
+        now = datetime.now(timezone.utc)
+        site = "sim"
+        for index, module_id in enumerate(targets):
+            products = source[source_modules[index % len(source_modules)]]
+            run_dir = self.data_dir / f"module_{module_id}" / format_run_dir_name(site, now, "sim")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_dirs.append(run_dir)
+            for dp in DATA_PRODUCTS:
+                (run_dir / format_data_file_name(now, dp, module_id, 0)).touch()
+            for dp, (headers, images) in products.items():
+                rate = self.movie_rate_hz if data_product(dp).is_movie else self.pulse_height_rate_hz
+                stream = _SimStream(module_id, dp, headers, images, rate)
+                stream.writer = self._writer(run_dir / format_data_file_name(now, dp, module_id, 0), dp)
+                self._streams.append(stream)
+        log.info("simulating modules %s from %s into %s", targets, self.source_dir, self.data_dir)
+        self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _writer(path: Path, dp: str) -> PffWriter:
+        product = data_product(dp)
+        return PffWriter(path, product, _IMAGE_BUFFER if product.is_movie else _PH_BUFFER).open()
+
+    def _roll_over(self, stream: _SimStream) -> None:
+        stream.writer.close()
+        stream.seqno += 1
+        stream.file_bytes = 0
+        path = stream.writer.path.parent / format_data_file_name(datetime.now(timezone.utc), stream.dp,
+                                                                 stream.module_id, stream.seqno)
+        stream.writer = self._writer(path, stream.dp)
+
+    def _run(self) -> None:
+        start_ns = time.time_ns()
+        t0 = time.monotonic()
+        try:
+            while not self._stop.wait(0.002):
+                elapsed = time.monotonic() - t0
+                for stream in self._streams:
+                    due = int(elapsed * stream.rate_hz)
+                    for k in range(stream.written, min(due, stream.written + 10_000)):
+                        i = k % len(stream.headers)
+                        unix_ns = start_ns + int(np.round(k * 1e9 / stream.rate_hz))
+                        frame = format_header(_retimed(stream.headers[i], unix_ns)) + stream.images[i]
+                        if stream.file_bytes + len(frame) > self.max_file_bytes:
+                            self._roll_over(stream)
+                        stream.writer.write_raw(frame)
+                        stream.file_bytes += len(frame)
+                        stream.written = k + 1
+        except OSError as exc:
+            self.error = f"simulator stopped: {exc}"
+            log.error(self.error)
+        finally:
+            for stream in self._streams:
+                stream.writer.close()
+
+    def status(self) -> dict:
+        return {
+            "source_dir": str(self.source_dir),
+            "data_dir": str(self.data_dir),
+            "frames_written": {f"{s.module_id}.{s.dp}": s.written for s in self._streams},
+            "error": self.error,
+        }
+
+    def close(self, remove: bool = True) -> None:
+        """Stop writing; remove the simulated run dirs unless `remove` is False."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if remove:
+            for run_dir in self.run_dirs:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                try:
+                    run_dir.parent.rmdir()
+                except OSError:
+                    pass  # the module dir holds other runs too

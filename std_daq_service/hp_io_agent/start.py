@@ -1,0 +1,42 @@
+"""Entry point of the node agent: `std_daq_hp_io_agent` or `python -m std_daq_service.hp_io_agent`."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from std_daq_service.config import HpIoAgentConfig
+from std_daq_service.hp_io_agent.file_watcher import FileWatcher
+from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
+from std_daq_service.hp_io_agent.request_handlers import AgentHandlers
+from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
+from std_daq_service.service_runtime import ServiceRuntime
+
+DESCRIPTION = (
+    "Node agent of the PANOSETI DAQ: finds Hashpipe runs under a data dir, tails their PFF files and publishes "
+    "every frame over ZMQ (plus a preview stream); can replay an archived run as a live one (init_sim). "
+    "Requests over RabbitMQ: init_hp_io, init_sim, stop_hp_io, status, stream."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    runtime = ServiceRuntime("hp_io_agent", HpIoAgentConfig, DESCRIPTION, argv)
+    config: HpIoAgentConfig = runtime.config
+    with ExitStack() as stack:
+        publisher = FramePublisher(runtime.service_name, config.data_bind, config.preview_bind, config.send_hwm)
+        stack.callback(publisher.close)
+        watcher = FileWatcher(config.poll_interval_seconds)
+        stack.callback(watcher.close)
+        tracker = stack.enter_context(
+            Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames)
+        )
+        handlers = AgentHandlers(runtime.service_name, config, tracker)
+        stack.callback(handlers.close)
+        if config.data_dir:
+            tracker.track(Tracking(Path(config.data_dir), set(), 1.0), "reinit", f"tracking {config.data_dir}")
+        return runtime.serve(stack, handlers.handlers(), handlers.beacon_state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

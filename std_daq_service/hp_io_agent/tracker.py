@@ -1,0 +1,193 @@
+"""The agent's tracking loop: discover runs, tail every stream, publish frames and previews."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from std_daq_service.hp_io_agent.file_watcher import FileWatcher
+from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
+from std_daq_service.hp_io_agent.run_discovery import discover, is_run_dir, run_ended
+from std_daq_service.hp_io_agent.stream_tailer import StreamTailer
+
+log = logging.getLogger(__name__)
+
+_REDISCOVER_S = 1.0
+
+
+@dataclass
+class Tracking:
+    """What the loop follows: set by init, cleared by stop."""
+
+    data_dir: Path
+    module_ids: set[int]
+    update_interval_s: float
+    origin: str = "file"
+    started: float = field(default_factory=time.time)
+
+
+class Tracker:
+    """Run the tracking loop in its own thread; `track()` and `stop_tracking()` are thread-safe.
+
+    Files that exist when tracking starts are followed from their end (live semantics), except in
+    a run that has already ended (an archived run), which is replayed from its start. Files that
+    appear later are read from their first frame.
+    """
+
+    def __init__(self, publisher: FramePublisher, watcher: FileWatcher, run_end_idle_s: float,
+                 max_batch_frames: int):
+        self.publisher = publisher
+        self.watcher = watcher
+        self.run_end_idle_s = run_end_idle_s
+        self.max_batch_frames = max_batch_frames
+        self._lock = threading.Lock()
+        self._tracking: Tracking | None = None
+        self._changed = threading.Event()
+        self._streams: dict[tuple[int, str], StreamTailer] = {}
+        self._ended_runs: dict[str, str] = {}
+        self._announced_runs: set[str] = set()
+        self._first_scan = True
+        self._pending_control = ("reinit", "")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def start(self) -> Tracker:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tracker", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self.watcher.wake()
+            self._thread.join()
+            self._thread = None
+        self._close_streams()
+
+    def __enter__(self) -> Tracker:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def tracking(self) -> Tracking | None:
+        return self._tracking
+
+    def track(self, tracking: Tracking | None, event: str = "reinit", message: str = "") -> None:
+        """Follow a new data dir (or nothing); subscribers get a control message."""
+        with self._lock:
+            self._tracking = tracking
+            self._changed.set()
+            self._pending_control = (event, message)
+        self.watcher.wake()
+
+    def _close_streams(self) -> None:
+        with self._lock:
+            streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.close()
+
+    def _apply_change(self) -> None:
+        with self._lock:
+            self._changed.clear()
+            tracking = self._tracking
+            event, message = self._pending_control
+        self._close_streams()
+        self._ended_runs.clear()
+        self._announced_runs.clear()
+        self._first_scan = True
+        self.publisher.control(event, message)
+        if tracking is not None:
+            self._discover(tracking)
+
+    def _discover(self, tracking: Tracking) -> None:
+        data_dir = tracking.data_dir
+        found = discover(data_dir, tracking.module_ids or None)
+        dirs = [data_dir] + sorted(data_dir.glob("module_*")) if not is_run_dir(data_dir) else [data_dir]
+        run_dirs = {f.path.parent for f in found.values()}
+        self.watcher.watch([d for d in dirs if d.is_dir()] + sorted(run_dirs))
+        for key, file in found.items():
+            stream = self._streams.get(key)
+            if stream is None:
+                from_end = self._first_scan and run_ended(file.path.parent) is None
+                with self._lock:
+                    self._streams[key] = StreamTailer(file, from_end, self.max_batch_frames)
+            else:
+                stream.switch_to(file)
+            if file.run not in self._announced_runs:
+                self._announced_runs.add(file.run)
+                self.publisher.control("run_start", f"tracking run {file.run}", run=file.run,
+                                       module_id=file.module_id)
+        self._first_scan = False
+
+    def _check_run_end(self) -> None:
+        now = time.monotonic()
+        for stream in self._streams.values():
+            run = stream.file.run
+            if run in self._ended_runs:
+                continue
+            reason = run_ended(stream.file.path.parent)
+            if reason is None and now - stream.last_data_time > self.run_end_idle_s and stream.frames:
+                reason = f"no new frames for {self.run_end_idle_s:g} s"
+            if reason is not None and stream.tailer.lag_bytes < stream.tailer.frame_size:
+                self._ended_runs[run] = reason
+                self.publisher.control("run_end", f"run {run} ended: {reason}", run=run)
+
+    def _run(self) -> None:
+        last_discovery = 0.0
+        while not self._stop.is_set():
+            try:
+                structure_changed = self.watcher.wait(0.05 if self._streams else 0.25)
+                if self._changed.is_set():
+                    self._apply_change()
+                    last_discovery = time.monotonic()
+                tracking = self._tracking
+                if tracking is None:
+                    self.publisher.poll_monitors()
+                    continue
+                if structure_changed or time.monotonic() - last_discovery > _REDISCOVER_S:
+                    self._discover(tracking)
+                    last_discovery = time.monotonic()
+                self._pump(tracking)
+                self.error = None
+            except OSError as exc:
+                if self.error != str(exc):
+                    log.warning("tracking %s: %s; retrying", self._tracking and self._tracking.data_dir, exc)
+                self.error = str(exc)
+                self._stop.wait(0.5)
+
+    def _pump(self, tracking: Tracking) -> None:
+        for stream in list(self._streams.values()):
+            while (block := stream.read()) is not None:
+                self.publisher.publish(block, tracking.origin)
+            stream.update_rate()
+        self.publisher.publish_previews(tracking.update_interval_s)
+        self.publisher.poll_monitors()
+        self._check_run_end()
+
+    def status(self) -> dict:
+        """Per module and data product: file, counts, rate, lag; plus subscribers and run state."""
+        tracking = self._tracking
+        modules: dict[str, dict] = {}
+        with self._lock:
+            streams = sorted(self._streams.items())
+            for (module_id, dp), stream in streams:
+                modules.setdefault(str(module_id), {})[dp] = stream.status()
+        return {
+            "data_dir": str(tracking.data_dir) if tracking else None,
+            "run": sorted({s.file.run for _, s in streams}) if streams else None,
+            "runs_ended": dict(self._ended_runs),
+            "modules": modules,
+            "subscribers": self.publisher.subscribers[0],
+            "preview_subscribers": self.publisher.subscribers[1],
+            "messages_published": self.publisher.messages,
+            "update_interval_seconds": tracking.update_interval_s if tracking else None,
+            "inotify": self.watcher.uses_inotify,
+            "error": self.error,
+        }

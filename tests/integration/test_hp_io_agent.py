@@ -1,0 +1,242 @@
+"""The node agent as a process: simulated runs, streaming, requests, run tracking (real RabbitMQ, Redis, ZMQ)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import zmq
+from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1, SAMPLE_RUN, ServiceProcess, wait_until
+
+from std_daq_service.broker import RequestCaller
+from std_daq_service.pff import PffReader
+from std_daq_service.protocol import (
+    ControlHeader,
+    FrameBatch,
+    InitHpIoRequest,
+    InitSimRequest,
+    StatusRequest,
+    StopHpIoRequest,
+    StreamRequest,
+    decode_stream_message,
+)
+
+pytestmark = pytest.mark.parametrize("service_name", ["hp_io_agent"], indirect=True)
+
+
+@pytest.fixture
+def agent(service_name, redis_url, redis_client, broker_url, tmp_path):
+    config = {
+        "data_bind": "tcp://127.0.0.1:*",
+        "preview_bind": "tcp://127.0.0.1:*",
+        "sim_data_dir": str(tmp_path / "sim"),
+        "run_end_idle_seconds": 2,
+        "min_update_interval_seconds": 0.05,
+    }
+    process = ServiceProcess("hp_io_agent", service_name, config, redis_url, tmp_path)
+    try:
+        process.wait_ready(redis_client)
+        yield process
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+@pytest.fixture
+def caller(broker_url):
+    with RequestCaller(broker_url, "test-agent-caller") as caller:
+        yield caller
+
+
+def ask(caller, target, request, timeout=15):
+    result = caller.call(target, request, timeout)
+    assert result.complete, f"no final status from {target}: {result.history}"
+    return result.finals[target]
+
+
+@contextmanager
+def subscriber(endpoint: str, topics: list[str]):
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    for topic in topics:
+        sock.setsockopt_string(zmq.SUBSCRIBE, topic)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def receive(sock, until, timeout: float):
+    """Receive stream messages until `until(messages)` is true; fail after `timeout`."""
+    messages = []
+    deadline = time.monotonic() + timeout
+    while not until(messages):
+        assert time.monotonic() < deadline, f"timed out with {len(messages)} messages"
+        if sock.poll(100):
+            messages.append(decode_stream_message(sock.recv_multipart()))
+    return messages
+
+
+def frames_of(messages, module_id, dp):
+    return [m for m in messages if isinstance(m, FrameBatch) and m.module_id == module_id and m.dp == dp]
+
+
+def count(messages, module_id, dp):
+    return sum(len(m) for m in frames_of(messages, module_id, dp))
+
+
+def stream_endpoints(caller, agent, **kwargs):
+    return ask(caller, agent.service_name, StreamRequest(**kwargs)).result
+
+
+def test_simulated_run_delivers_every_frame_in_order_with_source_pixels(agent, caller):
+    endpoints = stream_endpoints(caller, agent)["endpoints"]
+    with subscriber(endpoints["data"], [""]) as sock:
+        wait_until(lambda: ask(caller, agent.service_name, StatusRequest()).result["subscribers"] == 1, 10,
+                   message="agent counts the subscriber")
+        final = ask(caller, agent.service_name, InitSimRequest(movie_rate_hz=2000, pulse_height_rate_hz=500,
+                                                               update_interval_seconds=0.2))
+        assert final.action == "request_success", final.message
+        messages = receive(sock, lambda ms: count(ms, 1, "img16") >= 2500 and count(ms, 3, "ph256") >= 600, 30)
+    with PffReader(SAMPLE_IMG16) as reader:
+        source_images = reader.block().images()
+        source_pkt = reader.block().fields["pkt_num"]
+    img = frames_of(messages, 1, "img16")
+    seq = np.concatenate([m.header["seq"] for m in img])
+    assert seq.tolist() == list(range(len(seq))), "seq has gaps or duplicates"
+    images = np.concatenate([m.images for m in img])
+    expected = source_images[np.arange(len(images)) % len(source_images)]
+    assert np.array_equal(images, expected), "pixels differ from the source file"
+    pkt = np.concatenate([m.header["pff_header"]["quabo_0"]["pkt_num"] for m in img])
+    assert np.array_equal(pkt, source_pkt[np.arange(len(pkt)) % len(source_pkt), 0])
+    wr = np.concatenate([m.header["wr_timestamp_ns"] for m in img])
+    assert (np.diff(wr) == 500_000).all(), "WR time is not the simulated 2 kHz clock"
+    assert abs(wr[0] / 1e9 - time.time()) < 60
+    controls = [m for m in messages if isinstance(m, ControlHeader)]
+    assert {c.event for c in controls} >= {"run_start"}
+
+
+def test_module_whitelist_and_movie_flag_select_topics(agent, caller):
+    assert ask(caller, agent.service_name, InitSimRequest(module_ids=[7, 8], movie_rate_hz=500,
+                                                          pulse_height_rate_hz=200)).action == "request_success"
+    wait_until(lambda: "8" in ask(caller, agent.service_name, StatusRequest()).result["modules"], 10,
+               message="module 8 tracked")
+    # module 7 replays source module 1 (img16 + ph256), module 8 source module 3 (ph256 only)
+    answer = stream_endpoints(caller, agent, stream_pulse_height_data=False, module_ids=[7])
+    assert answer["topics"] == ["img16.007.", "img8.007.", "control."]
+    with subscriber(answer["endpoints"]["data"], answer["topics"]) as sock:
+        messages = receive(sock, lambda ms: count(ms, 7, "img16") >= 300, 20)
+    assert {(m.module_id, m.dp) for m in messages if isinstance(m, FrameBatch)} == {(7, "img16")}
+    unknown = ask(caller, agent.service_name, StreamRequest(module_ids=[9]))
+    assert unknown.action == "request_fail" and "modules [9] are not tracked" in unknown.message
+
+
+def test_two_preview_subscribers_both_progress(agent, caller):
+    assert ask(caller, agent.service_name, InitSimRequest(update_interval_seconds=0.1)).action == "request_success"
+    preview = stream_endpoints(caller, agent)["endpoints"]["preview"]
+    with subscriber(preview, ["img16."]) as fast, subscriber(preview, ["ph256.003."]) as slow:
+        a = receive(fast, lambda ms: len(ms) >= 5, 15)
+        b = receive(slow, lambda ms: len(ms) >= 3, 15)
+    assert all(len(m) == 1 for m in a + b)
+    frame_numbers = [m.header["frame_number"][0] for m in a]
+    assert frame_numbers == sorted(frame_numbers) and frame_numbers[-1] > frame_numbers[0]
+
+
+def test_init_with_missing_dir_or_too_short_interval_fails_with_the_reason(agent, caller):
+    final = ask(caller, agent.service_name, InitHpIoRequest(data_dir="/no/such/dir"))
+    assert final.action == "request_fail" and "data_dir '/no/such/dir' does not exist" in final.message
+    final = ask(caller, agent.service_name, InitHpIoRequest(data_dir="/tmp", update_interval_seconds=0.01))
+    assert final.action == "request_fail" and "minimum of 0.05" in final.message
+
+
+def test_force_is_needed_while_consumers_are_subscribed_and_they_are_told(agent, caller, tmp_path):
+    assert ask(caller, agent.service_name, InitSimRequest()).action == "request_success"
+    endpoints = stream_endpoints(caller, agent)["endpoints"]
+    with subscriber(endpoints["data"], ["control."]) as sock:
+        wait_until(lambda: ask(caller, agent.service_name, StatusRequest()).result["subscribers"] >= 1, 10,
+                   message="subscriber counted")
+        refused = ask(caller, agent.service_name, InitHpIoRequest(data_dir=str(tmp_path)))
+        assert refused.action == "request_fail"
+        assert "1 consumer(s) are subscribed" in refused.message and "force=true" in refused.message
+        forced = ask(caller, agent.service_name, InitHpIoRequest(data_dir=str(tmp_path), force=True))
+        assert forced.action == "request_success"
+        messages = receive(sock, lambda ms: any(m.event == "reinit" for m in ms), 10)
+    assert any(str(tmp_path) in m.message for m in messages if m.event == "reinit")
+
+
+def test_rollover_and_a_new_run_are_followed_and_run_end_reported(agent, caller, tmp_path):
+    data_dir = tmp_path / "daq"
+    run1 = data_dir / "module_1" / "obs_Lick.start_2024-07-25T04:34:06Z.runtype_sci-data.pffd"
+    run1.mkdir(parents=True)
+    source = SAMPLE_PH256_M1.read_bytes()
+    frame = 636
+    name = "start_2024-07-25T04:34:46Z.dp_ph256.bpp_2.module_1.seqno_{}.pff"
+    assert ask(caller, agent.service_name, InitHpIoRequest(data_dir=str(data_dir))).action == "request_success"
+    endpoints = stream_endpoints(caller, agent)["endpoints"]
+    with subscriber(endpoints["data"], [""]) as sock:
+        wait_until(lambda: ask(caller, agent.service_name, StatusRequest()).result["subscribers"] >= 1, 10,
+                   message="subscriber counted")
+        (run1 / name.format(0)).write_bytes(source[: 10 * frame + 100])
+        receive(sock, lambda ms: count(ms, 1, "ph256") >= 10, 10)
+        with open(run1 / name.format(0), "ab") as f:
+            f.write(source[10 * frame + 100 : 20 * frame])
+        (run1 / name.format(1)).write_bytes(source[20 * frame : 30 * frame])
+        run2 = data_dir / "module_1" / "obs_Lick.start_2024-07-26T04:00:00Z.runtype_sci-data.pffd"
+        run2.mkdir()
+        (run2 / name.format(0)).write_bytes(source[30 * frame : 35 * frame])
+        (run2 / "recording_ended").touch()
+        messages = receive(sock, lambda ms: any(isinstance(m, ControlHeader) and m.event == "run_end"
+                                                and m.run == run2.name for m in ms), 15)
+    frames = frames_of(messages, 1, "ph256")
+    raw = b"".join(m.images.tobytes() for m in frames)
+    expected = b"".join(source[i * frame + 124 : (i + 1) * frame] for i in range(10, 35))
+    assert raw == expected
+    seqnos = [(m.header["run"], m.header["seqno"]) for m in frames]
+    assert seqnos[0] == (run1.name, 0) and seqnos[-1] == (run2.name, 0) and (run1.name, 1) in seqnos
+    starts = [m.run for m in messages if isinstance(m, ControlHeader) and m.event == "run_start"]
+    assert run2.name in starts
+
+
+def test_status_counts_match_what_was_published_and_stop_ends_the_stream(agent, caller, tmp_path):
+    run = tmp_path / "archived" / SAMPLE_RUN.name
+    shutil.copytree(SAMPLE_RUN, run)
+    endpoints = stream_endpoints(caller, agent)["endpoints"]
+    with subscriber(endpoints["data"], [""]) as sock:
+        wait_until(lambda: ask(caller, agent.service_name, StatusRequest()).result["subscribers"] >= 1, 10,
+                   message="subscriber counted")
+        assert ask(caller, agent.service_name, InitHpIoRequest(data_dir=str(run))).action == "request_success"
+        messages = receive(sock, lambda ms: count(ms, 1, "img16") >= 1000 and count(ms, 3, "ph256") >= 1000
+                           and count(ms, 1, "ph256") >= 1000, 20)
+        status = ask(caller, agent.service_name, StatusRequest()).result
+        assert status["modules"]["1"]["img16"]["frames_published"] == count(messages, 1, "img16") == 1000
+        assert status["modules"]["3"]["ph256"]["frames_published"] == 1000
+        assert status["modules"]["1"]["img16"]["lag_bytes"] == 640
+        assert ask(caller, agent.service_name, StopHpIoRequest()).action == "request_success"
+        stop = receive(sock, lambda ms: any(isinstance(m, ControlHeader) and m.event == "stop" for m in ms), 10)
+    assert stop
+    assert ask(caller, agent.service_name, StatusRequest()).result["data_dir"] is None
+
+
+def test_corrupt_region_in_a_live_file_is_survived(agent, caller, tmp_path):
+    data_dir = tmp_path / "daq"
+    run = data_dir / "module_2" / "obs_Lick.start_2024-07-25T04:34:06Z.runtype_sci-data.pffd"
+    run.mkdir(parents=True)
+    path = run / "start_2024-07-25T04:34:46Z.dp_ph256.bpp_2.module_2.seqno_0.pff"
+    path.touch()
+    source = SAMPLE_PH256_M1.read_bytes()
+    assert ask(caller, agent.service_name, InitHpIoRequest(data_dir=str(data_dir))).action == "request_success"
+    endpoints = stream_endpoints(caller, agent)["endpoints"]
+    with subscriber(endpoints["data"], ["ph256."]) as sock:
+        wait_until(lambda: ask(caller, agent.service_name, StatusRequest()).result["subscribers"] >= 1, 10,
+                   message="subscriber counted")
+        with open(path, "ab") as f:
+            f.write(source[: 5 * 636] + b"\x00garbage" * 100 + source[5 * 636 : 10 * 636])
+        messages = receive(sock, lambda ms: count(ms, 2, "ph256") >= 10, 10)
+    status = ask(caller, agent.service_name, StatusRequest()).result["modules"]["2"]["ph256"]
+    assert status["corrupt_bytes_skipped"] == 800
+    seq = np.concatenate([m.header["seq"] for m in frames_of(messages, 2, "ph256")])
+    assert seq.tolist() == list(range(5)) + list(range(6, 11)), "the lost frame is visible as a gap in seq"
