@@ -37,7 +37,7 @@ class ServiceRuntime:
             description=f"{description.strip()} Configuration: Redis key config.<SERVICE_NAME>.",
         )
         parser.add_argument("--service_name", "--service-name", default=os.environ.get("SERVICE_NAME"),
-                            help="<site>.<node>.%s (default: $SERVICE_NAME)" % kind)
+                            help=f"<site>.<node>.{kind} (default: $SERVICE_NAME)")
         parser.add_argument("--redis-url", default=None, help="default: $REDIS_URL or redis://127.0.0.1:6379/0")
         parser.add_argument("--broker-url", default=None,
                             help="default: $BROKER_URL or amqp://guest:guest@127.0.0.1:5672/%%2F")
@@ -74,7 +74,8 @@ class ServiceRuntime:
         consumer.dispatcher = dispatcher
 
         def beacon_state() -> dict[str, Any]:
-            return {**state(), "running_requests": dispatcher.running(), "broker_connected": consumer.connected.is_set()}
+            running = dispatcher.running()
+            return {**state(), "running_requests": running, "broker_connected": consumer.connected.is_set()}
 
         stack.enter_context(LivenessBeacon(self.redis, self.service_name, self.config, beacon_state))
         stack.callback(dispatcher.close)
