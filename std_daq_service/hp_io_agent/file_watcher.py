@@ -45,10 +45,15 @@ class FileWatcher:
     def uses_inotify(self) -> bool:
         return self._inotify is not None
 
-    def watch(self, directories: list[Path]) -> None:
-        """Watch exactly these directories from now on."""
+    def watch(self, directories: list[Path]) -> int:
+        """Watch exactly these directories from now on; return how many were not watched before.
+
+        What changed in a new directory before its watch was added is not reported: callers rescan
+        when this returns more than 0.
+        """
         if self._inotify is None:
-            return
+            return 0
+        added = 0
         with self._lock:
             wanted = set(directories)
             for path in list(self._watches):
@@ -60,8 +65,10 @@ class FileWatcher:
             for path in wanted - set(self._watches):
                 try:
                     self._watches[path] = self._inotify.add_watch(path, _MASK)
+                    added += 1
                 except OSError:
                     continue  # vanished since it was listed; the next scan finds out
+        return added
 
     def wait(self, timeout_s: float) -> bool:
         """Block until a change, a `wake()` or the timeout; True if the directory structure changed."""

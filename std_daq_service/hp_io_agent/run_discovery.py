@@ -97,6 +97,18 @@ def discover(data_dir: Path, module_ids: set[int] | None = None) -> dict[tuple[i
     return streams
 
 
+def watched_dirs(data_dir: Path) -> list[Path]:
+    """Directories whose changes matter: the data dir, its module dirs and each module's newest run dir."""
+    if is_run_dir(data_dir):
+        return [data_dir]
+    dirs = [data_dir]
+    for module_dir in sorted(data_dir.glob("module_*")):
+        if module_dir.is_dir():
+            dirs.append(module_dir)
+            dirs.extend(_run_dirs(module_dir)[-1:])
+    return dirs
+
+
 def run_ended(run_dir: Path) -> str | None:
     """Why a run is over (a marker file, or its dir is gone), or None while it may go on."""
     if not run_dir.is_dir():

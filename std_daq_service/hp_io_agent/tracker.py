@@ -10,7 +10,7 @@ from pathlib import Path
 
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
 from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
-from std_daq_service.hp_io_agent.run_discovery import discover, is_run_dir, run_ended
+from std_daq_service.hp_io_agent.run_discovery import discover, run_ended, watched_dirs
 from std_daq_service.hp_io_agent.stream_tailer import StreamTailer
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,11 @@ class Tracker:
 
     def _discover(self, tracking: Tracking) -> None:
         data_dir = tracking.data_dir
-        found = discover(data_dir, tracking.module_ids or None)
-        dirs = [data_dir] + sorted(data_dir.glob("module_*")) if not is_run_dir(data_dir) else [data_dir]
-        run_dirs = {f.path.parent for f in found.values()}
-        self.watcher.watch([d for d in dirs if d.is_dir()] + sorted(run_dirs))
+        for _ in range(4):  # a dir created before its watch existed may already hold new runs and files
+            found = discover(data_dir, tracking.module_ids or None)
+            run_dirs = {f.path.parent for f in found.values()}
+            if not self.watcher.watch(sorted(set(watched_dirs(data_dir)) | run_dirs)):
+                break
         for key, file in found.items():
             stream = self._streams.get(key)
             if stream is None:

@@ -1,0 +1,175 @@
+"""Tail-and-publish benchmark of the node agent, next to raw file read and raw ZMQ rates of the same run.
+
+Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000] [--seconds 10]
+       (--rate-hz 0: each module's writer appends as fast as it can)
+
+A synthetic Hashpipe appends real Lick img16 frames for N modules into data_dir/module_N/obs_*/ in 1 MiB
+writes (412 frames, as Hashpipe's stdio buffer flushes), logging the time of each write. The agent (a
+subprocess, config in Redis, init_hp_io over RabbitMQ) tails and publishes; a SUB socket counts frames and
+gaps in seq; latency = arrival of a message - time of the write that completed its last frame. Agent CPU
+comes from /proc. Needs Redis and RabbitMQ (./setup_dev_env.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+import std_daq_service
+from std_daq_service.broker import RequestCaller
+from std_daq_service.config import connect_redis
+from std_daq_service.pff import PffReader
+from std_daq_service.protocol import FrameBatch, InitHpIoRequest, StreamRequest, decode_stream_message
+
+EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
+FRAME = 2540
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CHUNK_FRAMES = (1 << 20) // FRAME  # one Hashpipe stdio flush: 412 img16 frames
+
+
+def hashpipe_writer(path: Path, rate_hz: float, seconds: float, stop: threading.Event, log: list) -> None:
+    """Append real frames in 1 MiB flushes at `rate_hz`; log (frames written so far, time_ns) per flush."""
+    with PffReader(EXCERPT) as reader:
+        source = reader.block().raw.tobytes()
+    chunks = [(source * 2)[i * FRAME : (i + CHUNK_FRAMES) * FRAME] for i in range(0, 1000, CHUNK_FRAMES)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    n, k = 0, 0
+    start = time.monotonic()
+    while not stop.is_set() and time.monotonic() - start < seconds:
+        if rate_hz and (n + CHUNK_FRAMES) / rate_hz > time.monotonic() - start:
+            time.sleep(0.0005)
+            continue
+        os.write(fd, chunks[k % len(chunks)])
+        k += 1
+        n += CHUNK_FRAMES
+        log.append((n, time.time_ns()))
+    os.close(fd)
+
+
+def zmq_reference(n_messages: int = 300, batch: int = 1000) -> float:
+    ctx = zmq.Context.instance()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    time.sleep(0.3)
+    payload = bytes(batch * 2048)
+    start = time.perf_counter()
+    for _ in range(n_messages):
+        pub.send_multipart([b"img16.001.", b"{}", payload], copy=False)
+    for _ in range(n_messages):
+        sub.recv_multipart()
+    elapsed = time.perf_counter() - start
+    pub.close(0)
+    sub.close(0)
+    return n_messages * batch / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modules", type=int, default=4)
+    parser.add_argument("--rate-hz", type=float, default=25000, help="frames/s per module; 0 = as fast as possible")
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
+    redis = connect_redis()
+    redis.set(f"config.{name}", json.dumps({"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*"}))
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        agent = subprocess.Popen([sys.executable, "-m", "std_daq_service.hp_io_agent", "--log-level", "WARNING"],
+                                 env={**os.environ, "SERVICE_NAME": name})
+        try:
+            with RequestCaller(None, "bench") as caller:
+                deadline = time.monotonic() + 20
+                while not redis.exists(f"status.{name}"):
+                    assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
+                    time.sleep(0.1)
+                assert caller.call(name, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
+                endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
+            sub = zmq.Context.instance().socket(zmq.SUB)
+            sub.setsockopt(zmq.RCVHWM, 0)
+            sub.connect(endpoint)
+            sub.setsockopt(zmq.SUBSCRIBE, b"img16.")
+            time.sleep(0.5)
+            run = "obs_Bench.start_2026-11-23T00:00:00Z.runtype_bench.pffd"
+            paths = []
+            for m in range(1, args.modules + 1):
+                (data_dir / f"module_{m}" / run).mkdir(parents=True)
+                name_m = f"start_2026-11-23T00:00:00Z.dp_img16.bpp_2.module_{m}.seqno_0.pff"
+                paths.append(data_dir / f"module_{m}" / run / name_m)
+            stop = threading.Event()
+            logs: dict[int, list] = {m: [] for m in range(1, args.modules + 1)}
+            writers = [threading.Thread(target=hashpipe_writer, args=(p, args.rate_hz, args.seconds, stop, logs[m]))
+                       for m, p in zip(logs, paths, strict=True)]
+            cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
+            for w in writers:
+                w.start()
+            received, gaps, latencies, next_seq = 0, 0, [], {}
+            while any(w.is_alive() for w in writers) or sub.poll(1500):
+                if not sub.poll(100):
+                    continue
+                message = decode_stream_message(sub.recv_multipart())
+                arrival = time.time_ns()
+                if not isinstance(message, FrameBatch):
+                    continue
+                seq = message.header["seq"]
+                gaps += seq[0] - next_seq.get(message.module_id, seq[0])
+                next_seq[message.module_id] = seq[-1] + 1
+                received += len(message)
+                log = logs[message.module_id]
+                index = bisect.bisect_left(log, (seq[-1] + 1, 0))
+                if index < len(log):
+                    latencies.append((arrival - log[index][1]) / 1e6)
+            elapsed = time.monotonic() - t0
+            cpu = cpu_seconds(agent.pid) - cpu0
+            sub.close(0)
+        finally:
+            agent.terminate()
+            agent.wait(20)
+            redis.delete(f"config.{name}")
+        total = sum(log[-1][0] for log in logs.values() if log)
+        start = time.perf_counter()
+        for p in paths:
+            with open(p, "rb") as f:
+                while f.read(16 << 20):
+                    pass
+        raw_read = total / (time.perf_counter() - start)
+    raw_zmq = zmq_reference()
+    lat = np.array(latencies)
+    print(f"img16, {args.modules} modules, {'max' if not args.rate_hz else f'{args.rate_hz:g} Hz'} per module, "
+          f"{args.seconds:g} s")
+    print("| measure | value |")
+    print("|---|---:|")
+    print(f"| frames written | {total:,} |")
+    print(f"| frames delivered | {received:,} ({received / max(total, 1):.1%}) |")
+    print(f"| frames lost (seq gaps + undelivered) | {gaps + total - received:,} |")
+    print(f"| delivered frames/s (over the write period) | {received / elapsed:,.0f} |")
+    print(f"| latency write to receive p50 / p99 / max | {np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f}"
+          f" / {lat.max():.1f} ms |")
+    print(f"| agent CPU | {cpu / elapsed:.0%} of one core |")
+    print(f"| reference: raw read of the same files | {raw_read:,.0f} frames/s |")
+    print(f"| reference: raw ZMQ PUB/SUB, 1000-frame messages | {raw_zmq:,.0f} frames/s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""`std_daq list-hosts|init|init-sim|stop|status|stream`: drive node agents."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import zmq
+
+from std_daq_service.broker import RequestCaller
+from std_daq_service.config import connect_redis, live_services
+from std_daq_service.protocol import (
+    ControlHeader,
+    InitSimRequest,
+    InvalidRequest,
+    NoServiceAnswered,
+    RequestBase,
+    RequestTimeout,
+    StatusRequest,
+    StopHpIoRequest,
+    StreamRequest,
+    decode_request,
+    decode_stream_message,
+)
+
+
+def _module_ids(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidRequest(f"--module-ids takes comma-separated integers, got {text!r}") from None
+
+
+def add_commands(commands) -> None:
+    hosts = commands.add_parser("list-hosts", help="services whose liveness beacon is alive")
+    hosts.add_argument("--kind", help="only this kind: hp_io_agent, writer, rest")
+    hosts.set_defaults(run=run_list_hosts)
+
+    def agent_parser(name: str, help_text: str):
+        parser = commands.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("agent", help="SERVICE_NAME of the agent, e.g. lick.daq1.hp_io_agent")
+        parser.add_argument("--timeout", type=float, default=30, help="seconds to wait for the answer (default 30)")
+        return parser
+
+    init = agent_parser("init", "start tracking a data dir, from a panoseti hp_io_config.json")
+    init.add_argument("config_file", help="JSON with data_dir, update_interval_seconds, force, module_ids, "
+                                          "simulate_daq")
+    init.set_defaults(run=run_init)
+    sim = agent_parser("init-sim", "replay an archived run (default: the embedded Lick excerpt) as a live run")
+    sim.add_argument("--source-dir", help="archived run dir to replay")
+    sim.add_argument("--module-ids", help="comma-separated module ids to simulate")
+    sim.add_argument("--movie-rate-hz", type=float, default=1000.0, help="image frames/s per module (default 1000)")
+    sim.add_argument("--ph-rate-hz", type=float, default=100.0, help="pulse-height frames/s per module (default 100)")
+    sim.add_argument("--update-interval", type=float, default=1.0, help="preview period in s (default 1)")
+    sim.add_argument("--force", action="store_true", help="re-initialise even while consumers are subscribed")
+    sim.set_defaults(run=run_init_sim)
+    stop = agent_parser("stop", "stop tracking (and the simulator)")
+    stop.set_defaults(run=run_stop)
+    status = agent_parser("status", "what the agent tracks: files, counts, rates, lag, subscribers")
+    status.set_defaults(run=run_status)
+    stream = agent_parser("stream", "subscribe to an agent's frames and print a summary per second")
+    stream.add_argument("--module-ids", help="comma-separated module ids (default: all)")
+    stream.add_argument("--no-movie", action="store_true", help="leave out image data products")
+    stream.add_argument("--no-pulse-height", action="store_true", help="leave out pulse-height data products")
+    stream.add_argument("--preview", action="store_true", help="the preview stream instead of every frame")
+    stream.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
+    stream.add_argument("--refresh-period", type=float, default=1.0, help="seconds between summaries (default 1)")
+    stream.set_defaults(run=run_stream)
+
+
+def run_list_hosts(args) -> int:
+    services = live_services(connect_redis(args.redis_url), args.kind)
+    for name, beacon in services.items():
+        print(f"{name}\thost={beacon.get('host')}\tpid={beacon.get('pid')}\tstate={beacon.get('state', '-')}")
+    if not services:
+        print("no live services", file=sys.stderr)
+    return 0
+
+
+def _request(args, request: RequestBase) -> dict:
+    with RequestCaller(args.broker_url, "std_daq-cli") as caller:
+        result = caller.call(args.agent, request, args.timeout)
+    final = result.finals.get(args.agent)
+    if final is None:
+        if not result.history:
+            raise NoServiceAnswered(f"{args.agent} did not answer within {args.timeout:g} s; is it running? "
+                                    "(std_daq list-hosts)")
+        raise RequestTimeout(f"{args.agent} received the request but did not finish within {args.timeout:g} s")
+    if final.action != "request_success":
+        print(f"std_daq: {args.agent}: {final.action}: {final.message}", file=sys.stderr)
+        sys.exit(1)
+    return final.result or {}
+
+
+def run_init(args) -> int:
+    try:
+        config = json.loads(Path(args.config_file).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"{args.config_file}: cannot read a JSON object: {exc}") from exc
+    if not isinstance(config, dict):
+        raise InvalidRequest(f"{args.config_file}: must hold a JSON object")
+    print(json.dumps(_request(args, decode_request({**config, "request_type": "init_hp_io"})), indent=2))
+    return 0
+
+
+def run_init_sim(args) -> int:
+    request = InitSimRequest(source_dir=args.source_dir, module_ids=_module_ids(args.module_ids),
+                             movie_rate_hz=args.movie_rate_hz, pulse_height_rate_hz=args.ph_rate_hz,
+                             update_interval_seconds=args.update_interval, force=args.force)
+    print(json.dumps(_request(args, request), indent=2))
+    return 0
+
+
+def run_stop(args) -> int:
+    print(json.dumps(_request(args, StopHpIoRequest()), indent=2))
+    return 0
+
+
+def run_status(args) -> int:
+    print(json.dumps(_request(args, StatusRequest()), indent=2))
+    return 0
+
+
+def run_stream(args) -> int:
+    answer = _request(args, StreamRequest(stream_movie_data=not args.no_movie,
+                                          stream_pulse_height_data=not args.no_pulse_height,
+                                          module_ids=_module_ids(args.module_ids)))
+    endpoint = answer["endpoints"]["preview" if args.preview else "data"]
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(endpoint)
+    for topic in answer["topics"]:
+        sock.setsockopt_string(zmq.SUBSCRIBE, topic)
+    print(f"subscribed to {endpoint} topics {' '.join(answer['topics'])}", flush=True)
+    totals: dict[str, int] = defaultdict(int)
+    window: dict[str, int] = defaultdict(int)
+    gaps: dict[str, int] = defaultdict(int)
+    next_seq: dict[str, int] = {}
+    start = last = time.monotonic()
+    try:
+        while not args.seconds or time.monotonic() - start < args.seconds:
+            if sock.poll(100):
+                message = decode_stream_message(sock.recv_multipart())
+                if isinstance(message, ControlHeader):
+                    print(f"[{message.event}] {message.message}", flush=True)
+                    continue
+                key = f"module {message.module_id:3d} {message.dp:6s}"
+                seq = message.header["seq"]
+                if key in next_seq and seq[0] > next_seq[key] and not args.preview:
+                    gaps[key] += seq[0] - next_seq[key]
+                next_seq[key] = seq[-1] + 1
+                totals[key] += len(message)
+                window[key] += len(message)
+            now = time.monotonic()
+            if now - last >= args.refresh_period:
+                for key in sorted(totals):
+                    print(f"{key}  {window[key] / (now - last):9.1f} frames/s  total {totals[key]:9d}"
+                          f"  lost {gaps[key]}", flush=True)
+                window.clear()
+                last = now
+    finally:
+        sock.close(linger=0)
+    return 0
