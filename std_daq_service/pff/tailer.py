@@ -68,8 +68,15 @@ class PffTailer:
 
     @property
     def lag_bytes(self) -> int:
-        """Bytes in the file not yet returned (a torn frame or unread frames)."""
-        return max(0, self.size() - self.offset)
+        """Bytes in the file not yet returned (a torn frame or unread frames); 0 once closed."""
+        fd = self._fd
+        if fd is None:
+            return 0
+        try:
+            return max(0, os.fstat(fd).st_size - self.offset)
+        except OSError:
+            return 0  # closed by another thread while asked
+
 
     def read_new(self) -> FrameBlock | None:
         """Return the complete frames appended since the last call (at most max_bytes), or None."""
