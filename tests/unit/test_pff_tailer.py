@@ -67,7 +67,8 @@ def test_empty_file_then_growth(tmp_path):
 def test_torn_trailing_frame_of_a_real_file_is_never_returned(tmp_path):
     with PffTailer(SAMPLE_IMG16) as tailer:
         frames = _collect(tailer)
-    assert len(frames) == 1000 and tailer.lag_bytes == 640
+        assert len(frames) == 1000 and tailer.lag_bytes == 640
+    assert tailer.lag_bytes == 0, "a closed tailer reports no lag and does not reopen the file"
 
 
 def test_garbage_in_the_middle_is_skipped_counted_and_followed_by_every_later_frame(tmp_path):
