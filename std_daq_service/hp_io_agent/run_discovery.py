@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,39 +36,32 @@ def _run_dirs(directory: Path) -> list[Path]:
     return [path for _, _, path in sorted(runs)]
 
 
-def _files_in_run(run_dir: Path, module_ids: set[int] | None) -> dict[tuple[int, str], StreamFile]:
-    """Highest-seqno file per (module, dp) in one run dir; empty files count (Hashpipe creates all four)."""
-    newest: dict[tuple[int, str], StreamFile] = {}
+def _stream_files(run_dir: Path) -> Iterator[StreamFile]:
+    """Every data file of a run dir; names that are not Hashpipe's are passed over."""
     for entry in run_dir.glob("start_*.pff"):
         try:
             name = parse_data_file_name(entry.name)
         except PffError:
             continue
-        if module_ids and name.module_id not in module_ids:
+        yield StreamFile(name.module_id, name.dp, entry, name.seqno, run_dir.name)
+
+
+def _files_in_run(run_dir: Path, module_ids: set[int] | None) -> dict[tuple[int, str], StreamFile]:
+    """Highest-seqno file per (module, dp) in one run dir; empty files count (Hashpipe creates all four)."""
+    newest: dict[tuple[int, str], StreamFile] = {}
+    for found in _stream_files(run_dir):
+        if module_ids and found.module_id not in module_ids:
             continue
-        found = StreamFile(name.module_id, name.dp, entry, name.seqno, run_dir.name)
         current = newest.get(found.key)
-        if current is None or (found.seqno, entry.name) > (current.seqno, current.path.name):
+        if current is None or (found.seqno, found.path.name) > (current.seqno, current.path.name):
             newest[found.key] = found
     return newest
 
 
 def next_in_run(file: StreamFile) -> StreamFile | None:
     """The file of the same stream and run with the next higher seqno, if it exists yet."""
-    later = [f for f in _all_files_in_run(file.path.parent, file.module_id, file.dp) if f.seqno > file.seqno]
+    later = [f for f in _stream_files(file.path.parent) if f.key == file.key and f.seqno > file.seqno]
     return min(later, key=lambda f: f.seqno) if later else None
-
-
-def _all_files_in_run(run_dir: Path, module_id: int, dp: str) -> list[StreamFile]:
-    files = []
-    for entry in run_dir.glob(f"start_*.dp_{dp}.*.module_{module_id}.*pff"):
-        try:
-            name = parse_data_file_name(entry.name)
-        except PffError:
-            continue
-        if name.module_id == module_id and name.dp == dp:
-            files.append(StreamFile(module_id, dp, entry, name.seqno, run_dir.name))
-    return files
 
 
 def is_run_dir(path: Path) -> bool:
