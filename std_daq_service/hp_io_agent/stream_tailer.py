@@ -47,10 +47,7 @@ class StreamTailer:
         frame_size = data_product(file.dp).frame_size
         self.tailer = PffTailer(file.path, file.dp, max_bytes=self.max_batch_frames * frame_size).open()
         if from_end:
-            size = self.tailer.size()
-            whole = size - size % self.tailer.frame_size
-            self.tailer.offset = whole
-            self.tailer.frames_read = whole // self.tailer.frame_size
+            self.tailer.skip_to_end()
         log.info("tailing %s from frame %d", file.path, self.tailer.frames_read)
 
     def switch_to(self, file: StreamFile) -> None:

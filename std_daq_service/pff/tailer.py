@@ -62,6 +62,12 @@ class PffTailer:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def skip_to_end(self) -> None:
+        """Start after the last complete frame now in the file (live semantics: only new frames)."""
+        size = self.size()
+        self.frames_read = size // self.frame_size
+        self.offset = self.frames_read * self.frame_size
+
     def size(self) -> int:
         """Current size of the file in bytes."""
         return os.fstat(self.open()._fd).st_size

@@ -113,6 +113,19 @@ def test_file_shrinking_is_reported_not_crashed(tmp_path):
         assert tailer.truncated
 
 
+def test_skip_to_end_returns_only_frames_appended_afterwards(tmp_path):
+    path = tmp_path / SAMPLE_IMG16.name
+    path.write_bytes(IMG16[: 3 * 2540 + 100])
+    with PffTailer(path) as tailer:
+        tailer.skip_to_end()
+        assert tailer.frames_read == 3 and tailer.read_new() is None
+        with open(path, "ab") as f:
+            f.write(IMG16[3 * 2540 + 100 : 5 * 2540])
+        block = tailer.read_new()
+        assert block.first_frame_number == 3
+        assert [bytes(r) for r in block.raw] == [IMG16[3 * 2540 : 4 * 2540], IMG16[4 * 2540 : 5 * 2540]]
+
+
 def test_max_bytes_bounds_each_block(tmp_path):
     path = tmp_path / SAMPLE_IMG16.name
     path.write_bytes(IMG16)
