@@ -50,13 +50,13 @@ class FramePublisher:
         self.subscribers = [0, 0]
         self.messages = 0
         self.send_failures = 0
-        self._latest: dict[tuple[int, str], StreamBlock] = {}
+        self._latest: dict[tuple[int, str], tuple[StreamBlock, str]] = {}
         self._last_preview = 0.0
 
     def publish(self, stream: StreamBlock, origin: str = "file") -> None:
         """Send a block of frames as one message and remember its last frame for the preview."""
         self._send(self.data, self._encode(stream, origin))
-        self._latest[stream.file.key] = stream
+        self._latest[stream.file.key] = (stream, origin)
 
     def _encode(self, stream: StreamBlock, origin: str) -> list[bytes]:
         block = stream.block
@@ -90,10 +90,10 @@ class FramePublisher:
         if now - self._last_preview < interval_s or not self._latest:
             return
         self._last_preview = now
-        for stream in self._latest.values():
+        for stream, origin in self._latest.values():
             last = len(stream.block) - 1
             one = StreamBlock(stream.file, stream.block[last:], stream.seq[last:])
-            self._send(self.preview, self._encode(one, "file"))
+            self._send(self.preview, self._encode(one, origin))
         self._latest.clear()
 
     def control(self, event: str, message: str, **fields) -> None:

@@ -142,6 +142,7 @@ def test_two_preview_subscribers_both_progress(agent, caller):
         a = receive(fast, lambda ms: len(ms) >= 5, 15)
         b = receive(slow, lambda ms: len(ms) >= 3, 15)
     assert all(len(m) == 1 for m in a + b)
+    assert {m.header["origin"] for m in a + b} == {"simulator"}, "previews keep the origin of their frames"
     frame_numbers = [m.header["frame_number"][0] for m in a]
     assert frame_numbers == sorted(frame_numbers) and frame_numbers[-1] > frame_numbers[0]
 
