@@ -121,7 +121,7 @@ class AgentHandlers:
             self._stop_simulator()
         return {"stopped": str(was.data_dir) if was else None}
 
-    def status(self, request: StatusRequest | None = None, ctx: RequestContext | None = None) -> dict:
+    def status(self, request: StatusRequest, ctx: RequestContext) -> dict:
         status = self.tracker.status()
         status["simulator"] = self.simulator.status() if self.simulator else None
         status["endpoints"] = self.endpoints()
@@ -136,7 +136,7 @@ class AgentHandlers:
 
     def stream(self, request: StreamRequest, ctx: RequestContext) -> dict:
         self._check_interval(request.update_interval_seconds)
-        tracked = {int(m) for m in self.tracker.status()["modules"]}
+        tracked = self.tracker.module_ids()
         unknown = sorted(set(request.module_ids) - tracked)
         if unknown and self.tracker.tracking is not None:
             raise UnknownTarget(f"modules {unknown} are not tracked by {self.service_name}; tracked: {sorted(tracked)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
@@ -26,11 +26,10 @@ class Tracking:
     module_ids: set[int]
     update_interval_s: float
     origin: str = "file"
-    started: float = field(default_factory=time.time)
 
 
 class Tracker:
-    """Run the tracking loop in its own thread; `track()` and `stop_tracking()` are thread-safe.
+    """Run the tracking loop in its own thread; `track()`, `module_ids()` and `status()` are thread-safe.
 
     Files that exist when tracking starts are followed from their end (live semantics), except in
     a run that has already ended (an archived run), which is replayed from its start. Files that
@@ -171,6 +170,11 @@ class Tracker:
         self.publisher.publish_previews(tracking.update_interval_s)
         self.publisher.poll_monitors()
         self._check_run_end()
+
+    def module_ids(self) -> set[int]:
+        """Modules with at least one tracked stream."""
+        with self._lock:
+            return {module_id for module_id, _ in self._streams}
 
     def status(self) -> dict:
         """Per module and data product: file, counts, rate, lag; plus subscribers and run state."""
