@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pika warns about every returned (unroutable) request, which std_daq reports itself
+    logging.getLogger("pika").setLevel(max(logging.ERROR, logging.getLogger().level))
     try:
         return args.run(args) or 0
     except DaqError as exc:

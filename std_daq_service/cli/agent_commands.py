@@ -14,6 +14,7 @@ from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import (
     ControlHeader,
+    DaqError,
     InitSimRequest,
     InvalidRequest,
     NoServiceAnswered,
@@ -92,8 +93,7 @@ def _request(args, request: RequestBase) -> dict:
                                     "(std_daq list-hosts)")
         raise RequestTimeout(f"{args.agent} received the request but did not finish within {args.timeout:g} s")
     if final.action != "request_success":
-        print(f"std_daq: {args.agent}: {final.action}: {final.message}", file=sys.stderr)
-        sys.exit(1)
+        raise DaqError(f"{args.agent}: {final.action}: {final.message}")
     return final.result or {}
 
 
