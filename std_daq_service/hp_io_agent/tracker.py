@@ -128,11 +128,15 @@ class Tracker:
 
     def _check_run_end(self) -> None:
         now = time.monotonic()
+        markers: dict[Path, str | None] = {}  # one look per run dir, however many streams share it
         for stream in self._streams.values():
             run = stream.file.run
             if run in self._ended_runs:
                 continue
-            reason = run_ended(stream.file.path.parent)
+            run_dir = stream.file.path.parent
+            if run_dir not in markers:
+                markers[run_dir] = run_ended(run_dir)
+            reason = markers[run_dir]
             if reason is None and now - stream.last_data_time > self.run_end_idle_s and stream.frames:
                 reason = f"no new frames for {self.run_end_idle_s:g} s"
             if reason is not None and stream.tailer.lag_bytes < stream.tailer.frame_size:
