@@ -65,6 +65,12 @@ class ServiceRuntime:
         if not isinstance(self.config, config_model):
             parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: refusing to start: config is not a {kind} config\n")
         self._stopped = threading.Event()
+        self._parser = parser
+
+    def refuse(self, reason: str) -> None:
+        """Exit with code 2 and `reason` on stderr (the service cannot start)."""
+        log.error("refusing to start: %s", reason)
+        self._parser.exit(EXIT_BAD_CONFIG, f"{self._parser.prog}: refusing to start: {reason}\n")
 
     def serve(self, stack: ExitStack, handlers: dict[str, Handler],
               state: Callable[[], dict[str, Any]]) -> int:

@@ -5,15 +5,29 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
+import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock
+from std_daq_service.pff import FrameBlock
 from std_daq_service.protocol import encode_control, encode_frames
 
 log = logging.getLogger(__name__)
+
+
+class FrameSource(NamedTuple):
+    """Where a block of frames comes from, as its messages describe it."""
+
+    module_id: int
+    dp: str
+    origin: str
+    run: str | None = None
+    file: str | None = None
+    seqno: int | None = None
 
 
 def advertised_endpoint(bind: str, advertise_host: str | None) -> str:
@@ -50,27 +64,32 @@ class FramePublisher:
         self.subscribers = [0, 0]
         self.messages = 0
         self.send_failures = 0
-        self._latest: dict[tuple[int, str], tuple[StreamBlock, str]] = {}
+        self._latest: dict[tuple[int, str, str], tuple[FrameSource, FrameBlock, np.ndarray]] = {}
         self._last_preview = 0.0
 
     def publish(self, stream: StreamBlock, origin: str = "file") -> None:
-        """Send a block of frames as one message and remember its last frame for the preview."""
-        self._send(self.data, self._encode(stream, origin))
-        self._latest[stream.file.key] = (stream, origin)
+        """Send a block of frames read from a file as one message."""
+        f = stream.file
+        source = FrameSource(f.module_id, f.dp, origin, f.run, f.path.name, f.seqno)
+        self.publish_frames(source, stream.block, stream.seq)
 
-    def _encode(self, stream: StreamBlock, origin: str) -> list[bytes]:
-        block = stream.block
+    def publish_frames(self, source: FrameSource, block: FrameBlock, seq: np.ndarray) -> None:
+        """Send a block of frames of one stream as one message and remember its last frame for the preview."""
+        self._send(self.data, self._encode(source, block, seq))
+        self._latest[(source.module_id, source.dp, source.origin)] = (source, block, seq)
+
+    def _encode(self, source: FrameSource, block: FrameBlock, seq: np.ndarray) -> list[bytes]:
         return encode_frames(
             source=self.service_name,
-            origin=origin,
-            module_id=stream.file.module_id,
-            dp=stream.file.dp,
+            origin=source.origin,
+            module_id=source.module_id,
+            dp=source.dp,
             shape=block.dp.shape,
-            run=stream.file.run,
-            file=stream.file.path.name,
-            seqno=stream.file.seqno,
+            run=source.run,
+            file=source.file,
+            seqno=source.seqno,
             frame_number=block.frame_numbers,
-            seq=stream.seq,
+            seq=seq,
             wr_timestamp_ns=block.wr_timestamp_ns,
             host_timestamp_ns=block.host_timestamp_ns,
             pff_fields=block.fields,
@@ -90,10 +109,8 @@ class FramePublisher:
         if now - self._last_preview < interval_s or not self._latest:
             return
         self._last_preview = now
-        for stream, origin in self._latest.values():
-            last = len(stream.block) - 1
-            one = StreamBlock(stream.file, stream.block[last:], stream.seq[last:])
-            self._send(self.preview, self._encode(one, origin))
+        for source, block, seq in self._latest.values():
+            self._send(self.preview, self._encode(source, block[len(block) - 1 :], seq[-1:]))
         self._latest.clear()
 
     def control(self, event: str, message: str, **fields) -> None:

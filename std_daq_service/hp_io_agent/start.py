@@ -6,10 +6,13 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+import zmq
+
 from std_daq_service.config import HpIoAgentConfig
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
 from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
 from std_daq_service.hp_io_agent.request_handlers import AgentHandlers
+from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
 from std_daq_service.service_runtime import ServiceRuntime
 
@@ -24,12 +27,21 @@ def main(argv: list[str] | None = None) -> int:
     runtime = ServiceRuntime("hp_io_agent", HpIoAgentConfig, DESCRIPTION, argv)
     config: HpIoAgentConfig = runtime.config
     with ExitStack() as stack:
-        publisher = FramePublisher(runtime.service_name, config.data_bind, config.preview_bind, config.send_hwm)
+        try:
+            publisher = FramePublisher(runtime.service_name, config.data_bind, config.preview_bind, config.send_hwm)
+        except zmq.ZMQError as exc:
+            runtime.refuse(f"cannot bind {config.data_bind} / {config.preview_bind}: {exc}")
         stack.callback(publisher.close)
         watcher = FileWatcher(config.poll_interval_seconds)
         stack.callback(watcher.close)
+        hook = None
+        if config.socket_hook:
+            try:
+                hook = stack.enter_context(SocketHook(config.socket_path_template, watcher.wake))
+            except OSError as exc:
+                runtime.refuse(f"socket hook: {exc}")
         tracker = stack.enter_context(
-            Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames)
+            Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames, hook)
         )
         handlers = AgentHandlers(runtime.service_name, config, tracker)
         stack.callback(handlers.close)

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
-from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
+from std_daq_service.hp_io_agent.frame_publisher import FramePublisher, FrameSource
 from std_daq_service.hp_io_agent.run_discovery import discover, run_ended, watched_dirs
+from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.stream_tailer import StreamTailer
+from std_daq_service.pff import FrameBlock
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,16 @@ class Tracker:
 
     Files that exist when tracking starts are followed from their end (live semantics), except in
     a run that has already ended (an archived run), which is replayed from its start. Files that
-    appear later are read from their first frame.
+    appear later are read from their first frame. Frames from the Hashpipe socket hook (if any)
+    are published whether or not a data dir is tracked, numbered by their own `seq` per stream.
     """
 
     def __init__(self, publisher: FramePublisher, watcher: FileWatcher, run_end_idle_s: float,
-                 max_batch_frames: int):
+                 max_batch_frames: int, socket_hook: SocketHook | None = None):
         self.publisher = publisher
         self.watcher = watcher
+        self.socket_hook = socket_hook
+        self._socket_seq: dict[tuple[int, str], int] = {}
         self.run_end_idle_s = run_end_idle_s
         self.max_batch_frames = max_batch_frames
         self._lock = threading.Lock()
@@ -151,8 +156,10 @@ class Tracker:
                 if self._changed.is_set():
                     self._apply_change()
                     last_discovery = time.monotonic()
+                self._publish_socket_frames()
                 tracking = self._tracking
                 if tracking is None:
+                    self.publisher.publish_previews(1.0)
                     self.publisher.poll_monitors()
                     continue
                 if structure_changed or time.monotonic() - last_discovery > _REDISCOVER_S:
@@ -165,6 +172,18 @@ class Tracker:
                     log.warning("tracking %s: %s; retrying", self._tracking and self._tracking.data_dir, exc)
                 self.error = str(exc)
                 self._stop.wait(0.5)
+
+    def _publish_socket_frames(self) -> None:
+        if self.socket_hook is None:
+            return
+        blocks = self.socket_hook.blocks
+        while not blocks.empty():
+            received = blocks.get()
+            key = (received.module_id, received.dp)
+            first = self._socket_seq.get(key, 0)
+            self._socket_seq[key] = first + len(received.block)
+            block = FrameBlock(received.block.dp, received.block.raw, first, received.block.layout)
+            self.publisher.publish_frames(FrameSource(*key, "socket"), block, block.frame_numbers)
 
     def _pump(self, tracking: Tracking) -> None:
         for stream in list(self._streams.values()):
@@ -198,5 +217,6 @@ class Tracker:
             "messages_published": self.publisher.messages,
             "update_interval_seconds": tracking.update_interval_s if tracking else None,
             "inotify": self.watcher.uses_inotify,
+            "socket_hook": self.socket_hook.status() if self.socket_hook else None,
             "error": self.error,
         }

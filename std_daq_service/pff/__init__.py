@@ -1,9 +1,9 @@
 """The PFF file format written by PANOSETI's Hashpipe: names, headers, timestamps, reading, tailing, writing."""
 
-from std_daq_service.pff.data_products import DATA_PRODUCTS, DataProduct, data_product
+from std_daq_service.pff.data_products import DATA_PRODUCTS, HEADER_END, DataProduct, data_product
 from std_daq_service.pff.errors import PffError
 from std_daq_service.pff.frame_block import FrameBlock
-from std_daq_service.pff.header import format_header, parse_header
+from std_daq_service.pff.header import HeaderLayout, format_header, parse_header
 from std_daq_service.pff.names import (
     DataFileName,
     RunDirName,
@@ -22,6 +22,8 @@ __all__ = [
     "DataFileName",
     "DataProduct",
     "FrameBlock",
+    "HEADER_END",
+    "HeaderLayout",
     "PffError",
     "PffReader",
     "PffTailer",

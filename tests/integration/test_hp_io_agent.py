@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import time
 from contextlib import contextmanager
 
@@ -28,13 +30,20 @@ pytestmark = pytest.mark.parametrize("service_name", ["hp_io_agent"], indirect=T
 
 
 @pytest.fixture
-def agent(service_name, redis_url, redis_client, broker_url, tmp_path):
+def agent_config() -> dict:
+    """Extra config keys of the agent under test (tests parametrize it)."""
+    return {}
+
+
+@pytest.fixture
+def agent(service_name, redis_url, redis_client, broker_url, tmp_path, agent_config):
     config = {
         "data_bind": "tcp://127.0.0.1:*",
         "preview_bind": "tcp://127.0.0.1:*",
         "sim_data_dir": str(tmp_path / "sim"),
         "run_end_idle_seconds": 2,
         "min_update_interval_seconds": 0.05,
+        **agent_config,
     }
     process = ServiceProcess("hp_io_agent", service_name, config, redis_url, tmp_path)
     try:
@@ -241,3 +250,31 @@ def test_corrupt_region_in_a_live_file_is_survived(agent, caller, tmp_path):
     assert status["corrupt_bytes_skipped"] == 800
     seq = np.concatenate([m.header["seq"] for m in frames_of(messages, 2, "ph256")])
     assert seq.tolist() == list(range(5)) + list(range(6, 11)), "the lost frame is visible as a gap in seq"
+
+
+HOOK_DIR = f"/tmp/std_daq_test_hook_{os.getpid()}"  # AF_UNIX paths are limited to 107 bytes
+
+
+@pytest.mark.parametrize("agent_config", [{"socket_hook": True,
+                                           "socket_path_template": HOOK_DIR + "/hp.dp_{dp}.sock"}])
+def test_socket_hook_frames_are_published_and_garbage_is_survived(agent, caller, request):
+    request.addfinalizer(lambda: shutil.rmtree(HOOK_DIR, ignore_errors=True))
+    with PffReader(SAMPLE_IMG16) as reader:
+        rows = [row.tobytes() for row in reader.block(0, 200).raw]
+    endpoints = stream_endpoints(caller, agent)["endpoints"]
+    with subscriber(endpoints["data"], ["img16.005."]) as sock:
+        wait_until(lambda: ask(caller, agent.service_name, StatusRequest()).result["subscribers"] >= 1, 10,
+                   message="subscriber counted")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hashpipe:
+            hashpipe.connect(f"{HOOK_DIR}/hp.dp_img16.sock")
+            records = [(5).to_bytes(2, "big") + row for row in rows]
+            hashpipe.sendall(b"".join(records[:100]) + b"\xff" * 5000 + b"".join(records[100:]))
+            messages = receive(sock, lambda ms: count(ms, 5, "img16") >= 200, 15)
+    batches = frames_of(messages, 5, "img16")
+    assert {m.header["origin"] for m in batches} == {"socket"}
+    assert np.concatenate([m.header["seq"] for m in batches]).tolist() == list(range(200))
+    received = np.concatenate([m.images for m in batches])
+    with PffReader(SAMPLE_IMG16) as reader:
+        assert np.array_equal(received, reader.block(0, 200).images()), "pixels differ from the frames sent"
+    hook = ask(caller, agent.service_name, StatusRequest()).result["socket_hook"]
+    assert hook["frames_received"] == 200 and hook["bad_bytes"] == 5000 and hook["resyncs"] == 1
