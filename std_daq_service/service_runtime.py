@@ -22,6 +22,7 @@ from std_daq_service.protocol import DaqError
 log = logging.getLogger(__name__)
 
 EXIT_BAD_CONFIG = 2
+_BROKER_WAIT_S = 10.0
 
 
 class ServiceRuntime:
@@ -83,9 +84,11 @@ class ServiceRuntime:
             running = dispatcher.running()
             return {**state(), "running_requests": running, "broker_connected": consumer.connected.is_set()}
 
-        stack.enter_context(LivenessBeacon(self.redis, self.service_name, self.config, beacon_state))
         stack.callback(dispatcher.close)
         stack.enter_context(consumer)
+        if not consumer.wait_connected(_BROKER_WAIT_S):  # a live beacon means its request queue exists
+            log.warning("broker %s not reachable yet; serving without it and retrying", self.broker_url)
+        stack.enter_context(LivenessBeacon(self.redis, self.service_name, self.config, beacon_state))
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopped.set())
         log.info("%s %s started (pid %d)", self.service_name, __version__, os.getpid())

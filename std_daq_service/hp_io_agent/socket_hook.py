@@ -33,7 +33,10 @@ _OPEN_BRACE = ord("{")
 
 @dataclass
 class SocketBlock:
-    """Frames of one module received on one data product's socket."""
+    """Frames of one module received on one data product's socket.
+
+    The block's frame numbers count the stream's frames since the agent started (its `seq`).
+    """
 
     module_id: int
     dp: str
@@ -113,6 +116,7 @@ class SocketHook:
         self.blocks: queue.SimpleQueue[SocketBlock] = queue.SimpleQueue()
         self.counters = HookCounters()
         self._layouts: dict[tuple[int, str], HeaderLayout] = {}
+        self._next_seq: dict[tuple[int, str], int] = {}
         self._selector = selectors.DefaultSelector()
         self._listeners: list[socket.socket] = []
         self._wake_r, self._wake_w = socket.socketpair()
@@ -246,7 +250,7 @@ class SocketHook:
             ok = _record_ok(records, dp)
             good = n if ok.all() else int(ok.argmin())
             if good:
-                queued |= self._queue(records[:good].copy(), dp)
+                queued |= self._queue(records[:good], dp)  # copies the rows it keeps
                 start += good * size
             del records  # the buffer cannot be resized while a view exports it
             if good == n:
@@ -271,21 +275,30 @@ class SocketHook:
                     continue
         return self._layouts.get(key)
 
+    def _drop(self, dp: DataProduct, module_id: int, frames: int) -> None:
+        self.counters.bad_records += frames
+        self.counters.bad_bytes += frames * (2 + dp.frame_size)
+        log.warning("%s socket, module %d: %d frames with bad headers dropped", dp.name, module_id, frames)
+
     def _queue(self, records: np.ndarray, dp: DataProduct) -> bool:
         module_ids = records[:, 0].astype(np.int64) << 8 | records[:, 1]
         queued = False
         for module_id in np.unique(module_ids):
             rows = records[module_ids == module_id, 2:]
-            layout = self._layout((int(module_id), dp.name), rows, dp)
-            valid = FrameBlock(dp, rows, 0, layout).valid_rows() if layout else np.zeros(len(rows), bool)
+            key = (int(module_id), dp.name)
+            layout = self._layout(key, rows, dp)
+            if layout is None:
+                self._drop(dp, int(module_id), len(rows))
+                continue
+            first = self._next_seq.get(key, 0)
+            block = FrameBlock(dp, rows, first, layout)
+            valid = block.valid_rows()
             if not valid.all():
-                dropped = int((~valid).sum())
-                self.counters.bad_records += dropped
-                self.counters.bad_bytes += dropped * (2 + dp.frame_size)
-                log.warning("%s socket, module %d: %d frames with bad headers dropped", dp.name, module_id, dropped)
-                rows = rows[valid]
-            if len(rows):
-                self.counters.frames += len(rows)
-                self.blocks.put(SocketBlock(int(module_id), dp.name, FrameBlock(dp, rows, 0, layout)))
+                self._drop(dp, int(module_id), int((~valid).sum()))
+                block = FrameBlock(dp, rows[valid], first, layout)
+            if len(block):
+                self._next_seq[key] = first + len(block)
+                self.counters.frames += len(block)
+                self.blocks.put(SocketBlock(*key, block))
                 queued = True
         return queued

@@ -13,7 +13,6 @@ from std_daq_service.hp_io_agent.frame_publisher import FramePublisher, FrameSou
 from std_daq_service.hp_io_agent.run_discovery import discover, run_ended, watched_dirs
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.stream_tailer import StreamTailer
-from std_daq_service.pff import FrameBlock
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ class Tracker:
         self.publisher = publisher
         self.watcher = watcher
         self.socket_hook = socket_hook
-        self._socket_seq: dict[tuple[int, str], int] = {}
         self.run_end_idle_s = run_end_idle_s
         self.max_batch_frames = max_batch_frames
         self._lock = threading.Lock()
@@ -179,11 +177,8 @@ class Tracker:
         blocks = self.socket_hook.blocks
         while not blocks.empty():
             received = blocks.get()
-            key = (received.module_id, received.dp)
-            first = self._socket_seq.get(key, 0)
-            self._socket_seq[key] = first + len(received.block)
-            block = FrameBlock(received.block.dp, received.block.raw, first, received.block.layout)
-            self.publisher.publish_frames(FrameSource(*key, "socket"), block, block.frame_numbers)
+            source = FrameSource(received.module_id, received.dp, "socket")
+            self.publisher.publish_frames(source, received.block, received.block.frame_numbers)
 
     def _pump(self, tracking: Tracking) -> None:
         for stream in list(self._streams.values()):

@@ -102,8 +102,22 @@ class HeaderLayout:
         fixed[self.size :] = 0
         self._mask32 = fixed.view(np.uint32)
         self._template32 = np.frombuffer(example + bytes(padded), dtype=np.uint8).view(np.uint32)
-        widths = {span.stop - span.start for span in self.spans}
-        self._weights = {w: 10.0 ** np.arange(w - 1, -1, -1) for w in widths}
+        # All number fields are gathered at once, right-aligned in rows of the widest field's width.
+        width = max(span.stop - span.start for span in self.spans)
+        self._index = np.empty((len(self.spans), width), dtype=np.intp)
+        self._padding = np.zeros((len(self.spans), width), dtype=bool)
+        for row, span in enumerate(self.spans):
+            pad = width - (span.stop - span.start)
+            self._index[row, :pad] = span.start
+            self._index[row, pad:] = np.arange(span.start, span.stop)
+            self._padding[row, :pad] = True
+        self._weights = np.where(self._padding, 0.0, 10.0 ** np.arange(width - 1, -1, -1))
+        columns: dict[str, tuple[list[int], list[int | None]]] = {}
+        for row, span in enumerate(self.spans):
+            rows, quabos = columns.setdefault(span.name, ([], []))
+            rows.append(row)
+            quabos.append(span.quabo)
+        self._columns = {name: (np.array(rows), quabos) for name, (rows, quabos) in columns.items()}
 
     def matches_text(self, headers: np.ndarray) -> np.ndarray:
         """Bool per row of `headers` (N, size): is all text outside the number fields as in the example."""
@@ -123,19 +137,19 @@ class HeaderLayout:
             shape (N, 4) per quabo field for module image headers; and a bool per row that is
             False where a number field holds anything but digits and padding spaces.
         """
-        n = headers.shape[0]
-        out: dict[str, np.ndarray] = {}
-        ok = np.ones(n, dtype=bool)
-        for span in self.spans:
-            chunk = headers[:, span.start : span.stop]
-            digits = chunk - np.uint8(48)
-            digits[chunk == 32] = 0
-            ok &= (digits < 10).all(axis=1)
-            # float64 holds every integer up to 2**53 exactly: 10-digit fields are safe
-            values = (digits @ self._weights[span.stop - span.start]).astype(np.int64)
-            if span.quabo is None:
-                out[span.name] = values
-            else:
-                out.setdefault(span.name, np.zeros((n, N_QUABOS), dtype=np.int64))
-                out[span.name][:, span.quabo] = values
+        gathered = headers[:, self._index]
+        digits = gathered - np.uint8(48)
+        digits[(gathered == 32) | self._padding] = 0
+        ok = (digits < 10).all(axis=(1, 2))
+        # float64 holds every integer up to 2**53 exactly: 10-digit fields are safe
+        values = np.einsum("nsw,sw->ns", digits, self._weights).astype(np.int64)
+        out = {}
+        for name, (rows, quabos) in self._columns.items():
+            if quabos[0] is None:
+                out[name] = values[:, rows[0]]
+            elif quabos == list(range(N_QUABOS)):
+                out[name] = values[:, rows]
+            else:  # a header without some quabos: those columns stay zero
+                out[name] = np.zeros((len(values), N_QUABOS), dtype=np.int64)
+                out[name][:, quabos] = values[:, rows]
         return out, ok

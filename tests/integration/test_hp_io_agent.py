@@ -6,7 +6,7 @@ import os
 import shutil
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 import numpy as np
 import pytest
@@ -154,6 +154,24 @@ def test_two_preview_subscribers_both_progress(agent, caller):
     assert {m.header["origin"] for m in a + b} == {"simulator"}, "previews keep the origin of their frames"
     frame_numbers = [m.header["frame_number"][0] for m in a]
     assert frame_numbers == sorted(frame_numbers) and frame_numbers[-1] > frame_numbers[0]
+
+
+@pytest.mark.parametrize("agent_config", [{"send_hwm": 100}])
+def test_a_stuck_subscriber_neither_slows_nor_starves_another(agent, caller):
+    endpoint = stream_endpoints(caller, agent)["endpoints"]["data"]
+    stuck = zmq.Context.instance().socket(zmq.SUB)
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.connect(endpoint)
+    stuck.setsockopt(zmq.SUBSCRIBE, b"")  # connected, subscribed, never reads
+    with closing(stuck), subscriber(endpoint, ["img16."]) as sock:
+        wait_until(lambda: ask(caller, agent.service_name, StatusRequest()).result["subscribers"] == 2, 10,
+                   message="both subscribers counted")
+        assert ask(caller, agent.service_name, InitSimRequest(movie_rate_hz=5000)).action == "request_success"
+        messages = receive(sock, lambda ms: count(ms, 1, "img16") >= 15000, 30)
+    seq = np.concatenate([m.header["seq"] for m in frames_of(messages, 1, "img16")])
+    assert seq.tolist() == list(range(len(seq))), "the reading subscriber lost frames"
 
 
 def test_init_with_missing_dir_or_too_short_interval_fails_with_the_reason(agent, caller):

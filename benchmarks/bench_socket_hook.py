@@ -1,0 +1,169 @@
+"""Socket hook benchmark: a fake Hashpipe sends img16 frames into the agent's Unix socket; N subscribers count.
+
+Usage: .venv/bin/python benchmarks/bench_socket_hook.py [--rate-hz 10000] [--subscribers 10] [--seconds 10]
+
+The fake Hashpipe sends `[2-byte module_id][PFF frame]` records of real Lick img16 frames, one send per
+millisecond (rate/1000 frames each), logging the time of each send. The agent (subprocess, config in Redis,
+socket_hook on) publishes them; a separate process holds N SUB sockets plus one stuck subscriber that never
+reads, and records per subscriber the frames received and seq gaps, and for the first the arrival time of
+each message (latency = arrival - send time of its last frame). Needs Redis and RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+import zmq
+
+import std_daq_service
+from std_daq_service.broker import RequestCaller
+from std_daq_service.config import connect_redis
+from std_daq_service.pff import PffReader
+from std_daq_service.protocol import CONTROL_TOPIC, StatusRequest, StreamRequest
+
+EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def subscribers(endpoint: str, n: int, ready, done, results) -> None:
+    """Run in a child process: n counting SUB sockets and one stuck one; report counts through `results`."""
+    ctx = zmq.Context()
+    socks = []
+    for _ in range(n):
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(endpoint)
+        sock.setsockopt(zmq.SUBSCRIBE, b"img16.")
+        socks.append(sock)
+    stuck = ctx.socket(zmq.SUB)
+    stuck.setsockopt(zmq.RCVHWM, 10)
+    stuck.setsockopt(zmq.RCVBUF, 65536)
+    stuck.connect(endpoint)
+    stuck.setsockopt(zmq.SUBSCRIBE, b"img16.")
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    frames, gaps, next_seq, arrivals = [0] * n, [0] * n, [None] * n, []
+    ready.set()
+    quiet_since = None
+    while True:
+        events = dict(poller.poll(100))
+        if not events:
+            if done.is_set():
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 1.5:
+                    break
+            continue
+        quiet_since = None
+        for i, sock in enumerate(socks):
+            if sock not in events:
+                continue
+            parts = sock.recv_multipart()
+            if parts[0] == CONTROL_TOPIC:
+                continue
+            seq = orjson.loads(parts[1])["seq"]  # the counting needs only the header
+            if next_seq[i] is not None:
+                gaps[i] += seq[0] - next_seq[i]
+            next_seq[i] = seq[-1] + 1
+            frames[i] += len(seq)
+            if i == 0:
+                arrivals.append((seq[-1], time.time_ns()))
+    results.put((frames, gaps, arrivals))
+    for sock in [*socks, stuck]:
+        sock.close(0)
+    ctx.term()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate-hz", type=float, default=10000, help="frames/s offered")
+    parser.add_argument("--subscribers", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
+    hook_dir = tempfile.mkdtemp(prefix="hook", dir="/tmp")
+    template = f"{hook_dir}/hp.dp_{{dp}}.sock"
+    redis = connect_redis()
+    redis.set(f"config.{name}", json.dumps({"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
+                                            "socket_hook": True, "socket_path_template": template}))
+    with PffReader(EXCERPT) as reader:
+        rows = [(1).to_bytes(2, "big") + row.tobytes() for row in reader.block().raw]
+    per_send = max(1, round(args.rate_hz / 1000))
+    agent = subprocess.Popen([sys.executable, "-m", "std_daq_service.hp_io_agent", "--log-level", "WARNING"],
+                             env={**os.environ, "SERVICE_NAME": name})
+    sender_log: list[tuple[int, int]] = []
+    try:
+        with RequestCaller(None, "bench") as caller:
+            deadline = time.monotonic() + 20
+            while not redis.exists(f"status.{name}"):
+                assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
+                time.sleep(0.1)
+            endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
+            ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
+            child = multiprocessing.Process(target=subscribers, args=(endpoint, args.subscribers, ready, done, results))
+            child.start()
+            ready.wait(10)
+            while caller.call(name, StatusRequest(), 10).finals[name].result["subscribers"] < args.subscribers + 1:
+                time.sleep(0.1)
+            hashpipe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            hashpipe.connect(template.format(dp="img16"))
+            cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
+            sent = 0
+            while (elapsed := time.monotonic() - t0) < args.seconds:
+                if sent >= elapsed * args.rate_hz:
+                    time.sleep(sent / args.rate_hz - elapsed)
+                    continue
+                hashpipe.sendall(b"".join(rows[(sent + i) % len(rows)] for i in range(per_send)))
+                sent += per_send
+                sender_log.append((sent - 1, time.time_ns()))
+            hashpipe.close()
+            send_time = time.monotonic() - t0
+            done.set()
+            frames, gaps, arrivals = results.get(timeout=60)
+            cpu = cpu_seconds(agent.pid) - cpu0
+            child.join(10)
+            hook = caller.call(name, StatusRequest(), 10).finals[name].result["socket_hook"]
+    finally:
+        agent.terminate()
+        agent.wait(20)
+        redis.delete(f"config.{name}")
+        os.rmdir(hook_dir)
+    sent_at = dict(sender_log)
+    last_seqs = np.array(sorted(sent_at))
+    latencies = []
+    for seq_last, arrival in arrivals:
+        index = np.searchsorted(last_seqs, seq_last)  # the send that completed this frame
+        if index < len(last_seqs):
+            latencies.append((arrival - sent_at[int(last_seqs[index])]) / 1e6)
+    lat = np.array(latencies)
+    print(f"socket hook, img16, {args.rate_hz:g} frames/s offered for {args.seconds:g} s, "
+          f"{args.subscribers} subscribers + 1 stuck")
+    print("| measure | value |")
+    print("|---|---:|")
+    print(f"| frames offered / accepted by the agent | {sent:,} / {hook['frames_received']:,} |")
+    print(f"| offered rate achieved | {sent / send_time:,.0f} frames/s |")
+    print(f"| delivered per subscriber (min / max) | {min(frames):,} / {max(frames):,} |")
+    print(f"| seq gaps per subscriber (max) | {max(gaps)} |")
+    print(f"| latency send to receive p50 / p99 / max | {np.percentile(lat, 50):.2f} / "
+          f"{np.percentile(lat, 99):.2f} / {lat.max():.2f} ms |")
+    print(f"| agent CPU | {cpu / send_time:.0%} of one core |")
+
+
+if __name__ == "__main__":
+    main()
