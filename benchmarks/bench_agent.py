@@ -6,7 +6,8 @@ Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000
 A synthetic Hashpipe appends real Lick img16 frames for N modules into data_dir/module_N/obs_*/ in 1 MiB
 writes (412 frames, as Hashpipe's stdio buffer flushes), logging the time of each write. The agent (a
 subprocess, config in Redis, init_hp_io over RabbitMQ) tails and publishes; a SUB socket counts frames and
-gaps in seq; latency = arrival of a message - time of the write that completed its last frame. Agent CPU
+gaps in seq in a separate process (decoding only the JSON headers);
+latency = arrival of a message - time of the write that completed its last frame. Agent CPU
 comes from /proc. Needs Redis and RabbitMQ (./setup_dev_env.sh).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -25,13 +27,14 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import orjson
 import zmq
 
 import std_daq_service
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis
 from std_daq_service.pff import PffReader
-from std_daq_service.protocol import FrameBatch, InitHpIoRequest, StreamRequest, decode_stream_message
+from std_daq_service.protocol import InitHpIoRequest, StreamRequest
 
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
 FRAME = 2540
@@ -64,6 +67,35 @@ def hashpipe_writer(path: Path, rate_hz: float, seconds: float, stop: threading.
     os.close(fd)
 
 
+def subscriber(endpoint: str, ready, done, results) -> None:
+    """Run in a child process: count frames and seq gaps from the headers; log (module, last seq, arrival)."""
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(endpoint)
+    sub.setsockopt(zmq.SUBSCRIBE, b"img16.")
+    ready.set()
+    received, gaps, next_seq, arrivals = 0, 0, {}, []
+    quiet_since = None
+    while True:
+        if not sub.poll(100):
+            if done.is_set():
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 1.5:
+                    break
+            continue
+        quiet_since = None
+        parts = sub.recv_multipart()
+        arrival = time.time_ns()
+        header = orjson.loads(parts[1])
+        seq, module_id = header["seq"], header["module_id"]
+        gaps += seq[0] - next_seq.get(module_id, seq[0])
+        next_seq[module_id] = seq[-1] + 1
+        received += len(seq)
+        arrivals.append((module_id, seq[-1], arrival))
+    results.put((received, gaps, arrivals))
+    sub.close(0)
+
+
 def zmq_reference(n_messages: int = 300, batch: int = 1000) -> float:
     ctx = zmq.Context.instance()
     pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
@@ -90,11 +122,13 @@ def main() -> None:
     parser.add_argument("--modules", type=int, default=4)
     parser.add_argument("--rate-hz", type=float, default=25000, help="frames/s per module; 0 = as fast as possible")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--tmp-dir", default=None, help="where the run is written (default: $TMPDIR or /tmp); "
+                                                         "/dev/shm leaves the disk out")
     args = parser.parse_args()
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     redis = connect_redis()
     redis.set(f"config.{name}", json.dumps({"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*"}))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
         data_dir = Path(tmp)
         agent = subprocess.Popen([sys.executable, "-m", "std_daq_service.hp_io_agent", "--log-level", "WARNING"],
                                  env={**os.environ, "SERVICE_NAME": name})
@@ -106,10 +140,10 @@ def main() -> None:
                     time.sleep(0.1)
                 assert caller.call(name, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
                 endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
-            sub = zmq.Context.instance().socket(zmq.SUB)
-            sub.setsockopt(zmq.RCVHWM, 0)
-            sub.connect(endpoint)
-            sub.setsockopt(zmq.SUBSCRIBE, b"img16.")
+            ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
+            child = multiprocessing.Process(target=subscriber, args=(endpoint, ready, done, results))
+            child.start()
+            ready.wait(10)
             time.sleep(0.5)
             run = "obs_Bench.start_2026-11-23T00:00:00Z.runtype_bench.pffd"
             paths = []
@@ -124,25 +158,19 @@ def main() -> None:
             cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
             for w in writers:
                 w.start()
-            received, gaps, latencies, next_seq = 0, 0, [], {}
-            while any(w.is_alive() for w in writers) or sub.poll(1500):
-                if not sub.poll(100):
-                    continue
-                message = decode_stream_message(sub.recv_multipart())
-                arrival = time.time_ns()
-                if not isinstance(message, FrameBatch):
-                    continue
-                seq = message.header["seq"]
-                gaps += seq[0] - next_seq.get(message.module_id, seq[0])
-                next_seq[message.module_id] = seq[-1] + 1
-                received += len(message)
-                log = logs[message.module_id]
-                index = bisect.bisect_left(log, (seq[-1] + 1, 0))
+            for w in writers:
+                w.join()
+            done.set()
+            received, gaps, arrivals = results.get(timeout=120)
+            child.join(10)
+            latencies = []
+            for module_id, seq_last, arrival in arrivals:
+                log = logs[module_id]
+                index = bisect.bisect_left(log, (seq_last + 1, 0))
                 if index < len(log):
                     latencies.append((arrival - log[index][1]) / 1e6)
             elapsed = time.monotonic() - t0
             cpu = cpu_seconds(agent.pid) - cpu0
-            sub.close(0)
         finally:
             agent.terminate()
             agent.wait(20)
