@@ -47,6 +47,7 @@ setup(
         "console_scripts": [
             "std_daq=std_daq_service.cli:main",
             "std_daq_hp_io_agent=std_daq_service.hp_io_agent.start:main",
+            "std_daq_writer=std_daq_service.writer.start:main",
         ],
     },
 )

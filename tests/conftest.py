@@ -76,10 +76,28 @@ def service_name(request, redis_url, broker_url):
     kind = getattr(request, "param", "hp_io_agent")
     name = f"test.{uuid.uuid4().hex[:8]}.{kind}"
     yield name
+    cleanup_services(redis_url, broker_url, [name])
+
+
+@pytest.fixture
+def new_service_name(redis_url, broker_url):
+    """Factory of unique SERVICE_NAMEs (`new_service_name("writer")`), all cleaned up afterwards."""
+    names = []
+
+    def make(kind: str) -> str:
+        names.append(f"test.{uuid.uuid4().hex[:8]}.{kind}")
+        return names[-1]
+
+    yield make
+    cleanup_services(redis_url, broker_url, names)
+
+
+def cleanup_services(redis_url: str, broker_url: str, names: list[str]) -> None:
     client = connect_redis(redis_url)
-    client.delete(f"config.{name}", f"status.{name}")
+    for name in names:
+        client.delete(f"config.{name}", f"status.{name}")
     client.close()
-    delete_queues(broker_url, [f"{name}.request", f"{name}.kill"])
+    delete_queues(broker_url, [q for name in names for q in (f"{name}.request", f"{name}.kill")])
 
 
 def delete_queues(url: str, queues: list[str]) -> None:
@@ -123,7 +141,8 @@ def no_leaked_threads():
 class ServiceProcess:
     """A service started as a subprocess with its own SERVICE_NAME and config; stopped by PID."""
 
-    def __init__(self, kind: str, service_name: str, config: dict, redis_url: str, log_dir: Path):
+    def __init__(self, kind: str, service_name: str, config: dict, redis_url: str, log_dir: Path,
+                 preexec_fn=None):
         import json
         import sys
 
@@ -135,7 +154,8 @@ class ServiceProcess:
         env = {**os.environ, "SERVICE_NAME": service_name, "REDIS_URL": redis_url}
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen([sys.executable, "-m", f"std_daq_service.{kind}"], env=env,
-                                        stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+                                        stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+                                        preexec_fn=preexec_fn)
 
     def wait_ready(self, redis_client, timeout: float = 20) -> dict:
         def beacon():

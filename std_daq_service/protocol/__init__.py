@@ -7,6 +7,7 @@ from std_daq_service.protocol.errors import (
     InvalidRequest,
     NoServiceAnswered,
     RequestTimeout,
+    StorageError,
     UnknownTarget,
 )
 from std_daq_service.protocol.frames import (
@@ -61,6 +62,7 @@ __all__ = [
     "Request",
     "RequestBase",
     "RequestTimeout",
+    "StorageError",
     "Status",
     "StatusRequest",
     "StopHpIoRequest",

@@ -43,3 +43,9 @@ class InvalidMessage(DaqError, ValueError):
     """A ZMQ or AMQP message that does not follow the wire format."""
 
     http_status = 400
+
+
+class StorageError(DaqError, OSError):
+    """An output file could not be created or written (disk full, permission denied, read-only)."""
+
+    http_status = 507

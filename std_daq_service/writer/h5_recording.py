@@ -1,0 +1,271 @@
+"""One HDF5 output file: frames of each stream appended in batches, written as `.part` and renamed when closed.
+
+Layout (ARCHITECTURE.md §6):
+
+    /                                  attrs: format, request (JSON), request_id, writer, software_version,
+                                              runs, start/stop time asked, first/last frame time, complete,
+                                              end_reason, created_utc, closed_utc
+    /module_<id>/<dp>/data             (N, H, W) frames, chunked, compressed as asked
+    /module_<id>/<dp>/wr_timestamp_ns  (N,) int64, -1 where WR time is invalid
+    /module_<id>/<dp>/host_timestamp_ns, frame_number, seq, seqno (-1: no file), file_index (into attr files)
+    /module_<id>/<dp>/pff_header/<field>   (N,) for pulse height, (N, 4) per quabo for images
+                                       group attrs: module_id, dp, source, origin, runs, files, n_frames,
+                                              missing_frames (sum of seq gaps), first/last timestamps
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from std_daq_service import __version__
+from std_daq_service.protocol import FrameBatch
+from std_daq_service.writer.output_paths import part_path
+
+FORMAT = "panoseti-std-daq-h5"
+FORMAT_VERSION = "1"
+FLUSH_FRAMES = 1000
+_CHUNK_BYTES = 512 << 10
+_CHUNK_FRAMES = 1024  # of the per-frame arrays
+_PER_FRAME = ("wr_timestamp_ns", "host_timestamp_ns", "frame_number", "seq", "seqno", "file_index")
+
+
+def compression_options(name: str) -> dict[str, Any]:
+    """h5py `create_dataset` keywords for a compression name of the protocol."""
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if name == "bitshuffle_lz4":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if name == "blosc_lz4":
+        return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+    return {}
+
+
+def describe_hdf5_error(exc: BaseException) -> str:
+    """The system's reason inside an HDF5 error text (`File too large`, `No space left on device`)."""
+    text = str(exc)
+    found = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+    if found:
+        return f"{found[2]} (errno {found[1]})"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _strings(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=h5py.string_dtype())
+
+
+def _pff_arrays(batch: FrameBatch, rows: slice) -> dict[str, np.ndarray]:
+    """PFF header numbers of the rows as arrays: (n,) per field, or (n, 4) per quabo field for images."""
+    fields = batch.header["pff_header"]
+    quabos = sorted(k for k, v in fields.items() if isinstance(v, dict))
+    if not quabos:
+        return {name: np.asarray(values[rows], dtype=np.int64) for name, values in fields.items()}
+    names = fields[quabos[0]].keys()
+    return {name: np.stack([np.asarray(fields[q][name][rows], dtype=np.int64) for q in quabos], axis=1)
+            for name in names}
+
+
+@dataclass
+class _Stream:
+    """Datasets of one stream in the file, and the frames waiting to be appended."""
+
+    group: h5py.Group
+    source: str
+    datasets: dict[str, h5py.Dataset] = field(default_factory=dict)
+    """Kept open for the whole recording: a dataset closing writes its cached chunks, out of our sight."""
+    fields: dict[str, h5py.Dataset] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    n: int = 0
+    missing: int = 0
+    next_seq: int | None = None
+    first: dict[str, int] = field(default_factory=dict)
+    last: dict[str, int] = field(default_factory=dict)
+    pending: list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
+    pending_frames: int = 0
+
+
+class H5Recording:
+    """Write frames into `<path>.part`; `close()` renames it to `path`, `discard()` removes it.
+
+    Raises OSError (from h5py) when the file cannot be created or written.
+    """
+
+    def __init__(self, path: Path, compression: str, attrs: dict[str, Any]):
+        self.path = path
+        self.part = part_path(path)
+        self.compression = compression_options(compression)
+        self.compression_name = compression
+        self.part.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
+        self.file = h5py.File(self.part, "w-", libver="latest")
+        self.file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                "software_version": __version__, "created_utc": _utc_now(),
+                                "complete": False, "end_reason": "being written"})
+        for key, value in attrs.items():
+            self.file.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
+        self.streams: dict[tuple[int, str], _Stream] = {}
+        self.conflicts: set[str] = set()
+        self.bytes = 0
+
+    def append(self, source: str, batch: FrameBatch, rows: slice) -> int:
+        """Queue frames `rows` of a batch for writing; returns how many were taken (0 on a conflict)."""
+        key = (batch.module_id, batch.dp)
+        stream = self.streams.get(key) or self._new_stream(key, source, batch)
+        if stream.source != source:
+            self.conflicts.add(f"module {key[0]} {key[1]} is published by {stream.source} and {source}; "
+                               f"recorded from {stream.source} only")
+            return 0
+        header = batch.header
+        images = batch.images[rows]
+        n = len(images)
+        if not n:
+            return 0
+        if header["file"] and header["file"] not in stream.files:
+            stream.files.append(header["file"])
+        if header["run"] and header["run"] not in stream.runs:
+            stream.runs.append(header["run"])
+        file_index = stream.files.index(header["file"]) if header["file"] else -1
+        wr = np.array([-1 if t is None else t for t in header["wr_timestamp_ns"][rows]], dtype=np.int64)
+        per_frame = {
+            "wr_timestamp_ns": wr,
+            "host_timestamp_ns": np.asarray(header["host_timestamp_ns"][rows], dtype=np.int64),
+            "frame_number": np.asarray(header["frame_number"][rows], dtype=np.int64),
+            "seq": np.asarray(header["seq"][rows], dtype=np.int64),
+            "seqno": np.full(n, -1 if header["seqno"] is None else header["seqno"], dtype=np.int64),
+            "file_index": np.full(n, file_index, dtype=np.int32),
+        }
+        seq = per_frame["seq"]
+        if stream.next_seq is not None and seq[0] > stream.next_seq:
+            stream.missing += int(seq[0] - stream.next_seq)
+        stream.missing += int((np.diff(seq) - 1).clip(min=0).sum())
+        stream.next_seq = int(seq[-1]) + 1
+        for name in ("wr_timestamp_ns", "host_timestamp_ns"):
+            valid = per_frame[name][per_frame[name] >= 0]
+            if len(valid):
+                stream.first.setdefault(name, int(valid[0]))
+                stream.last[name] = int(valid[-1])
+        stream.pending.append((images, per_frame, _pff_arrays(batch, rows)))
+        stream.pending_frames += n
+        if stream.pending_frames >= FLUSH_FRAMES:
+            self.flush()
+        return n
+
+    def _new_stream(self, key: tuple[int, str], source: str, batch: FrameBatch) -> _Stream:
+        module_id, dp = key
+        group = self.file.require_group(f"module_{module_id}").create_group(dp)
+        height, width = batch.images.shape[1:]
+        frame_bytes = batch.images[0].nbytes if len(batch) else height * width * 2
+        chunk = max(1, _CHUNK_BYTES // frame_bytes)
+        datasets = {"data": group.create_dataset(
+            "data", shape=(0, height, width), maxshape=(None, height, width), dtype=batch.images.dtype,
+            chunks=(chunk, height, width), **self.compression)}
+        for name in _PER_FRAME:
+            datasets[name] = group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(_CHUNK_FRAMES,),
+                                                  dtype=np.int32 if name == "file_index" else np.int64)
+        header_group = group.create_group("pff_header")
+        fields = {}
+        for name, values in _pff_arrays(batch, slice(0, 1)).items():
+            shape = values.shape[1:]
+            fields[name] = header_group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
+                                                       chunks=(_CHUNK_FRAMES, *shape), dtype=np.int64)
+        group.attrs.update({"module_id": module_id, "dp": dp, "source": source,
+                            "origin": batch.header["origin"], "compression": self.compression_name})
+        stream = self.streams[key] = _Stream(group, source, datasets, fields)
+        return stream
+
+    def _flush(self, stream: _Stream) -> None:
+        if not stream.pending:
+            return
+        images = np.concatenate([p[0] for p in stream.pending])
+        n, start = len(images), stream.n
+        columns = {"data": images, **{name: np.concatenate([p[1][name] for p in stream.pending])
+                                      for name in _PER_FRAME}}
+        for name, dataset in stream.datasets.items():
+            dataset.resize(start + n, axis=0)
+            dataset[start:] = columns[name]
+        for name, dataset in stream.fields.items():
+            dataset.resize(start + n, axis=0)
+            dataset[start:] = np.concatenate([p[2][name] for p in stream.pending])
+        stream.n += n
+        self.bytes += images.nbytes
+        stream.pending.clear()
+        stream.pending_frames = 0
+
+    def flush(self) -> None:
+        """Write every queued frame to the file and out of HDF5's caches.
+
+        Raises:
+            OSError: the data could not be written (disk full, file too large, I/O error).
+        """
+        try:
+            for stream in self.streams.values():
+                self._flush(stream)
+            self.file.flush()
+        except (OSError, RuntimeError) as exc:  # h5py reports failed writes of cached chunks as RuntimeError
+            raise OSError(describe_hdf5_error(exc)) from exc
+
+    def summary(self) -> dict[str, Any]:
+        """Per stream (`<module>/<dp>`): frames, missing frames, first/last timestamps."""
+        return {
+            f"{module_id}/{dp}": {"frames": s.n + s.pending_frames, "missing_frames": s.missing, "source": s.source,
+                                  "first_timestamp_ns": s.first.get("wr_timestamp_ns",
+                                                                    s.first.get("host_timestamp_ns")),
+                                  "last_timestamp_ns": s.last.get("wr_timestamp_ns", s.last.get("host_timestamp_ns"))}
+            for (module_id, dp), s in sorted(self.streams.items())
+        }
+
+    def close(self, complete: bool, end_reason: str, attrs: dict[str, Any] | None = None) -> Path:
+        """Write what is queued, the attributes, close, and rename to the final name."""
+        self.flush()
+        runs: list[str] = []
+        for stream in self.streams.values():
+            stream.group.attrs.update({
+                "n_frames": stream.n, "missing_frames": stream.missing,
+                "files": _strings(stream.files), "runs": _strings(stream.runs),
+                **{f"first_{k}": v for k, v in stream.first.items()},
+                **{f"last_{k}": v for k, v in stream.last.items()},
+            })
+            runs += [r for r in stream.runs if r not in runs]
+        firsts = [s.first.get("wr_timestamp_ns", s.first.get("host_timestamp_ns")) for s in self.streams.values()]
+        lasts = [s.last.get("wr_timestamp_ns", s.last.get("host_timestamp_ns")) for s in self.streams.values()]
+        self.file.attrs.update({
+            "complete": complete, "end_reason": end_reason, "closed_utc": _utc_now(), "runs": _strings(runs),
+            "first_timestamp_ns": min((t for t in firsts if t is not None), default=-1),
+            "last_timestamp_ns": max((t for t in lasts if t is not None), default=-1),
+            "conflicts": _strings(sorted(self.conflicts)),
+        })
+        for key, value in (attrs or {}).items():
+            self.file.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
+        self.file.close()
+        os.replace(self.part, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (nothing is left), whatever state the file is in."""
+        self.streams.clear()  # drop every dataset handle before the file
+        try:
+            # What HDF5 still holds in its caches is not wanted: let it go to /dev/null. Closing a file whose
+            # writes keep failing crashes the HDF5 library (h5py 3.16), so the close must not see a failure.
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, self.file.id.get_vfd_handle())
+            finally:
+                os.close(null)
+            self.file.close()
+        finally:
+            self.part.unlink(missing_ok=True)

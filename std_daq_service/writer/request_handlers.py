@@ -1,0 +1,143 @@
+"""The writer's answers to write and status requests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from std_daq_service.broker import Handler, RequestContext
+from std_daq_service.config import WriterConfig
+from std_daq_service.protocol import Busy, DaqError, StatusRequest, StorageError, UnknownTarget, WriteRequest
+from std_daq_service.writer.h5_recording import H5Recording, describe_hdf5_error
+from std_daq_service.writer.output_paths import confined_path, stale_parts
+from std_daq_service.writer.stream_receiver import StreamReceiver
+from std_daq_service.writer.write_job import Selection, WriteJob
+
+log = logging.getLogger(__name__)
+
+
+class WriterHandlers:
+    """Request handlers of one writer; writes run concurrently up to `max_concurrent_writes`."""
+
+    def __init__(self, service_name: str, config: WriterConfig, receiver: StreamReceiver):
+        self.service_name = service_name
+        self.config = config
+        self.receiver = receiver
+        self.output_root = Path(config.output_root)
+        self._lock = threading.Lock()
+        self._writing: dict[Path, str] = {}
+        self.stale_parts = [str(p) for p in stale_parts(self.output_root)]
+        if self.stale_parts:
+            log.warning("%d unfinished .part file(s) from an earlier writer under %s (a writer died mid-write): %s",
+                        len(self.stale_parts), self.output_root, ", ".join(self.stale_parts[:5]))
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"write": self.write, "status": self.status}
+
+    def _selection(self, request: WriteRequest) -> Selection:
+        known = set(self.receiver.agents)
+        sources = set(request.sources) or known
+        unknown = sources - known
+        if unknown:
+            raise UnknownTarget(f"{self.service_name} does not record {', '.join(sorted(unknown))}; "
+                                f"it records {', '.join(sorted(known))}")
+        return Selection(frozenset(sources), frozenset(request.module_ids), frozenset(request.data_products))
+
+    def _claim(self, path: Path, request: WriteRequest, request_id: str) -> None:
+        with self._lock:
+            if path in self._writing:
+                raise Busy(f"{path} is being written by request {self._writing[path]}")
+            if len(self._writing) >= self.config.max_concurrent_writes:
+                raise Busy(f"{len(self._writing)} writes are running, the most this writer takes "
+                           f"(max_concurrent_writes); retry when one ends")
+            if path.exists() and not request.overwrite:
+                raise Busy(f"{path} exists; set overwrite=true to replace it")
+            self._writing[path] = request_id
+
+    def write(self, request: WriteRequest, ctx: RequestContext) -> dict:
+        selection = self._selection(request)
+        path = confined_path(self.output_root, request.output_file)
+        self._claim(path, request, ctx.request_id)
+        try:
+            return self._record(request, ctx, selection, path)
+        finally:
+            with self._lock:
+                self._writing.pop(path, None)
+
+    def _record(self, request: WriteRequest, ctx: RequestContext, selection: Selection, path: Path) -> dict:
+        compression = request.compression or self.config.compression
+        attrs = {"request": request.model_dump(mode="json"), "request_id": ctx.request_id,
+                 "writer": self.service_name, "sources": sorted(selection.sources),
+                 "start_time_ns": request.start_time if request.start_time is not None else -1,
+                 "stop_time_ns": request.stop_time if request.stop_time is not None else -1}
+        try:
+            recording = H5Recording(path, compression, attrs)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path}.part: {describe_hdf5_error(exc)}") from exc
+        job = WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds)
+        try:
+            complete, reason = job.run()
+        except DaqError:
+            self._keep_or_discard(recording, job)
+            raise
+        except OSError as exc:
+            recording.discard()
+            raise StorageError(f"writing {path} failed, nothing kept: {describe_hdf5_error(exc)}") from exc
+        except Exception:
+            self._keep_or_discard(recording, job)
+            raise
+        summary = recording.summary()
+        recording.close(complete, reason, {"warnings": job.warnings})
+        return self._result(path, complete, reason, summary, recording.bytes, job.warnings)
+
+    @staticmethod
+    def _keep_or_discard(recording: H5Recording, job: WriteJob) -> None:
+        """A failed write keeps what it recorded, marked incomplete, or leaves nothing."""
+        try:
+            if any(s["frames"] for s in recording.summary().values()):
+                recording.close(False, "failed; see the request's status", {"warnings": job.warnings})
+            else:
+                recording.discard()
+        except OSError as exc:
+            log.warning("cleaning up %s failed: %s", recording.part, exc)
+            recording.part.unlink(missing_ok=True)
+
+    @staticmethod
+    def _result(path: Path, complete: bool, reason: str, streams: dict, nbytes: int, warnings: list[str]) -> dict:
+        firsts = [s["first_timestamp_ns"] for s in streams.values() if s["first_timestamp_ns"] is not None]
+        lasts = [s["last_timestamp_ns"] for s in streams.values() if s["last_timestamp_ns"] is not None]
+        return {
+            "output_file": str(path),
+            "complete": complete,
+            "end_reason": reason,
+            "streams": streams,
+            "frames": sum(s["frames"] for s in streams.values()),
+            "bytes": nbytes,
+            "missing_frames": sum(s["missing_frames"] for s in streams.values()),
+            "first_timestamp_ns": min(firsts, default=None),
+            "last_timestamp_ns": max(lasts, default=None),
+            "warnings": warnings,
+        }
+
+    def status(self, request: StatusRequest, ctx: RequestContext) -> dict:
+        with self._lock:
+            writing = {str(path): request_id for path, request_id in self._writing.items()}
+        return {**self.receiver.status(), "output_root": str(self.output_root), "writing": writing,
+                "stale_part_files": self.stale_parts}
+
+    def beacon_state(self) -> dict:
+        with self._lock:
+            return {"writes_running": len(self._writing)}
+
+
+def check_output_root(config: WriterConfig) -> str | None:
+    """Why the output root cannot be used (None if it can); it is created when missing."""
+    root = Path(config.output_root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"output_root {root}: {exc}"
+    if not root.is_dir():
+        return f"output_root {root} is not a directory"
+    return None

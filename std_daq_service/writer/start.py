@@ -1,0 +1,34 @@
+"""Entry point of the HDF5 writer: `std_daq_writer` or `python -m std_daq_service.writer`."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+
+from std_daq_service.config import WriterConfig
+from std_daq_service.service_runtime import ServiceRuntime
+from std_daq_service.writer.request_handlers import WriterHandlers, check_output_root
+from std_daq_service.writer.stream_receiver import RingBuffer, StreamReceiver
+
+DESCRIPTION = (
+    "HDF5 writer of the PANOSETI DAQ: subscribes to the frame streams of the agents in its config, keeps the "
+    "last ring_buffer_seconds of every stream, and records selected frames (also from before the request) into "
+    "HDF5 files under output_root. Requests over RabbitMQ: write, status; kill stops a write."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    runtime = ServiceRuntime("writer", WriterConfig, DESCRIPTION, argv)
+    config: WriterConfig = runtime.config
+    problem = check_output_root(config)
+    if problem:
+        runtime.refuse(problem)
+    with ExitStack() as stack:
+        ring = RingBuffer(config.ring_buffer_seconds, config.ring_buffer_bytes)
+        receiver = stack.enter_context(StreamReceiver(config.agents, ring))
+        handlers = WriterHandlers(runtime.service_name, config, receiver)
+        return runtime.serve(stack, handlers.handlers(), handlers.beacon_state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""One write request: pick the selected frames (from the ring buffer's past and live) and record them.
+
+How much is recorded:
+- `n_images`: that many frames per selected stream (module and data product), then done.
+- `start_time` / `stop_time` (or `start_time` + `duration_seconds`): frames whose time (WR, or host time
+  where WR is invalid) lies in [start, stop); a start in the past is served from the ring buffer.
+- `duration_seconds` without `start_time`: frames that arrive during that many seconds from the request.
+- none of these: until killed; the file is then complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from std_daq_service.broker import RequestContext
+from std_daq_service.protocol import RequestTimeout, WriteRequest
+from std_daq_service.writer.h5_recording import H5Recording
+from std_daq_service.writer.stream_receiver import ReceivedBatch, StreamReceiver
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[int, str]
+_FLUSH_PERIOD_S = 0.5
+_SETTLE_S = 0.5
+_END_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which streams a write records; `expected` lists (module, dp) pairs that must all deliver."""
+
+    sources: frozenset[str]
+    module_ids: frozenset[int]
+    data_products: frozenset[str]
+
+    def matches(self, received: ReceivedBatch) -> bool:
+        agent, module_id, dp = received.key
+        return (agent in self.sources and (not self.module_ids or module_id in self.module_ids)
+                and (not self.data_products or dp in self.data_products))
+
+    @property
+    def expected(self) -> set[Pair]:
+        if self.module_ids and self.data_products:
+            return {(m, dp) for m in self.module_ids for dp in self.data_products}
+        return set()
+
+    def describe(self) -> str:
+        modules = ", ".join(map(str, sorted(self.module_ids))) or "all"
+        products = ", ".join(sorted(self.data_products)) or "all"
+        return f"modules {modules}, data products {products}, from {', '.join(sorted(self.sources))}"
+
+
+@dataclass
+class _PairState:
+    frames: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    ended: bool = False
+
+
+class WriteJob:
+    """Run one write to its end: done, killed, or failed (raises)."""
+
+    def __init__(self, request: WriteRequest, ctx: RequestContext, receiver: StreamReceiver,
+                 recording: H5Recording, selection: Selection, active_within_s: float):
+        self.request = request
+        self.ctx = ctx
+        self.receiver = receiver
+        self.recording = recording
+        self.selection = selection
+        self.incoming: queue.SimpleQueue[ReceivedBatch] = queue.SimpleQueue()
+        self.pairs: dict[Pair, _PairState] = {pair: _PairState() for pair in selection.expected}
+        now_ns = time.time_ns()
+        self.started = time.monotonic()
+        r = request
+        self.window_start = r.start_time
+        self.window_stop = r.stop_time
+        if r.start_time is not None and r.duration_seconds is not None:
+            self.window_stop = r.start_time + int(r.duration_seconds * 1e9)
+        self.arrival_stop = None
+        if r.start_time is None and r.duration_seconds is not None:
+            self.arrival_stop = self.started + r.duration_seconds
+        opens_in = max(0.0, ((r.start_time or now_ns) - now_ns) / 1e9)
+        self.silence_deadline = self.started + opens_in + r.timeout_seconds
+        self.open_ended = r.n_images is None and self.window_stop is None and self.arrival_stop is None
+        self.warnings: list[str] = []
+        self._last_new_pair = self.started
+        if not self.pairs and r.n_images is not None:
+            for agent, module_id, dp in receiver.known_streams(active_within_s):
+                if agent in selection.sources and self._wanted(module_id, dp):
+                    self.pairs[(module_id, dp)] = _PairState()
+
+    def _wanted(self, module_id: int, dp: str) -> bool:
+        s = self.selection
+        return (not s.module_ids or module_id in s.module_ids) and (not s.data_products or dp in s.data_products)
+
+    def _offer(self, received: ReceivedBatch) -> None:
+        """Called by the receiver thread (under its lock) for every new batch: keep it cheap."""
+        if self.selection.matches(received):
+            self.incoming.put(received)
+
+    def run(self) -> tuple[bool, str]:
+        """Record until the end; returns (complete, end_reason)."""
+        handle, past = self.receiver.attach(self._offer)
+        try:
+            if self.window_start is not None:
+                self._use_past([b for b in past if self.selection.matches(b)])
+            last_flush = time.monotonic()
+            while True:
+                if self.ctx.cancelled.is_set():
+                    if self.open_ended:
+                        return True, "stopped by kill (open-ended write)"
+                    return False, f"killed after {self._frames()} frames"
+                finished = self._finished()
+                if finished:
+                    return True, finished
+                self._check_silence()
+                try:
+                    self._take(self.incoming.get(timeout=0.1))
+                    while not self.incoming.empty():
+                        self._take(self.incoming.get_nowait())
+                except queue.Empty:
+                    pass
+                if time.monotonic() - last_flush >= _FLUSH_PERIOD_S:
+                    self.recording.flush()
+                    last_flush = time.monotonic()
+                self.ctx.progress(f"{self._frames()} frames, {self.recording.bytes / 1e6:.1f} MB written",
+                                  {"streams": self.recording.summary(), "bytes": self.recording.bytes})
+        finally:
+            self.receiver.detach(handle)
+
+    def _use_past(self, past: list[ReceivedBatch]) -> None:
+        if not past:
+            return
+        oldest = min(int(b.frame_times[0]) for b in past)
+        if self.window_start < oldest:
+            self.warnings.append(
+                f"start_time lies {(oldest - self.window_start) / 1e9:.1f} s before the oldest frame in the ring "
+                f"buffer; the file starts at {oldest} ns")
+        for received in past:
+            self._take(received)
+
+    def _frames(self) -> int:
+        return sum(s.frames for s in self.pairs.values())
+
+    def _take(self, received: ReceivedBatch) -> None:
+        _, module_id, dp = received.key
+        state = self.pairs.get((module_id, dp))
+        if state is None:
+            state = self.pairs[(module_id, dp)] = _PairState()
+            self._last_new_pair = time.monotonic()
+        state.last_seen = time.monotonic()
+        if state.ended:
+            return
+        if self.arrival_stop is not None and received.arrival_monotonic >= self.arrival_stop:
+            state.ended = True
+            return
+        first, stop = 0, len(received.batch)
+        if self.window_start is not None or self.window_stop is not None:
+            times = received.frame_times
+            if self.window_start is not None:
+                first = int(np.searchsorted(times, self.window_start, side="left"))
+            if self.window_stop is not None:
+                stop = int(np.searchsorted(times, self.window_stop, side="left"))
+                if stop < len(times):
+                    state.ended = True
+        if self.request.n_images is not None:
+            stop = min(stop, first + self.request.n_images - state.frames)
+            if state.frames + max(0, stop - first) >= self.request.n_images:
+                state.ended = True
+        if stop > first:
+            state.frames += self.recording.append(received.agent, received.batch, slice(first, stop))
+
+    def _finished(self) -> str | None:
+        now = time.monotonic()
+        if self.arrival_stop is not None and now >= self.arrival_stop + _END_GRACE_S:
+            return f"recorded {self.request.duration_seconds:g} s"
+        if not self.pairs or now - self._last_new_pair < _SETTLE_S:
+            return None
+        if self.request.n_images is not None and all(s.ended for s in self.pairs.values()):
+            return f"{self.request.n_images} frames per stream recorded"
+        if self.window_stop is not None:
+            if all(s.ended for s in self.pairs.values()):
+                return "every stream passed stop_time"
+            if time.time_ns() > self.window_stop + _END_GRACE_S * 1e9 + self.request.timeout_seconds * 1e9:
+                return "stop_time passed"
+        return None
+
+    def _check_silence(self) -> None:
+        now = time.monotonic()
+        if now < self.silence_deadline:
+            return
+        timeout = self.request.timeout_seconds
+        silent = [pair for pair, s in self.pairs.items() if s.frames == 0 and now - s.last_seen >= timeout]
+        if silent and self.selection.expected:
+            names = ", ".join(f"module {m} {dp}" for m, dp in sorted(silent))
+            raise RequestTimeout(f"no frames from {names} in {timeout:g} s")
+        if not self.pairs or (silent and len(silent) == len(self.pairs) and not self._frames()):
+            raise RequestTimeout(f"no frames from {self.selection.describe()} in {timeout:g} s")
+        if self.request.n_images is not None:
+            for (module_id, dp), s in sorted(self.pairs.items()):
+                if not s.ended and now - s.last_seen >= timeout:
+                    raise RequestTimeout(
+                        f"module {module_id} {dp} sent nothing for {timeout:g} s "
+                        f"({s.frames} of {self.request.n_images} frames recorded)")
