@@ -12,6 +12,7 @@ A control message is two parts `[b"control.", header_json]` with `kind = "contro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -166,15 +167,15 @@ class FrameBatch:
         return out
 
 
-def decode_stream_message(parts: list[bytes]) -> FrameBatch | ControlHeader:
-    """Decode one multipart message from an agent's stream.
+def decode_stream_message(parts: Sequence[bytes | memoryview]) -> FrameBatch | ControlHeader:
+    """Decode one multipart message from an agent's stream (bytes, or zero-copy buffers of zmq frames).
 
     Raises:
         InvalidMessage: the message does not follow the wire format.
     """
     if len(parts) == 2 and parts[0] == CONTROL_TOPIC:
         try:
-            return ControlHeader.model_validate_json(parts[1])
+            return ControlHeader.model_validate_json(bytes(parts[1]))
         except ValueError as exc:
             raise InvalidMessage(f"bad control message: {exc}") from exc
     if len(parts) != 3:

@@ -33,7 +33,7 @@ from std_daq_service.writer.output_paths import part_path
 
 FORMAT = "panoseti-std-daq-h5"
 FORMAT_VERSION = "1"
-FLUSH_FRAMES = 1000
+FLUSH_FRAMES = 4096
 _CHUNK_BYTES = 512 << 10
 _CHUNK_FRAMES = 1024  # of the per-frame arrays
 _PER_FRAME = ("wr_timestamp_ns", "host_timestamp_ns", "frame_number", "seq", "seqno", "file_index")
@@ -162,7 +162,7 @@ class H5Recording:
         stream.pending.append((images, per_frame, _pff_arrays(batch, rows)))
         stream.pending_frames += n
         if stream.pending_frames >= FLUSH_FRAMES:
-            self.flush()
+            self._flush(stream)
         return n
 
     def _new_stream(self, key: tuple[int, str], source: str, batch: FrameBatch) -> _Stream:
@@ -189,6 +189,7 @@ class H5Recording:
         return stream
 
     def _flush(self, stream: _Stream) -> None:
+        """Append a stream's queued frames (errors of cached chunks show at the next `flush()`)."""
         if not stream.pending:
             return
         images = np.concatenate([p[0] for p in stream.pending])

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 StreamKey = tuple[str, int, str]
 """(agent SERVICE_NAME, module_id, data product)."""
 
-_RECEIVE_HWM = 20_000
+_RECEIVE_HWM = 200  # messages (up to 1000 frames each) queued per agent; beyond, ZMQ drops
 _HEADER_BYTES_PER_FRAME = 1200  # decoded header lists, roughly, for the memory cap
 
 
@@ -179,11 +179,11 @@ class StreamReceiver:
     def _drain(self, sock: zmq.Socket, agent: str, limit: int = 100) -> None:
         for _ in range(limit):
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
-                message = decode_stream_message(parts)
+                message = decode_stream_message([frame.buffer for frame in frames])  # images stay zero-copy
             except InvalidMessage as exc:
                 self.bad_messages += 1
                 log.warning("bad message from %s dropped: %s", agent, exc)
