@@ -3,6 +3,7 @@
 from std_daq_service.broker.caller import CallResult, RequestCaller
 from std_daq_service.broker.consumer import RequestConsumer
 from std_daq_service.broker.dispatcher import Dispatcher, Handler, RequestContext
+from std_daq_service.broker.shared_caller import SharedCaller
 from std_daq_service.broker.topology import (
     DEFAULT_BROKER_URL,
     KILL_EXCHANGE,
@@ -14,6 +15,7 @@ from std_daq_service.broker.topology import (
 )
 
 __all__ = [
+    "SharedCaller",
     "CallResult",
     "DEFAULT_BROKER_URL",
     "Dispatcher",

@@ -63,12 +63,15 @@ class RequestCaller:
 
     Args:
         watch_all: also keep statuses of requests this caller did not send (for monitors).
+        listener: called with every status received (of any request), from the thread that pumps.
     """
 
-    def __init__(self, broker_url: str | None = None, name: str = "caller", watch_all: bool = False):
+    def __init__(self, broker_url: str | None = None, name: str = "caller", watch_all: bool = False,
+                 listener: Callable[[Status], None] | None = None):
         self.broker_url = broker_url
         self.name = name
         self.watch_all = watch_all
+        self.listener = listener
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
         self._queue: str | None = None
@@ -107,6 +110,8 @@ class RequestCaller:
         except InvalidMessage as exc:
             log.warning("ignored a message on the status exchange: %s", exc)
             return
+        if self.listener is not None:
+            self.listener(status)
         history = self._history.get(status.request_id)
         if history is not None:
             history.append(status)

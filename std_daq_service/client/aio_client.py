@@ -1,0 +1,116 @@
+"""`AioDaqDataClient`: the asyncio face of `DaqDataClient` (same methods, awaited)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+from std_daq_service.client.daq_client import DaqDataClient, Hosts
+
+_END = object()
+
+
+class AioDaqDataClient:
+    """Async context manager; every request method of `DaqDataClient` is a coroutine here.
+
+    Requests run one at a time in a worker thread (the broker connection is blocking); each
+    `stream_images` iterator reads in a thread of its own, with its own connection, so streams never
+    wait for requests or for each other.
+    """
+
+    def __init__(self, daq_config: str | Path | dict | None = None, network_config: str | Path | dict | None = None,
+                 **options: Any):
+        self._args = (daq_config, network_config)
+        self._options = options
+        self._client: DaqDataClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> AioDaqDataClient:
+        self._client = await asyncio.to_thread(lambda: DaqDataClient(*self._args, **self._options).__enter__())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+            self._client = None
+
+    async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(getattr(self._client, method), *args, **kwargs)
+
+    async def get_valid_daq_hosts(self) -> set[str]:
+        return await self._run("get_valid_daq_hosts")
+
+    async def ping(self, host: str, timeout: float = 5.0) -> bool:
+        return await self._run("ping", host, timeout)
+
+    async def reflect_services(self, hosts: Hosts = None) -> dict:
+        return await self._run("reflect_services", hosts)
+
+    async def init_hp_io(self, hosts: Hosts, hp_io_cfg: str | Path | dict, timeout: float | None = None) -> dict:
+        return await self._run("init_hp_io", hosts, hp_io_cfg, timeout)
+
+    async def init_sim(self, hosts: Hosts = None, timeout: float | None = None, **sim: Any) -> dict:
+        return await self._run("init_sim", hosts, timeout, **sim)
+
+    async def stop_hp_io(self, hosts: Hosts = None, timeout: float | None = None) -> dict:
+        return await self._run("stop_hp_io", hosts, timeout)
+
+    async def status(self, hosts: Hosts = None, timeout: float | None = None) -> dict:
+        return await self._run("status", hosts, timeout)
+
+    async def write(self, writer: str | None = None, timeout: float | None = None, **fields: Any) -> dict:
+        return await self._run("write", writer, timeout, **fields)
+
+    async def write_async(self, writer: str | None = None, **fields: Any) -> str:
+        return await self._run("write_async", writer, **fields)
+
+    async def kill(self, request_id: str, service: str | None = None) -> None:
+        await self._run("kill", request_id, service)
+
+    async def wait(self, request_id: str, service: str, timeout: float | None = None) -> dict:
+        return await self._run("wait", request_id, service, timeout)
+
+    async def stream_images(self, hosts: Hosts, stream_movie_data: bool = True, stream_pulse_height_data: bool = True,
+                            update_interval_seconds: float = 1.0, module_ids: Iterable[int] = (),
+                            wait_for_ready: bool = False, parse_pano_images: bool = True,
+                            ) -> AsyncIterator[dict[str, Any]]:
+        """Async iterator over PanoImage dicts (see `DaqDataClient.stream_images`)."""
+        loop = asyncio.get_running_loop()
+        images: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        stop = threading.Event()
+
+        def put(item: Any) -> None:
+            asyncio.run_coroutine_threadsafe(images.put(item), loop).result()
+
+        def read() -> None:
+            try:
+                with DaqDataClient(*self._args, **self._options) as client:
+                    for image in client.stream_images(hosts, stream_movie_data, stream_pulse_height_data,
+                                                      update_interval_seconds, module_ids, wait_for_ready,
+                                                      parse_pano_images, stop):
+                        put(image)
+                    put(_END)
+            except Exception as exc:  # handed to the awaiting side, raised there
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+                    put(exc)
+
+        reader = threading.Thread(target=read, name="aio-stream", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = await images.get()
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while not images.empty():
+                images.get_nowait()
+            await asyncio.to_thread(reader.join, 5)

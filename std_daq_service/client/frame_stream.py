@@ -1,0 +1,69 @@
+"""Subscriptions to several agents' streams, merged fairly, at a per-client rate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from std_daq_service.protocol import FrameBatch
+
+StreamKey = tuple[str, int, str]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """Where to read one agent's frames: its answer to a `stream` request."""
+
+    host: str
+    endpoint: str
+    topics: list[str]
+
+    @classmethod
+    def from_answer(cls, host: str, answer: dict[str, Any], update_interval_seconds: float,
+                    preview_interval: float | None) -> Subscription:
+        """Every frame (data socket) when the client wants them all or faster than the agent's previews."""
+        use_preview = update_interval_seconds > 0 and preview_interval is not None and (
+            update_interval_seconds >= preview_interval)
+        return cls(host, answer["endpoints"]["preview" if use_preview else "data"], answer["topics"])
+
+
+@dataclass
+class Throttle:
+    """Keep the latest frame batch per stream; release each stream's latest once per interval.
+
+    With interval 0 every batch is released as it comes. Every stream with something new is released
+    at each tick, so no module starves another, whatever their rates.
+    """
+
+    interval_s: float
+    _latest: dict[StreamKey, tuple[str, FrameBatch]] = field(default_factory=dict)
+    _last_tick: float = 0.0
+
+    def offer(self, host: str, batch: FrameBatch) -> list[tuple[str, FrameBatch]]:
+        if self.interval_s <= 0:
+            return [(host, batch)]
+        self._latest[(host, batch.module_id, batch.dp)] = (host, batch)
+        return self.due()
+
+    def due(self) -> list[tuple[str, FrameBatch]]:
+        now = time.monotonic()
+        if now - self._last_tick < self.interval_s or not self._latest:
+            return []
+        self._last_tick = now
+        released = [(host, _last_frame(batch)) for host, batch in self._latest.values()]
+        self._latest.clear()
+        return released
+
+
+def _last_frame(batch: FrameBatch) -> FrameBatch:
+    n = len(batch) - 1
+    if n == 0:
+        return batch
+    header = dict(batch.header)
+    for key in ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_ns"):
+        header[key] = header[key][n:]
+    header["pff_header"] = {k: ({f: v[n:] for f, v in value.items()} if isinstance(value, dict) else value[n:])
+                            for k, value in header["pff_header"].items()}
+    header["n_frames"] = 1
+    return FrameBatch(header, batch.images[n:])

@@ -1,0 +1,57 @@
+"""Frames as panoseti_grpc's parsed image dicts (`PanoImage`)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from std_daq_service.pff import DATA_PRODUCTS
+from std_daq_service.protocol import FrameBatch
+
+try:
+    import pandas
+except ImportError:  # pandas is optional: only `pandas_unix_timestamp` needs it
+    pandas = None
+
+
+def pano_images(batch: FrameBatch, host: str, parse: bool = True) -> list[dict[str, Any]]:
+    """One dict per frame of a batch.
+
+    With `parse` (panoseti_grpc's `parse_pano_images`): `type` (MOVIE or PULSE_HEIGHT), `header` (the PFF
+    header, plus `wr_unix_timestamp` as a Decimal of seconds and `pandas_unix_timestamp` when pandas is
+    installed), `shape`, `bytes_per_pixel`, `image_array`, `file`, `frame_number`, `module_id`; and ours:
+    `dp`, `seq`, `source` (the agent), `origin`, `run`, `wr_timestamp_ns`, `host_timestamp_ns`. Without it:
+    the per-frame stream header and `image_bytes`.
+    """
+    header = batch.header
+    images = []
+    for i in range(len(batch)):
+        fields = batch.frame_fields(i)
+        if not parse:
+            images.append({**fields, "image_bytes": batch.images[i].tobytes(), "host": host})
+            continue
+        pff = dict(fields["pff_header"])
+        wr = fields["wr_timestamp_ns"]
+        time_ns = wr if wr is not None else fields["host_timestamp_ns"]
+        pff["wr_unix_timestamp"] = Decimal(time_ns) / Decimal(1_000_000_000) if wr is not None else None
+        if pandas is not None:
+            pff["pandas_unix_timestamp"] = pandas.Timestamp(time_ns, unit="ns")
+        images.append({
+            "type": DATA_PRODUCTS[header["dp"]].kind,
+            "header": pff,
+            "shape": list(header["shape"]),
+            "bytes_per_pixel": header["bytes_per_pixel"],
+            "image_array": batch.images[i],
+            "file": header["file"],
+            "frame_number": fields["frame_number"],
+            "module_id": header["module_id"],
+            "dp": header["dp"],
+            "seq": fields["seq"],
+            "source": header["source"],
+            "host": host,
+            "origin": header["origin"],
+            "run": header["run"],
+            "wr_timestamp_ns": wr,
+            "host_timestamp_ns": fields["host_timestamp_ns"],
+        })
+    return images

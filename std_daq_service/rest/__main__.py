@@ -1,0 +1,5 @@
+import sys
+
+from std_daq_service.rest.start import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""The REST proxy over real HTTP, in front of a real agent and writer (RabbitMQ, Redis, ZMQ)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import ServiceProcess, cleanup_services, wait_until
+from test_writer import start_agent, start_writer
+
+from std_daq_service.config import connect_redis
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Rest:
+    process: ServiceProcess
+    url: str
+    agent: str
+    writer: str
+    output_root: Path
+
+
+def start_rest(name: str, redis_url: str, client, directory: Path, **config) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    process = ServiceProcess("rest", name, {"host": "127.0.0.1", "port": port, **config}, redis_url, directory)
+    process.wait_ready(client)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _answers(url), 10, message="REST proxy answering")
+    return process, url
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def rest(tmp_path_factory, redis_url, broker_url):
+    directory = tmp_path_factory.mktemp("rest")
+    names = [f"test.{uuid.uuid4().hex[:8]}.{kind}" for kind in ("hp_io_agent", "writer", "rest")]
+    client = connect_redis(redis_url)
+    processes = []
+    try:
+        agent, endpoint = start_agent(names[0], redis_url, client, directory, movie_rate_hz=500,
+                                      pulse_height_rate_hz=100)
+        processes.append(agent)
+        processes.append(start_writer(names[1], redis_url, client, directory, [(names[0], endpoint)]))
+        process, url = start_rest(names[2], redis_url, client, directory, writers=[names[1]],
+                                  sync_timeout_seconds=20)
+        processes.append(process)
+        yield Rest(process, url, names[0], names[1], directory / "out")
+    finally:
+        for process in reversed(processes):
+            assert process.stop() == 0, process.log()
+        client.close()
+        cleanup_services(redis_url, broker_url, names)
+
+
+def test_health_services_and_openapi_document_every_route(rest):
+    health = requests.get(f"{rest.url}/health", timeout=5).json()
+    assert health["status"] == "ok" and health["broker_connected"] and health["redis_connected"]
+    services = requests.get(f"{rest.url}/services", timeout=5).json()["services"]
+    assert {rest.agent, rest.writer, rest.process.service_name} <= set(services)
+    paths = requests.get(f"{rest.url}/openapi.json", timeout=5).json()["paths"]
+    assert set(paths) == {"/write_sync", "/write_async", "/write_kill", "/init_hp_io", "/init_sim", "/stop_hp_io",
+                          "/services", "/requests/{request_id}", "/status", "/config/{service}", "/health",
+                          "/openapi.json"}
+    assert set(paths["/config/{service}"]) == {"get", "put"}
+    assert "n_images" in paths["/write_sync"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+        "properties"]
+
+
+def test_write_sync_answers_like_std_daq_with_the_file(rest):
+    answer = requests.post(f"{rest.url}/write_sync", json={"sources": rest.agent, "n_images": 20,
+                                                           "output_file": "sync.h5"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    response = body["response"]
+    assert body["status"] == "ok" and response["status"] == "request_success"
+    assert response["output_file"] == str(rest.output_root / "sync.h5") and Path(response["output_file"]).exists()
+    assert response["init_timestamp"] <= response["end_timestamp"] and response["frames"] > 0
+    history = requests.get(f"{rest.url}/requests/{body['request_id']}", timeout=5).json()["statuses"]
+    assert [s["action"] for s in history][-1] == "request_success"
+    assert {"request_received", "request_start"} <= {s["action"] for s in history}
+    recent = requests.get(f"{rest.url}/status", timeout=5).json()["requests"]
+    assert any(r["request_id"] == body["request_id"] and r["request_type"] == "write" for r in recent)
+
+
+def test_write_async_then_kill(rest):
+    answer = requests.post(f"{rest.url}/write_async", json={"output_file": "async.h5"}, timeout=10).json()
+    request_id = answer["request_id"]
+
+    def actions():
+        return [s["action"] for s in requests.get(f"{rest.url}/requests/{request_id}", timeout=5).json()["statuses"]]
+
+    wait_until(lambda: "request_progress" in actions(), 15, interval=0.1, message="write in progress")
+    kill = requests.post(f"{rest.url}/write_kill", json={"request_id": request_id}, timeout=10)
+    assert kill.status_code == 200 and kill.json()["status"] == "ok"
+    wait_until(lambda: actions()[-1] == "request_killed", 15, interval=0.1, message="request_killed")
+    assert (rest.output_root / "async.h5").exists()
+
+
+def test_init_sim_and_config_round_trip(rest):
+    answer = requests.post(f"{rest.url}/init_sim", json={"targets": [rest.agent], "force": True,
+                                                         "movie_rate_hz": 500, "pulse_height_rate_hz": 100},
+                           timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["responses"][rest.agent]["status"] == "request_success"
+    config = requests.get(f"{rest.url}/config/{rest.writer}", timeout=5).json()["config"]
+    config["max_concurrent_writes"] = 4
+    put = requests.put(f"{rest.url}/config/{rest.writer}", json=config, timeout=5)
+    assert put.status_code == 200 and put.json()["config"]["max_concurrent_writes"] == 4
+
+
+@pytest.mark.parametrize("method, path, kwargs, code, message", [
+    ("post", "/write_sync", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400,
+     "not valid JSON"),
+    ("post", "/write_sync", {"json": [1, 2]}, 400, "must be a JSON object"),
+    ("post", "/write_sync", {"json": {"output_file": "x.h5", "n_images": "many"}}, 400, "n_images"),
+    ("post", "/write_sync", {"json": {"output_file": "x.h5", "colour": "red"}}, 400, "colour: unknown field"),
+    ("post", "/write_sync", {"json": {"output_file": "x.h5", "n_images": 1, "writer": "no.such.writer"}}, 404,
+     "no service named 'no.such.writer'"),
+    ("post", "/write_sync", {"json": {"output_file": "../../etc/x.h5", "n_images": 1}}, 400, "'..' is not allowed"),
+    ("post", "/write_kill", {"json": {}}, 400, "request_id"),
+    ("post", "/init_hp_io", {"json": {"data_dir": "/no/such/dir", "targets": "x.writer"}}, 400,
+     "not hp_io_agent services"),
+    ("get", "/requests/00000000-0000-0000-0000-000000000000", {}, 404, "no request"),
+    ("get", "/config/nobody.nowhere.writer", {}, 404, "nobody.nowhere.writer"),
+    ("put", "/config/nobody.nowhere.writer", {"json": {"agents": []}}, 400, "agents"),
+    ("get", "/no_such_endpoint", {}, 404, "Not Found"),
+    ("get", "/write_sync", {}, 405, "method is not allowed"),
+    ("post", "/write_sync", {"data": b"x" * (2 << 20)}, 413, "too large"),
+])
+def test_bad_input_gets_the_right_code_and_a_message(rest, method, path, kwargs, code, message):
+    answer = getattr(requests, method)(f"{rest.url}{path}", timeout=15, **kwargs)
+    assert answer.status_code == code, answer.text
+    body = answer.json()
+    assert body["status"] == "error" and message.lower() in body["message"].lower(), body
+
+
+def test_agent_failure_keeps_its_reason(rest):
+    answer = requests.post(f"{rest.url}/init_hp_io", json={"data_dir": "/no/such/dir", "targets": rest.agent},
+                           timeout=15)
+    assert answer.status_code == 404, "a missing data dir is an unknown target"
+    assert "data_dir '/no/such/dir' does not exist" in answer.json()["message"]
+
+
+def test_token_and_sync_timeout(rest, new_service_name, redis_url, redis_client, tmp_path):
+    process, url = start_rest(new_service_name("rest"), redis_url, redis_client, tmp_path, writers=[rest.writer],
+                              token="s3cret", sync_timeout_seconds=1)
+    try:
+        body = {"output_file": "slow.h5", "duration_seconds": 3}
+        assert requests.post(f"{url}/write_sync", json=body, timeout=10).status_code == 401
+        assert requests.get(f"{url}/services", timeout=5).status_code == 200, "reading needs no token"
+        answer = requests.post(f"{url}/write_sync", json=body, headers={"Authorization": "Bearer s3cret"},
+                               timeout=10)
+        assert answer.status_code == 504 and "keeps running" in answer.json()["message"]
+        request_id = answer.json()["request_id"]
+        wait_until(lambda: requests.get(f"{url}/requests/{request_id}", timeout=5).json()["statuses"][-1]["action"]
+                   == "request_success", 15, interval=0.2, message="the timed-out write finishes")
+    finally:
+        assert process.stop() == 0, process.log()
