@@ -21,7 +21,8 @@ def test_ruff_finds_nothing():
 
 
 def test_client_side_imports_stay_light():
-    code = ("import sys, std_daq_service.protocol, std_daq_service.broker, std_daq_service.pff; "
+    code = ("import sys, std_daq_service.protocol, std_daq_service.broker, std_daq_service.pff, "
+            "std_daq_service.client; "
             "heavy = [m for m in ('h5py', 'flask', 'matplotlib', 'hdf5plugin') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -224,7 +224,8 @@ class DaqDataClient:
     def _subscribe(self, hosts: list[str], movie: bool, pulse_height: bool, interval: float,
                    module_ids: list[int], wait_for_ready: bool) -> list[Subscription]:
         request = StreamRequest(stream_movie_data=movie, stream_pulse_height_data=pulse_height,
-                                update_interval_seconds=max(interval, 1e-3), module_ids=module_ids)
+                                update_interval_seconds=interval if interval > 0 else 1.0,  # 0: every frame
+                                module_ids=module_ids)
         deadline = time.monotonic() + (self.timeout if wait_for_ready else 0)
         while True:
             try:
