@@ -137,16 +137,16 @@ class DaqDataClient:
 
     def write(self, writer: str | None = None, timeout: float | None = None, on_status=None, **fields: Any) -> dict:
         """Record a file and wait for it; returns the writer's result (`output_file`, frames, ...)."""
-        writer = writer or self._default_writer()
+        writer = writer or self.default_writer()
         return self._call([writer], WriteRequest(**fields), timeout, on_status)[writer]
 
     def write_async(self, writer: str | None = None, **fields: Any) -> str:
         """Start a write; returns its request_id (follow it with `wait` or the REST proxy)."""
-        return self.caller.publish(writer or self._default_writer(), WriteRequest(**fields))
+        return self.caller.publish(writer or self.default_writer(), WriteRequest(**fields))
 
     def kill(self, request_id: str, service: str | None = None) -> None:
         """Stop a running request (a write, by default on the configured writer)."""
-        self.caller.kill(service or self._default_writer(), request_id)
+        self.caller.kill(service or self.default_writer(), request_id)
 
     def wait(self, request_id: str, service: str, timeout: float | None = None, on_status=None) -> dict:
         """Wait for the final status of a request sent with `write_async`; its result, or raise."""
@@ -249,7 +249,8 @@ class DaqDataClient:
             return found
         return [hosts] if isinstance(hosts, str) else list(hosts)
 
-    def _default_writer(self) -> str:
+    def default_writer(self) -> str:
+        """The writer named in daq_config's `writers`, or the only live one."""
         writers = self.daq_config.get("writers") or sorted(live_services(self.redis, "writer"))
         if len(writers) != 1:
             raise InvalidRequest(f"name the writer: {len(writers)} writers are live ({', '.join(writers)})")

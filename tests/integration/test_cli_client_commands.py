@@ -1,0 +1,95 @@
+"""`std_daq` client commands and plots through subprocess, against a real agent and writer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+from conftest import REPO, cleanup_services
+from test_writer import start_agent, start_writer
+
+from std_daq_service.config import connect_redis
+
+
+def cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "std_daq_service.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, redis_url, broker_url):
+    directory = tmp_path_factory.mktemp("cli")
+    names = [f"test.{uuid.uuid4().hex[:8]}.{kind}" for kind in ("hp_io_agent", "writer")]
+    client = connect_redis(redis_url)
+    processes = []
+    try:
+        agent, endpoint = start_agent(names[0], redis_url, client, directory, movie_rate_hz=300,
+                                      pulse_height_rate_hz=200, update_interval_seconds=0.1)
+        processes.append(agent)
+        processes.append(start_writer(names[1], redis_url, client, directory, [(names[0], endpoint)]))
+        yield names[0], names[1], directory
+    finally:
+        for process in reversed(processes):
+            assert process.stop() == 0, process.log()
+        client.close()
+        cleanup_services(redis_url, broker_url, names)
+
+
+def test_ping_and_reflect_services(system):
+    agent, writer, _ = system
+    assert cli("ping", agent).stdout.strip() == f"{agent}: answers"
+    missing = cli("ping", "nobody.nowhere.writer", "--timeout", "1")
+    assert missing.returncode == 1 and "no answer" in missing.stdout
+    reflected = json.loads(cli("reflect-services", agent, writer).stdout)
+    assert set(reflected["services"]) == {agent, writer} and "write" in reflected["request_types"]
+
+
+def test_write_shows_progress_and_a_summary(system):
+    _, writer, directory = system
+    result = cli("write", "cli.h5", "--writer", writer, "--n-images", "600", "--data-products", "img16")
+    assert result.returncode == 0, result.stderr
+    assert f"{directory / 'out' / 'cli.h5'}: 600 frames" in result.stdout
+    assert "module/dp 1/img16: 600 frames" in result.stdout
+    assert "%" in result.stderr and "frames" in result.stderr, "a progress bar on stderr"
+    refused = cli("write", "../x.h5", "--writer", writer, "--n-images", "1")
+    assert refused.returncode == 1 and refused.stderr.splitlines()[-1].startswith("std_daq: error:")
+    assert "'..' is not allowed" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_kill_and_monitor(system):
+    _, writer, directory = system
+    monitor = subprocess.Popen([sys.executable, "-m", "std_daq_service.cli", "monitor", "--seconds", "8"],
+                               stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        first = monitor.stdout.readline()  # printed once its status queue is bound
+        write = subprocess.Popen([sys.executable, "-m", "std_daq_service.cli", "write", "killed.h5", "--writer",
+                                  writer], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        line = write.stderr.readline()
+        request_id = line.split()[1]
+        killed = cli("kill", request_id, "--service", writer)
+        assert killed.returncode == 0 and request_id in killed.stdout
+        out, err = write.communicate(timeout=30)
+        assert write.returncode == 1 and "request_killed" in err
+        lines = [first, *monitor.communicate(timeout=30)[0].splitlines()]
+    finally:
+        monitor.kill()
+    assert lines[0].startswith("-- ") and "live" in lines[0]
+    mine = [line for line in lines if request_id[:8] in line]
+    assert any("request_start" in line for line in mine) and any("request_killed" in line for line in mine)
+    assert (directory / "out" / "killed.h5").exists()
+
+
+@pytest.mark.parametrize("command", ["plot-view", "plot-phdist"])
+def test_plots_draw_pngs_that_are_not_blank(system, tmp_path, command):
+    from matplotlib import image
+
+    agent, _, _ = system
+    png = tmp_path / f"{command}.png"
+    result = cli(command, agent, "--save", str(png), "--seconds", "4", "--refresh-period", "1")
+    assert result.returncode == 0, result.stderr
+    pixels = image.imread(png)
+    assert pixels.shape[0] > 100 and np.std(pixels[..., :3]) > 0.05, "the figure holds more than a blank page"
