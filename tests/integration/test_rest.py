@@ -112,7 +112,9 @@ def test_write_async_then_kill(rest):
     assert (rest.output_root / "async.h5").exists()
 
 
-def test_init_sim_and_config_round_trip(rest):
+def test_stop_init_sim_and_config_round_trip(rest):
+    stop = requests.post(f"{rest.url}/stop_hp_io", json={"targets": rest.agent}, timeout=30)
+    assert stop.status_code == 200 and stop.json()["responses"][rest.agent]["status"] == "request_success"
     answer = requests.post(f"{rest.url}/init_sim", json={"targets": [rest.agent], "force": True,
                                                          "movie_rate_hz": 500, "pulse_height_rate_hz": 100},
                            timeout=30)

@@ -1,0 +1,61 @@
+"""Docker files, checked without a Docker engine: hadolint, the compose file against the code, the entrypoint."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import REPO
+
+from std_daq_service.config import service_kind, validate_config
+
+DOCKER = REPO / "docker"
+
+
+def console_scripts() -> set[str]:
+    return set(re.findall(r'"(std_daq\w*)=std_daq_service', (REPO / "setup.py").read_text()))
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_services_match_the_code_and_their_configs_validate():
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "rabbitmq", "agent", "writer", "rest"} <= set(services)
+    assert "15672" in " ".join(services["rabbitmq"]["ports"]), "the management UI is published"
+    declared_volumes = set(compose.get("volumes", {}))
+    for name in ("agent", "writer", "rest"):
+        service = services[name]
+        kind = service["command"][0]
+        env = service["environment"]
+        assert f"std_daq_{kind}" in console_scripts(), f"{name}: no console script std_daq_{kind}"
+        assert service_kind(env["SERVICE_NAME"]) == kind, f"{name}: SERVICE_NAME {env['SERVICE_NAME']} is no {kind}"
+        assert env["REDIS_URL"].startswith("redis://redis:") and "@rabbitmq:" in env["BROKER_URL"]
+        assert {"redis", "rabbitmq"} <= set(service["depends_on"])
+        mounts = dict(v.split(":")[:2][::-1] for v in service["volumes"])
+        config_dir = mounts["/config"]
+        config_file = DOCKER / config_dir / Path(env["CONFIG_FILE"]).name
+        assert env["CONFIG_FILE"].startswith("/config/") and config_file.exists(), f"{name}: {config_file}"
+        validate_config(env["SERVICE_NAME"], json.loads(config_file.read_text()))
+        for source in mounts.values():
+            assert source.startswith("./") or source in declared_volumes, f"{name}: undeclared volume {source}"
+    writer_config = json.loads((DOCKER / "config/obs.node1.writer.json").read_text())
+    assert writer_config["agents"][0]["name"] == services["agent"]["environment"]["SERVICE_NAME"]
+    assert writer_config["output_root"] in [v.split(":")[1] for v in services["writer"]["volumes"]]
+
+
+def test_entrypoint_refuses_unknown_services_and_a_missing_service_name():
+    entrypoint = str(DOCKER / "entrypoint.sh")
+    unknown = subprocess.run(["sh", entrypoint, "bogus"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown service 'bogus'" in unknown.stderr
+    missing = subprocess.run(["sh", entrypoint, "writer"], capture_output=True, text=True, env={"PATH": "/usr/bin"})
+    assert missing.returncode == 2 and "set SERVICE_NAME" in missing.stderr
