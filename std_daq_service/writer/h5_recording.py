@@ -221,9 +221,10 @@ class H5Recording:
             raise OSError(describe_hdf5_error(exc)) from exc
 
     def summary(self) -> dict[str, Any]:
-        """Per stream (`<module>/<dp>`): frames, missing frames, first/last timestamps."""
+        """Per stream (`<module>/<dp>`): frames taken, rows appended to the file, missing frames, first/last times."""
         return {
-            f"{module_id}/{dp}": {"frames": s.n + s.pending_frames, "missing_frames": s.missing, "source": s.source,
+            f"{module_id}/{dp}": {"frames": s.n + s.pending_frames, "rows_in_file": s.n, "missing_frames": s.missing,
+                                  "source": s.source,
                                   "first_timestamp_ns": s.first.get("wr_timestamp_ns",
                                                                     s.first.get("host_timestamp_ns")),
                                   "last_timestamp_ns": s.last.get("wr_timestamp_ns", s.last.get("host_timestamp_ns"))}
