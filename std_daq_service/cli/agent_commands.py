@@ -10,16 +10,13 @@ from pathlib import Path
 
 import zmq
 
-from std_daq_service.broker import RequestCaller
+from std_daq_service.client import DaqDataClient
 from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import (
     ControlHeader,
-    DaqError,
     InitSimRequest,
     InvalidRequest,
-    NoServiceAnswered,
     RequestBase,
-    RequestTimeout,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
@@ -84,17 +81,8 @@ def run_list_hosts(args) -> int:
 
 
 def _request(args, request: RequestBase) -> dict:
-    with RequestCaller(args.broker_url, "std_daq-cli") as caller:
-        result = caller.call(args.agent, request, args.timeout)
-    final = result.finals.get(args.agent)
-    if final is None:
-        if not result.history:
-            raise NoServiceAnswered(f"{args.agent} did not answer within {args.timeout:g} s; is it running? "
-                                    "(std_daq list-hosts)")
-        raise RequestTimeout(f"{args.agent} received the request but did not finish within {args.timeout:g} s")
-    if final.action != "request_success":
-        raise DaqError(f"{args.agent}: {final.action}: {final.message}")
-    return final.result or {}
+    with DaqDataClient(broker_url=args.broker_url, redis_url=args.redis_url) as client:
+        return client.request(args.agent, request, args.timeout)[args.agent]
 
 
 def run_init(args) -> int:

@@ -256,6 +256,11 @@ class DaqDataClient:
             raise InvalidRequest(f"name the writer: {len(writers)} writers are live ({', '.join(writers)})")
         return writers[0]
 
+    def request(self, targets: str | list[str], request: RequestBase, timeout: float | None = None,
+                on_status=None) -> dict:
+        """Send any request to one or more services; each one's result, or raise the first failure."""
+        return self._call([targets] if isinstance(targets, str) else targets, request, timeout, on_status)
+
     def _call(self, targets: list[str], request: RequestBase, timeout: float | None, on_status=None) -> dict:
         timeout = timeout or self.timeout
         result = self.caller.call(targets, request, timeout, on_status)
