@@ -82,7 +82,8 @@ class ServiceRuntime:
 
         def beacon_state() -> dict[str, Any]:
             running = dispatcher.running()
-            return {**state(), "running_requests": running, "broker_connected": consumer.connected.is_set()}
+            return {**state(), "running_requests": running, "broker_connected": consumer.connected.is_set(),
+                    "broker_reconnects": consumer.reconnects}
 
         stack.callback(dispatcher.close)
         stack.enter_context(consumer)
