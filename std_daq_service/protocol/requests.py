@@ -97,10 +97,16 @@ class StreamRequest(RequestBase):
         return self
 
 
+MAX_UNIX_NS = 2**63 - 1
+"""Times are int64 nanoseconds, as in the HDF5 files (until the year 2262)."""
+
+
 def to_unix_ns(value: int | str | None) -> int | None:
     """Unix nanoseconds from an integer, or from an ISO 8601 time (UTC when no zone is given)."""
-    if value is None or isinstance(value, int):
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is neither Unix nanoseconds (an integer) nor an ISO 8601 time (a string)")
     text = value.strip().replace("Z", "+00:00")
     try:
         when = datetime.fromisoformat(text)
@@ -124,9 +130,9 @@ class WriteRequest(RequestBase):
     n_images: PositiveInt | None = Field(None, description="Stop after this many frames per stream.")
     duration_seconds: PositiveFloat | None = Field(None, le=7 * 86400, description="Record this long.")
     start_time: NonNegativeInt | None = Field(
-        None, description="Unix ns or ISO 8601 UTC; may lie in the past, within the ring buffer."
+        None, le=MAX_UNIX_NS, description="Unix ns or ISO 8601 UTC; may lie in the past, within the ring buffer."
     )
-    stop_time: NonNegativeInt | None = Field(None, description="Unix ns or ISO 8601 UTC.")
+    stop_time: NonNegativeInt | None = Field(None, le=MAX_UNIX_NS, description="Unix ns or ISO 8601 UTC.")
     timeout_seconds: PositiveFloat = Field(
         10.0, le=86400, description="Fail if a selected stream sends nothing for this long."
     )
