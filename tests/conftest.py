@@ -95,7 +95,7 @@ def new_service_name(redis_url, broker_url):
 def cleanup_services(redis_url: str, broker_url: str, names: list[str]) -> None:
     client = connect_redis(redis_url)
     for name in names:
-        client.delete(f"config.{name}", f"status.{name}")
+        client.delete(f"config.{name}", f"status.{name}", f"checkpoint.{name}")
     client.close()
     delete_queues(broker_url, [q for name in names for q in (f"{name}.request", f"{name}.kill")])
 

@@ -103,16 +103,33 @@ class AgentHandlers:
             except OSError as exc:
                 raise InvalidRequest(f"cannot create sim_data_dir '{data_dir}': {exc.strerror}") from exc
             tracking = Tracking(data_dir, set(request.module_ids), request.update_interval_seconds, "simulator")
-            self.tracker.track(tracking, "reinit", f"now tracking a simulated run in {data_dir}")
-            simulator = Simulator(source, data_dir, request.module_ids, request.movie_rate_hz,
-                                  request.pulse_height_rate_hz, request.max_file_size_mb)
-            try:
-                simulator.start()
-            except (OSError, ValueError) as exc:
-                self.tracker.track(None, "stop", "simulation could not start")
-                raise InvalidRequest(f"simulation could not start: {exc}") from exc
-            self.simulator = simulator
+            simulator = self._simulate(request, source, tracking, f"now tracking a simulated run in {data_dir}")
         return {"data_dir": str(data_dir), "source_dir": str(source), "run_dirs": [str(d) for d in simulator.run_dirs]}
+
+    def _simulate(self, request: InitSimRequest, source: Path, tracking: Tracking, message: str,
+                  resume: dict | None = None) -> Simulator:
+        self.tracker.track(tracking, "reinit", message, simulation=request.model_dump(mode="json"), resume=resume)
+        simulator = Simulator(source, tracking.data_dir, request.module_ids, request.movie_rate_hz,
+                              request.pulse_height_rate_hz, request.max_file_size_mb)
+        try:
+            simulator.start()
+        except (OSError, ValueError) as exc:
+            self.tracker.track(None, "stop", "simulation could not start")
+            raise InvalidRequest(f"simulation could not start: {exc}") from exc
+        self.simulator = simulator
+        return simulator
+
+    def resume(self, checkpoint: dict, positions: dict) -> None:
+        """After a restart: track what the checkpoint says, from its stream positions (and simulate again)."""
+        tracking = Tracking.from_dict(checkpoint["tracking"])
+        message = f"{self.service_name} restarted; resuming {tracking.data_dir} where it stopped"
+        log.warning(message)
+        if checkpoint.get("simulation"):
+            request = InitSimRequest.model_validate(checkpoint["simulation"])
+            source = Path(request.source_dir or self.config.sim_source_dir or DEFAULT_SOURCE)
+            self._simulate(request, source, tracking, message, positions)
+        else:
+            self.tracker.track(tracking, "reinit", message, resume=positions)
 
     def stop_hp_io(self, request: StopHpIoRequest, ctx: RequestContext) -> dict:
         with self._exclusive():

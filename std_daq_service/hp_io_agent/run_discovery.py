@@ -26,6 +26,12 @@ class StreamFile:
         return self.module_id, self.dp
 
 
+def stream_file(path: Path) -> StreamFile:
+    """The StreamFile of a data file path (raises PffError for names that are not Hashpipe's)."""
+    name = parse_data_file_name(path.name)
+    return StreamFile(name.module_id, name.dp, path, name.seqno, path.parent.name)
+
+
 def _run_dirs(directory: Path) -> list[Path]:
     runs = []
     for entry in directory.glob("obs_*.pffd"):
@@ -40,10 +46,9 @@ def _stream_files(run_dir: Path) -> Iterator[StreamFile]:
     """Every data file of a run dir; names that are not Hashpipe's are passed over."""
     for entry in run_dir.glob("start_*.pff"):
         try:
-            name = parse_data_file_name(entry.name)
+            yield stream_file(entry)
         except PffError:
             continue
-        yield StreamFile(name.module_id, name.dp, entry, name.seqno, run_dir.name)
 
 
 def _files_in_run(run_dir: Path, module_ids: set[int] | None) -> dict[tuple[int, str], StreamFile]:

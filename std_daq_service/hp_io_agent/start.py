@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -9,12 +10,16 @@ from pathlib import Path
 import zmq
 
 from std_daq_service.config import HpIoAgentConfig
+from std_daq_service.hp_io_agent.checkpoint import Checkpoint
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
 from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
 from std_daq_service.hp_io_agent.request_handlers import AgentHandlers
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
+from std_daq_service.protocol import DaqError
 from std_daq_service.service_runtime import ServiceRuntime
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Node agent of the PANOSETI DAQ: finds Hashpipe runs under a data dir, tails their PFF files and publishes "
@@ -40,13 +45,21 @@ def main(argv: list[str] | None = None) -> int:
                 hook = stack.enter_context(SocketHook(config.socket_path_template, watcher.wake))
             except OSError as exc:
                 runtime.refuse(f"socket hook: {exc}")
+        checkpoint = Checkpoint(runtime.redis_url, runtime.service_name)
+        stack.callback(checkpoint.close)
+        state = checkpoint.load()
         tracker = stack.enter_context(
-            Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames, hook)
+            Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames, hook, checkpoint)
         )
         handlers = AgentHandlers(runtime.service_name, config, tracker)
         stack.callback(handlers.close)
         if config.data_dir:
             tracker.track(Tracking(Path(config.data_dir), set(), 1.0), "reinit", f"tracking {config.data_dir}")
+        elif state.get("tracking"):
+            try:
+                handlers.resume(state, checkpoint.resume_positions())
+            except DaqError as exc:
+                log.error("could not resume after the restart: %s; waiting for an init", exc)
         return runtime.serve(stack, handlers.handlers(), handlers.beacon_state)
 
 

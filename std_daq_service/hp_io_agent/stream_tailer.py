@@ -30,7 +30,7 @@ class StreamTailer:
     whole frames) advance it, so consumers see the gap.
     """
 
-    def __init__(self, file: StreamFile, from_end: bool, max_batch_frames: int):
+    def __init__(self, file: StreamFile, from_end: bool, max_batch_frames: int, resume: dict | None = None):
         self.max_batch_frames = max_batch_frames
         self.next_seq = 0
         self.frames = 0
@@ -40,7 +40,11 @@ class StreamTailer:
         self._rate_mark = (time.monotonic(), 0)
         self.rate_hz = 0.0
         self._pending: StreamFile | None = None
-        self._open(file, from_end)
+        self._open(file, from_end and resume is None)
+        if resume is not None:
+            self.tailer.resume(resume["offset"], resume["frames_read"])
+            self.next_seq = resume["next_seq"]
+            log.info("resuming %s at frame %d, seq %d", file.path, self.tailer.frames_read, self.next_seq)
 
     def _open(self, file: StreamFile, from_end: bool) -> None:
         self.file = file
@@ -83,6 +87,11 @@ class StreamTailer:
             else:
                 self._open(self._pending, from_end=False)
                 self._pending = None
+
+    def position(self) -> dict:
+        """Where the stream is: enough for a restarted agent to go on without repeating a frame."""
+        return {"file": str(self.file.path), "offset": self.tailer.offset, "frames_read": self.tailer.frames_read,
+                "next_seq": self.next_seq}
 
     def update_rate(self) -> None:
         now = time.monotonic()

@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from std_daq_service.hp_io_agent.checkpoint import Checkpoint
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
 from std_daq_service.hp_io_agent.frame_publisher import FramePublisher, FrameSource
-from std_daq_service.hp_io_agent.run_discovery import discover, run_ended, watched_dirs
+from std_daq_service.hp_io_agent.run_discovery import StreamFile, discover, run_ended, stream_file, watched_dirs
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
-from std_daq_service.hp_io_agent.stream_tailer import StreamTailer
+from std_daq_service.hp_io_agent.stream_tailer import StreamBlock, StreamTailer
 
 log = logging.getLogger(__name__)
 
 _REDISCOVER_S = 1.0
+_BLOCKS_PER_ROUND = 4
+_RESUME_HOLD_S = 3.0
+_SUBSCRIBE_SETTLE_S = 1.0
 
 
 @dataclass
@@ -27,6 +31,23 @@ class Tracking:
     module_ids: set[int]
     update_interval_s: float
     origin: str = "file"
+
+    def to_dict(self) -> dict:
+        return {"data_dir": str(self.data_dir), "module_ids": sorted(self.module_ids),
+                "update_interval_s": self.update_interval_s, "origin": self.origin}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Tracking:
+        return cls(Path(data["data_dir"]), set(data["module_ids"]), data["update_interval_s"], data["origin"])
+
+
+@dataclass
+class _Change:
+    tracking: Tracking | None
+    event: str
+    message: str
+    simulation: dict | None = None
+    resume: dict[tuple[int, str], dict] = field(default_factory=dict)
 
 
 class Tracker:
@@ -39,10 +60,14 @@ class Tracker:
     """
 
     def __init__(self, publisher: FramePublisher, watcher: FileWatcher, run_end_idle_s: float,
-                 max_batch_frames: int, socket_hook: SocketHook | None = None):
+                 max_batch_frames: int, socket_hook: SocketHook | None = None, checkpoint: Checkpoint | None = None):
         self.publisher = publisher
         self.watcher = watcher
         self.socket_hook = socket_hook
+        self.checkpoint = checkpoint
+        self._resume: dict[tuple[int, str], dict] = {}
+        self._hold_until = 0.0
+        self._more = False
         self.run_end_idle_s = run_end_idle_s
         self.max_batch_frames = max_batch_frames
         self._lock = threading.Lock()
@@ -52,7 +77,7 @@ class Tracker:
         self._ended_runs: dict[str, str] = {}
         self._announced_runs: set[str] = set()
         self._first_scan = True
-        self._pending_control = ("reinit", "")
+        self._pending = _Change(None, "reinit", "")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
@@ -81,12 +106,18 @@ class Tracker:
     def tracking(self) -> Tracking | None:
         return self._tracking
 
-    def track(self, tracking: Tracking | None, event: str = "reinit", message: str = "") -> None:
-        """Follow a new data dir (or nothing); subscribers get a control message."""
+    def track(self, tracking: Tracking | None, event: str = "reinit", message: str = "",
+              simulation: dict | None = None, resume: dict[tuple[int, str], dict] | None = None) -> None:
+        """Follow a new data dir (or nothing); subscribers get a control message.
+
+        Args:
+            simulation: the init_sim request behind it, kept in the checkpoint for a restart.
+            resume: stream positions of a checkpoint to go on from, by (module_id, dp).
+        """
         with self._lock:
             self._tracking = tracking
             self._changed.set()
-            self._pending_control = (event, message)
+            self._pending = _Change(tracking, event, message, simulation, resume or {})
         self.watcher.wake()
 
     def _close_streams(self) -> None:
@@ -98,15 +129,19 @@ class Tracker:
     def _apply_change(self) -> None:
         with self._lock:
             self._changed.clear()
-            tracking = self._tracking
-            event, message = self._pending_control
+            change = self._pending
         self._close_streams()
         self._ended_runs.clear()
         self._announced_runs.clear()
         self._first_scan = True
-        self.publisher.control(event, message)
-        if tracking is not None:
-            self._discover(tracking)
+        self._resume = dict(change.resume)
+        if change.resume:  # subscribers of the agent before its restart reconnect first
+            self._hold_until = time.monotonic() + _RESUME_HOLD_S
+        if self.checkpoint is not None and not change.resume:
+            self.checkpoint.set_tracking(change.tracking.to_dict() if change.tracking else None, change.simulation)
+        self.publisher.control(change.event, change.message)
+        if change.tracking is not None:
+            self._discover(change.tracking)
 
     def _discover(self, tracking: Tracking) -> None:
         data_dir = tracking.data_dir
@@ -118,9 +153,9 @@ class Tracker:
         for key, file in found.items():
             stream = self._streams.get(key)
             if stream is None:
-                from_end = self._first_scan and run_ended(file.path.parent) is None
+                stream = self._new_stream(key, file)
                 with self._lock:
-                    self._streams[key] = StreamTailer(file, from_end, self.max_batch_frames)
+                    self._streams[key] = stream
             else:
                 stream.switch_to(file)
             if file.run not in self._announced_runs:
@@ -128,6 +163,16 @@ class Tracker:
                 self.publisher.control("run_start", f"tracking run {file.run}", run=file.run,
                                        module_id=file.module_id)
         self._first_scan = False
+
+    def _new_stream(self, key: tuple[int, str], file: StreamFile) -> StreamTailer:
+        position = self._resume.pop(key, None)
+        if position is None:
+            from_end = self._first_scan and run_ended(file.path.parent) is None
+            return StreamTailer(file, from_end, self.max_batch_frames)
+        resumed = stream_file(Path(position["file"]))
+        stream = StreamTailer(resumed, False, self.max_batch_frames, resume=position)
+        stream.switch_to(file)  # a newer file of the stream, after the one it stopped in
+        return stream
 
     def _check_run_end(self) -> None:
         now = time.monotonic()
@@ -150,7 +195,7 @@ class Tracker:
         last_discovery = 0.0
         while not self._stop.is_set():
             try:
-                structure_changed = self.watcher.wait(0.05 if self._streams else 0.25)
+                structure_changed = self.watcher.wait(0 if self._more else 0.05 if self._streams else 0.25)
                 if self._changed.is_set():
                     self._apply_change()
                     last_discovery = time.monotonic()
@@ -159,6 +204,8 @@ class Tracker:
                 if tracking is None:
                     self.publisher.publish_previews(1.0)
                     self.publisher.poll_monitors()
+                    continue
+                if self._holding():
                     continue
                 if structure_changed or time.monotonic() - last_discovery > _REDISCOVER_S:
                     self._discover(tracking)
@@ -171,6 +218,20 @@ class Tracker:
                 self.error = str(exc)
                 self._stop.wait(0.5)
 
+    def _holding(self) -> bool:
+        """After a restart, wait (up to _RESUME_HOLD_S) until a subscriber is back and has subscribed."""
+        if not self._hold_until:
+            return False
+        self.publisher.poll_monitors()
+        now = time.monotonic()
+        if self.publisher.subscribers[0] and self._hold_until - now > _SUBSCRIBE_SETTLE_S:
+            self._hold_until = now + _SUBSCRIBE_SETTLE_S
+        if now < self._hold_until:
+            return True
+        self._hold_until = 0.0
+        log.info("publishing again after the restart, to %d subscriber(s)", self.publisher.subscribers[0])
+        return False
+
     def _publish_socket_frames(self) -> None:
         if self.socket_hook is None:
             return
@@ -181,10 +242,22 @@ class Tracker:
             self.publisher.publish_frames(source, received.block, received.block.frame_numbers)
 
     def _pump(self, tracking: Tracking) -> None:
+        """Read what is new (a few blocks per stream), checkpoint the positions, then publish."""
+        read: list[StreamBlock] = []
+        self._more = False
         for stream in list(self._streams.values()):
-            while (block := stream.read()) is not None:
-                self.publisher.publish(block, tracking.origin)
+            for _ in range(_BLOCKS_PER_ROUND):
+                block = stream.read()
+                if block is None:
+                    break
+                read.append(block)
+            else:
+                self._more = True  # a backlog: come back without waiting
             stream.update_rate()
+        if read and self.checkpoint is not None:
+            self.checkpoint.save_streams({f"{m}/{dp}": s.position() for (m, dp), s in list(self._streams.items())})
+        for block in read:
+            self.publisher.publish(block, tracking.origin)
         self.publisher.publish_previews(tracking.update_interval_s)
         self.publisher.poll_monitors()
         self._check_run_end()
@@ -213,5 +286,6 @@ class Tracker:
             "update_interval_seconds": tracking.update_interval_s if tracking else None,
             "inotify": self.watcher.uses_inotify,
             "socket_hook": self.socket_hook.status() if self.socket_hook else None,
+            "checkpoint_error": self.checkpoint.error if self.checkpoint else None,
             "error": self.error,
         }

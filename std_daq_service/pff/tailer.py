@@ -68,6 +68,11 @@ class PffTailer:
         self.frames_read = size // self.frame_size
         self.offset = self.frames_read * self.frame_size
 
+    def resume(self, offset: int, frames_read: int) -> None:
+        """Continue where an earlier tailer of this file stopped (its `offset` and `frames_read`)."""
+        self.offset = offset
+        self.frames_read = frames_read
+
     def size(self) -> int:
         """Current size of the file in bytes."""
         return os.fstat(self.open()._fd).st_size

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
+import time
 import uuid
+from pathlib import Path
 
 import h5py
 import pytest
 import requests
-from conftest import cleanup_services, close_broker_connections, wait_until
-from test_rest import start_rest
+import zmq
+from conftest import SAMPLE_IMG16, ServiceProcess, cleanup_services, close_broker_connections, wait_until
+from test_rest import free_port, start_rest
 from test_writer import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis
-from std_daq_service.protocol import StatusRequest, WriteRequest
+from std_daq_service.pff import PffReader
+from std_daq_service.protocol import FrameBatch, InitHpIoRequest, StatusRequest, WriteRequest, decode_stream_message
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +125,73 @@ def test_redis_connections_dropped_beacons_come_back(agent, new_service_name, re
         assert answer.action == "request_success", "the service ran on through it"
     finally:
         assert writer.stop() == 0, writer.log()
+
+
+
+def hashpipe_appends(path: Path, frames: bytes, frame_size: int, stop: threading.Event, per_write: int = 20) -> None:
+    """Append frames `per_write` at a time every 10 ms until `stop` or the frames run out."""
+    with open(path, "ab", buffering=0) as f:
+        for start in range(0, len(frames), per_write * frame_size):
+            if stop.is_set():
+                return
+            f.write(frames[start : start + per_write * frame_size])
+            stop.wait(0.01)
+
+
+def receive_until(sock: zmq.Socket, received: list, frames: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(len(m) for m in received) < frames and time.monotonic() < deadline:
+        if sock.poll(50):
+            message = decode_stream_message(sock.recv_multipart())
+            if isinstance(message, FrameBatch):
+                received.append(message)
+
+
+def test_agent_killed_and_restarted_resumes_from_its_checkpoint(new_service_name, redis_url, redis_client, tmp_path):
+    name = new_service_name("hp_io_agent")
+    port = free_port()
+    config = {"data_bind": f"tcp://127.0.0.1:{port}", "preview_bind": "tcp://127.0.0.1:*"}
+    run = tmp_path / "daq" / "module_4" / "obs_Lick.start_2024-07-25T04:34:06Z.runtype_sci-data.pffd"
+    run.mkdir(parents=True)
+    path = run / "start_2024-07-25T04:34:46Z.dp_img16.bpp_2.module_4.seqno_0.pff"
+    path.touch()
+    with PffReader(SAMPLE_IMG16) as reader:
+        frames = reader.block().raw.tobytes() * 3  # 3000 frames, appended over ~1.5 s
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.setsockopt(zmq.SUBSCRIBE, b"img16.")
+    stop = threading.Event()
+    appender = threading.Thread(target=hashpipe_appends, args=(path, frames, 2540, stop))
+    received: list[FrameBatch] = []
+    agent = ServiceProcess("hp_io_agent", name, config, redis_url, tmp_path)
+    restarted = None
+    try:
+        agent.wait_ready(redis_client)
+        with RequestCaller(None, "test-restart") as caller:
+            assert caller.call(name, InitHpIoRequest(data_dir=str(tmp_path / "daq")), 15).ok
+            wait_until(lambda: caller.call(name, StatusRequest(), 5).finals[name].result["subscribers"], 10,
+                       message="the subscriber counted")
+        appender.start()
+        receive_until(sock, received, 500, 15)
+        agent.process.send_signal(signal.SIGKILL)
+        assert agent.stop() == -signal.SIGKILL
+        (tmp_path / "restart").mkdir()
+        restarted = ServiceProcess("hp_io_agent", name, config, redis_url, tmp_path / "restart")
+        restarted.wait_ready(redis_client)
+        appender.join(30)
+        receive_until(sock, received, 3000, 20)
+    finally:
+        stop.set()
+        sock.close()
+        if restarted is not None:
+            assert restarted.stop() == 0, restarted.log()
+    numbers = [n for m in received for n in m.header["frame_number"]]
+    seq = [n for m in received for n in m.header["seq"]]
+    assert len(numbers) == len(set(numbers)), "a frame was published twice"
+    assert seq == sorted(seq) and len(seq) == len(set(seq)), "seq goes on from the checkpoint"
+    assert numbers[-1] == 2999 and seq[-1] - seq[0] == 2999, "every frame up to the end was read"
+    gaps = sum(b - a - 1 for a, b in zip(seq, seq[1:], strict=False))
+    assert len(numbers) + gaps == 3000, "every frame not received is a visible gap in seq"
+    assert "resuming" in restarted.log()
