@@ -9,13 +9,14 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.client.frame_stream import Subscription, Throttle
 from std_daq_service.client.pano_image import pano_images
-from std_daq_service.config import connect_redis, live_services, service_kind
+from std_daq_service.config import CONFIG_MODELS, connect_redis, live_services, service_kind
 from std_daq_service.protocol import (
     REQUEST_TYPES,
     ControlHeader,
@@ -39,6 +40,17 @@ log = logging.getLogger(__name__)
 
 Hosts = str | Iterable[str] | None
 _LIVENESS_CHECK_S = 2.0
+
+
+def _agents_on(host: str | None, live: dict[str, dict]) -> list[str]:
+    """Live agents running on `host` (a host name or address), by their beacons and advertised endpoints."""
+    found = []
+    for name, beacon in live.items():
+        endpoints = beacon.get("endpoints") if isinstance(beacon.get("endpoints"), dict) else {}
+        hosts = {beacon.get("host")} | {urlsplit(e).hostname for e in endpoints.values()}
+        if host in hosts:
+            found.append(name)
+    return sorted(found)
 
 
 def load_json_arg(value: str | Path | dict | None) -> dict:
@@ -90,10 +102,15 @@ class DaqDataClient:
     # discovery
 
     def get_valid_daq_hosts(self) -> set[str]:
-        """Agents whose liveness beacon is alive (limited to daq_config's `agents` when given)."""
-        live = set(live_services(self.redis, "hp_io_agent"))
-        named = self.daq_config.get("agents")
-        return live & set(named) if named else live
+        """Agents whose liveness beacon is alive, limited to daq_config's `agents` (SERVICE_NAMEs) or to the
+        agents on its `daq_nodes` (panoseti's daq_config.json: `ip_addr` of each node) when given."""
+        live = live_services(self.redis, "hp_io_agent")
+        if self.daq_config.get("agents"):
+            return set(live) & set(self.daq_config["agents"])
+        nodes = [node.get("ip_addr") for node in self.daq_config.get("daq_nodes", [])]
+        if nodes:
+            return {name for node in nodes for name in _agents_on(node, live)}
+        return set(live)
 
     def ping(self, host: str, timeout: float = 5.0) -> bool:
         """True if `host` answers a status request within `timeout` seconds."""
@@ -247,7 +264,16 @@ class DaqDataClient:
             if not found:
                 raise NoServiceAnswered("no live agents (std_daq list-hosts)")
             return found
-        return [hosts] if isinstance(hosts, str) else list(hosts)
+        names = []
+        for host in [hosts] if isinstance(hosts, str) else list(hosts):
+            if service_kind(host) in CONFIG_MODELS:  # a SERVICE_NAME
+                names.append(host)
+                continue
+            on_host = _agents_on(host, live_services(self.redis, "hp_io_agent"))  # panoseti names hosts by address
+            if not on_host:
+                raise UnknownTarget(f"no live agent on host {host!r} (std_daq list-hosts)")
+            names += on_host
+        return names
 
     def default_writer(self) -> str:
         """The writer named in daq_config's `writers`, or the only live one."""

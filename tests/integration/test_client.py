@@ -15,7 +15,7 @@ from test_writer import start_agent, start_writer
 
 from std_daq_service.client import AioDaqDataClient, DaqDataClient
 from std_daq_service.config import connect_redis
-from std_daq_service.protocol import NoServiceAnswered
+from std_daq_service.protocol import NoServiceAnswered, UnknownTarget
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,12 @@ def test_discovery_ping_and_reflection(nodes):
         assert set(reflected["services"]) == {a, writer}
         assert "n_images" in reflected["request_types"]["write"]["properties"]
         assert set(client.status(a)[a]["modules"]) == {"1", "3"}
+    panoseti_config = {"daq_nodes": [{"ip_addr": "127.0.0.1", "data_dir": "/data", "module_ids": "0-255"}]}
+    with DaqDataClient(panoseti_config) as client:
+        assert {a, b} <= client.get_valid_daq_hosts(), "nodes of panoseti's daq_config.json, by address"
+        assert {a, b} <= set(client.status("127.0.0.1")), "a host address stands for the agents on it"
+        with pytest.raises(UnknownTarget):
+            client.status("192.0.2.1")
 
 
 def test_stream_images_yields_pano_images_of_every_module_at_the_client_rate(nodes):
