@@ -195,3 +195,27 @@ def test_agent_killed_and_restarted_resumes_from_its_checkpoint(new_service_name
     gaps = sum(b - a - 1 for a, b in zip(seq, seq[1:], strict=False))
     assert len(numbers) + gaps == 3000, "every frame not received is a visible gap in seq"
     assert "resuming" in restarted.log()
+
+
+def test_agent_killed_while_simulating_simulates_again_after_the_restart(new_service_name, redis_url, redis_client,
+                                                                         tmp_path, caller):
+    name = new_service_name("hp_io_agent")
+    agent, _ = start_agent(name, redis_url, redis_client, tmp_path, module_ids=[9], movie_rate_hz=500,
+                           pulse_height_rate_hz=100)
+    agent.process.send_signal(signal.SIGKILL)
+    assert agent.stop() == -signal.SIGKILL
+    (tmp_path / "restart").mkdir()
+    config = {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
+              "sim_data_dir": str(tmp_path / "sim"), "min_update_interval_seconds": 0.05}
+    restarted = ServiceProcess("hp_io_agent", name, config, redis_url, tmp_path / "restart")
+    try:
+        restarted.wait_ready(redis_client)
+
+        def img16_published():
+            status = caller.call(name, StatusRequest(), 10).finals[name].result
+            return status["simulator"] and status["modules"].get("9", {}).get("img16", {}).get("frames_published")
+
+        wait_until(img16_published, 15, interval=0.2, message="the simulation running again")
+        assert "restarted; resuming" in restarted.log()
+    finally:
+        assert restarted.stop() == 0, restarted.log()
