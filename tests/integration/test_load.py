@@ -77,6 +77,11 @@ def test_twenty_writes_and_fifty_clients_at_once(tmp_path, redis_url, broker_url
             status = caller.call(names[0], StatusRequest(), 15).finals[names[0]].result
             frames, gaps = results.get(timeout=60)
             clients.join(10)
+        succeeded = sum(f is not None and f.action == "request_success" for f in finals.values())
+        print(f"load: writes ok {succeeded}/{WRITES}; "
+              f"full-rate clients frames min/max {min(frames[0::2])}/{max(frames[0::2])}, gaps {max(gaps[0::2])}; "
+              f"preview clients frames min/max {min(frames[1::2])}/{max(frames[1::2])}; agent published "
+              f"{status['modules']['1']['img16']['frames_published']} img16 frames of module 1")
         failed = {rid: f and f.message for rid, f in finals.items() if f is None or f.action != "request_success"}
         assert not failed, failed
         for i in range(WRITES):
