@@ -35,6 +35,9 @@ from std_daq_service.pff import PffReader
 from std_daq_service.protocol import WriteRequest, encode_frames
 from std_daq_service.writer.h5_recording import compression_options
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_agent import cpu_seconds  # noqa: E402
+
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
 SHARED = Path(os.environ.get("PANOSETI_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CHUNK_FRAMES = 256  # 512 KiB img16 chunks, as the writer makes them
@@ -78,7 +81,9 @@ def raw_h5py_rate(images: np.ndarray, n_frames: int, compression: str, directory
     return rate, ratio
 
 
-def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: Path, rate_hz: float) -> float:
+def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: Path,
+                rate_hz: float) -> tuple[float, float]:
+    """(frames/s recorded, CPU share of the writer while the stream runs and no write does)."""
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 50)
@@ -110,6 +115,9 @@ def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: 
             assert time.monotonic() < deadline and writer.poll() is None, "writer did not start"
             time.sleep(0.1)
         sender.start()
+        cpu0 = cpu_seconds(writer.pid)
+        time.sleep(3)  # streaming, no write running: what an idle writer costs
+        idle_cpu = (cpu_seconds(writer.pid) - cpu0) / 3
         times = {}
         with RequestCaller(None, "bench-writer") as caller:
             request = WriteRequest(output_file=f"w_{compression}.h5", module_ids=[1], data_products=["img16"],
@@ -117,7 +125,7 @@ def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: 
             result = caller.call(name, request, 600, on_status=lambda s: times.setdefault(s.action, time.monotonic()))
         final = result.finals[name]
         assert final.action == "request_success", final.message
-        return n_frames / (times["request_success"] - times["request_start"])
+        return n_frames / (times["request_success"] - times["request_start"]), idle_cpu
     finally:
         stop.set()
         if sender.is_alive():
@@ -138,15 +146,16 @@ def main() -> None:
     images, source = lick_frames()
     parts = message(images[:1000] if len(images) >= 1000 else images)
     print(f"img16, {args.frames:,} frames per run; compression ratio on {len(images):,} frames of {source}")
-    print("| compression | writer frames/s | writer MB/s | raw h5py batched frames/s | writer / raw | ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| compression | writer frames/s | writer MB/s | raw h5py batched frames/s | writer / raw | ratio | "
+          "idle writer CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for compression in args.compression:
             raw, ratio = raw_h5py_rate(images[:1000], args.frames, compression, Path(tmp))
-            rate = writer_rate(compression, args.frames, parts, Path(tmp), args.rate_hz)
+            rate, idle_cpu = writer_rate(compression, args.frames, parts, Path(tmp), args.rate_hz)
             _, real_ratio = raw_h5py_rate(images, 1000, compression, Path(tmp))
             print(f"| {compression} | {rate:,.0f} | {rate * 2048 / 1e6:,.0f} | {raw:,.0f} | {rate / raw:.0%} | "
-                  f"{real_ratio:.2f} |")
+                  f"{real_ratio:.2f} | {idle_cpu:.0%} |")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import zmq
 
 from std_daq_service.config import AgentStream
-from std_daq_service.protocol import ControlHeader, FrameBatch, InvalidMessage, decode_stream_message
+from std_daq_service.pff import DATA_PRODUCTS
+from std_daq_service.protocol import CONTROL_TOPIC, FrameBatch, InvalidMessage, decode_stream_message
 
 log = logging.getLogger(__name__)
 
@@ -22,32 +24,57 @@ StreamKey = tuple[str, int, str]
 """(agent SERVICE_NAME, module_id, data product)."""
 
 _RECEIVE_HWM = 200  # messages (up to 1000 frames each) queued per agent; beyond, ZMQ drops
-_HEADER_BYTES_PER_FRAME = 1200  # decoded header lists, roughly, for the memory cap
 
 
 @dataclass(eq=False)
 class ReceivedBatch:
-    """A frame message from an agent as the writer received it."""
+    """A frame message from an agent as the writer received it, decoded only when a write needs it.
+
+    The receive thread reads the stream (module and data product) from the topic alone and keeps the
+    message's zero-copy parts; a write decodes the batches it selects, in its own thread.
+    """
 
     agent: str
-    batch: FrameBatch
+    module_id: int
+    dp: str
+    parts: list[memoryview]
     arrival_ns: int
     arrival_monotonic: float
 
     @property
     def key(self) -> StreamKey:
-        return self.agent, self.batch.module_id, self.batch.dp
+        return self.agent, self.module_id, self.dp
 
     @property
     def nbytes(self) -> int:
-        return self.batch.images.nbytes + len(self.batch) * _HEADER_BYTES_PER_FRAME
+        return sum(len(part) for part in self.parts)
 
     @property
+    def n_frames(self) -> int:
+        return len(self.parts[2]) // DATA_PRODUCTS[self.dp].image_size
+
+    @cached_property
+    def batch(self) -> FrameBatch:
+        """The decoded message (raises InvalidMessage)."""
+        message = decode_stream_message(self.parts)
+        if not isinstance(message, FrameBatch) or (message.module_id, message.dp) != (self.module_id, self.dp):
+            raise InvalidMessage(f"message from {self.agent} does not match its topic")
+        return message
+
+    @cached_property
     def frame_times(self) -> np.ndarray:
         """Per frame: WR time in Unix ns, or the host time where WR time is invalid."""
         wr = self.batch.header["wr_timestamp_ns"]
         host = self.batch.header["host_timestamp_ns"]
         return np.array([h if w is None else w for w, h in zip(wr, host, strict=True)], dtype=np.int64)
+
+
+def parse_topic(topic: bytes | memoryview) -> tuple[str, int] | None:
+    """`img16.001.` -> ("img16", 1); None if it is no frame topic."""
+    fields = bytes(topic).split(b".")
+    if len(fields) != 3 or fields[0].decode(errors="replace") not in DATA_PRODUCTS or not fields[1].isdigit():
+        return None
+    return fields[0].decode(), int(fields[1])
 
 
 @dataclass
@@ -56,8 +83,6 @@ class StreamState:
 
     frames: int = 0
     messages: int = 0
-    gaps: int = 0
-    next_seq: int | None = None
     last_arrival: float = field(default_factory=time.monotonic)
 
 
@@ -97,8 +122,7 @@ Listener = Callable[[ReceivedBatch], None]
 class StreamReceiver:
     """One thread with a SUB socket per agent; frames go to the ring buffer and to attached listeners.
 
-    Frames that came through an agent's Hashpipe socket hook (`origin: socket`) are left out: the same
-    frames reach the files the agent tails, and recording both would duplicate them.
+    Messages are not decoded here (see `ReceivedBatch`): only the writes that select them pay for it.
     """
 
     def __init__(self, agents: list[AgentStream], ring: RingBuffer):
@@ -182,30 +206,35 @@ class StreamReceiver:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            try:
-                message = decode_stream_message([frame.buffer for frame in frames])  # images stay zero-copy
-            except InvalidMessage as exc:
+            parts = [frame.buffer for frame in frames]  # zero-copy
+            if len(parts) == 2 and parts[0] == CONTROL_TOPIC:
+                self._control(agent, parts)
+                continue
+            stream = parse_topic(parts[0]) if len(parts) == 3 else None
+            if stream is None:
                 self.bad_messages += 1
-                log.warning("bad message from %s dropped: %s", agent, exc)
+                log.warning("message from %s with %d parts and topic %r dropped", agent, len(parts),
+                            bytes(parts[0][:40]))
                 continue
-            if isinstance(message, ControlHeader):
-                log.info("%s: %s %s", agent, message.event, message.message)
-                self.controls.append({"agent": agent, "event": message.event, "message": message.message})
-                continue
-            if message.header.get("origin") == "socket":
-                continue
-            self._deliver(ReceivedBatch(agent, message, time.time_ns(), time.monotonic()))
+            dp, module_id = stream
+            self._deliver(ReceivedBatch(agent, module_id, dp, parts, time.time_ns(), time.monotonic()))
+
+    def _control(self, agent: str, parts: list[memoryview]) -> None:
+        try:
+            message = decode_stream_message(parts)
+        except InvalidMessage as exc:
+            self.bad_messages += 1
+            log.warning("bad control message from %s dropped: %s", agent, exc)
+            return
+        log.info("%s: %s %s", agent, message.event, message.message)
+        self.controls.append({"agent": agent, "event": message.event, "message": message.message})
 
     def _deliver(self, received: ReceivedBatch) -> None:
-        seq = received.batch.header["seq"]
         with self._lock:
             state = self.streams.get(received.key)
             if state is None:
                 state = self.streams[received.key] = StreamState()
-            if state.next_seq is not None and seq[0] > state.next_seq:
-                state.gaps += seq[0] - state.next_seq
-            state.next_seq = seq[-1] + 1
-            state.frames += len(seq)
+            state.frames += received.n_frames
             state.messages += 1
             state.last_arrival = received.arrival_monotonic
             self.ring.add(received)
@@ -216,7 +245,7 @@ class StreamReceiver:
         now = time.monotonic()
         with self._lock:
             streams = {
-                f"{agent}/{module_id}/{dp}": {"frames": s.frames, "messages": s.messages, "gaps": s.gaps,
+                f"{agent}/{module_id}/{dp}": {"frames": s.frames, "messages": s.messages,
                                               "seconds_since_data": round(now - s.last_arrival, 2)}
                 for (agent, module_id, dp), s in sorted(self.streams.items())
             }

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from std_daq_service.broker import RequestContext
-from std_daq_service.protocol import RequestTimeout, WriteRequest
+from std_daq_service.protocol import InvalidMessage, RequestTimeout, WriteRequest
 from std_daq_service.writer.h5_recording import H5Recording
 from std_daq_service.writer.stream_receiver import ReceivedBatch, StreamReceiver
 
@@ -28,6 +29,15 @@ Pair = tuple[int, str]
 _FLUSH_PERIOD_S = 0.5
 _SETTLE_S = 0.5
 _END_GRACE_S = 1.0
+MAX_BACKLOG_BYTES = 256 << 20
+"""Frames received but not yet written, per write; beyond, new frames are dropped and counted."""
+
+
+def _decodes(received: ReceivedBatch) -> bool:
+    try:
+        return bool(len(received.batch))
+    except InvalidMessage:
+        return False
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,10 @@ class WriteJob:
         self.silence_deadline = self.started + opens_in + r.timeout_seconds
         self.open_ended = r.n_images is None and self.window_stop is None and self.arrival_stop is None
         self.warnings: list[str] = []
+        self.bad_messages = 0
+        self.dropped_frames = 0
+        self._backlog_bytes = 0
+        self._backlog_lock = threading.Lock()
         self._last_new_pair = self.started
         if not self.pairs and r.n_images is not None:
             for agent, module_id, dp in receiver.known_streams(active_within_s):
@@ -99,8 +113,16 @@ class WriteJob:
         return (not s.module_ids or module_id in s.module_ids) and (not s.data_products or dp in s.data_products)
 
     def _offer(self, received: ReceivedBatch) -> None:
-        """Called by the receiver thread (under its lock) for every new batch: keep it cheap."""
-        if self.selection.matches(received):
+        """Called by the receiver thread for every new batch. A selected batch is decoded there, so decoding
+        overlaps with this write's HDF5 work (which releases the GIL while it compresses and writes)."""
+        if not self.selection.matches(received):
+            return
+        with self._backlog_lock:
+            if self._backlog_bytes > MAX_BACKLOG_BYTES:  # the file cannot keep up: drop, count, show as gaps
+                self.dropped_frames += received.n_frames
+                return
+            self._backlog_bytes += received.nbytes
+        if _decodes(received):
             self.incoming.put(received)
 
     def run(self) -> tuple[bool, str]:
@@ -120,9 +142,9 @@ class WriteJob:
                     return True, finished
                 self._check_silence()
                 try:
-                    self._take(self.incoming.get(timeout=0.1))
+                    self._take(self._next(0.1))
                     while not self.incoming.empty():
-                        self._take(self.incoming.get_nowait())
+                        self._take(self._next(None))
                 except queue.Empty:
                     pass
                 if time.monotonic() - last_flush >= _FLUSH_PERIOD_S:
@@ -132,8 +154,14 @@ class WriteJob:
                                   {"streams": self.recording.summary(), "bytes": self.recording.bytes})
         finally:
             self.receiver.detach(handle)
+            if self.dropped_frames:
+                self.warnings.append(f"the file could not keep up with the stream: {self.dropped_frames} frames "
+                                     "were dropped (seq gaps in the file)")
 
     def _use_past(self, past: list[ReceivedBatch]) -> None:
+        if not past:
+            return
+        past = [b for b in past if _decodes(b)]
         if not past:
             return
         oldest = min(int(b.frame_times[0]) for b in past)
@@ -147,7 +175,21 @@ class WriteJob:
     def _frames(self) -> int:
         return sum(s.frames for s in self.pairs.values())
 
+    def _next(self, timeout: float | None) -> ReceivedBatch:
+        received = self.incoming.get(timeout=timeout) if timeout else self.incoming.get_nowait()
+        with self._backlog_lock:
+            self._backlog_bytes -= received.nbytes
+        return received
+
     def _take(self, received: ReceivedBatch) -> None:
+        try:
+            batch = received.batch
+        except InvalidMessage as exc:
+            self.bad_messages += 1
+            log.warning("a message of %s skipped: %s", received.key, exc)
+            return
+        if batch.header["origin"] == "socket":  # the same frames reach the files the agent tails
+            return
         _, module_id, dp = received.key
         state = self.pairs.get((module_id, dp))
         if state is None:
@@ -159,7 +201,7 @@ class WriteJob:
         if self.arrival_stop is not None and received.arrival_monotonic >= self.arrival_stop:
             state.ended = True
             return
-        first, stop = 0, len(received.batch)
+        first, stop = 0, len(batch)
         if self.window_start is not None or self.window_stop is not None:
             times = received.frame_times
             if self.window_start is not None:
@@ -173,7 +215,7 @@ class WriteJob:
             if state.frames + max(0, stop - first) >= self.request.n_images:
                 state.ended = True
         if stop > first:
-            state.frames += self.recording.append(received.agent, received.batch, slice(first, stop))
+            state.frames += self.recording.append(received.agent, batch, slice(first, stop))
 
     def _finished(self) -> str | None:
         now = time.monotonic()
