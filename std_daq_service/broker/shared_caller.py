@@ -62,9 +62,9 @@ class SharedCaller:
                     self._caller.pump(_PUMP_S)
                 self.connected.set()
                 time.sleep(0.001)  # let publishers take the lock
-            except pika.exceptions.AMQPError as exc:
+            except (pika.exceptions.AMQPError, OSError) as exc:
                 self.connected.clear()
-                log.warning("broker connection lost (%s); reconnecting", exc)
+                log.warning("broker connection lost (%r); reconnecting", exc)
                 with self._lock:
                     self._caller.close()
                 self._stop.wait(_RECONNECT_S)

@@ -194,10 +194,13 @@ class SocketHook:
                 sock = key.fileobj
                 if sock is self._wake_r:
                     continue
-                if sock in self._listeners:
-                    self._accept(sock, key.data)
-                else:
-                    self._receive(sock, key.data)
+                try:
+                    if sock in self._listeners:
+                        self._accept(sock, key.data)
+                    else:
+                        self._receive(sock, key.data)
+                except Exception:  # a bug must not close the hook for every connection: say it, go on
+                    log.exception("socket hook error on %s; going on", key.data)
 
     def _accept(self, listener: socket.socket, dp: DataProduct) -> None:
         try:

@@ -217,6 +217,10 @@ class Tracker:
                     log.warning("tracking %s: %s; retrying", self._tracking and self._tracking.data_dir, exc)
                 self.error = str(exc)
                 self._stop.wait(0.5)
+            except Exception as exc:  # a bug must not end tracking silently: say it, keep the loop alive
+                log.exception("tracking loop error; retrying")
+                self.error = f"internal error: {type(exc).__name__}: {exc}"
+                self._stop.wait(0.5)
 
     def _holding(self) -> bool:
         """After a restart, wait (up to _RESUME_HOLD_S) until a subscriber is back and has subscribed."""

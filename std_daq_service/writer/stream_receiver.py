@@ -195,7 +195,11 @@ class StreamReceiver:
             events = dict(poller.poll(100))
             for sock, name in self._sockets.items():
                 if sock in events:
-                    self._drain(sock, name)
+                    try:
+                        self._drain(sock, name)
+                    except Exception:  # a bug must not stop the recording of every stream: say it, go on
+                        self.bad_messages += 1
+                        log.exception("receiving from %s failed; going on", name)
             if not events:
                 with self._lock:
                     self.ring.trim()
