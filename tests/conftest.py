@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -109,7 +110,14 @@ def delete_queues(url: str, queues: list[str]) -> None:
 
 
 def close_broker_connections(name_prefix: str) -> int:
-    """Close, from the broker's side, every connection whose client name starts with `name_prefix`."""
+    """Close, from the broker's side, every connection whose client name starts with `name_prefix`.
+
+    Uses `rabbitmqctl` where the broker runs on this machine, else the management API at
+    `RABBITMQ_API_URL` (e.g. http://rabbitmq:15672 in tests_in_docker.sh).
+    """
+    api = os.environ.get("RABBITMQ_API_URL")
+    if api or shutil.which("rabbitmqctl") is None:
+        return _close_through_management_api(api or "http://127.0.0.1:15672", name_prefix)
     out = subprocess.run(
         ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
         capture_output=True, text=True, check=True,
@@ -122,6 +130,23 @@ def close_broker_connections(name_prefix: str) -> int:
                            capture_output=True)
             closed += 1
     return closed
+
+
+def _close_through_management_api(api: str, name_prefix: str) -> int:
+    import requests
+
+    auth = ("guest", "guest")
+    deadline = time.monotonic() + 15  # the API lists a new connection only after its next stats round (~5 s)
+    while True:
+        matching = [c["name"] for c in requests.get(f"{api}/api/connections", auth=auth, timeout=10).json()
+                    if c.get("client_properties", {}).get("connection_name", "").startswith(name_prefix)]
+        if matching or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for name in matching:
+        requests.delete(f"{api}/api/connections/{requests.utils.quote(name, safe='')}", auth=auth, timeout=10,
+                        headers={"X-Reason": "closed by test"}).raise_for_status()
+    return len(matching)
 
 
 @pytest.fixture(autouse=True)
