@@ -6,7 +6,7 @@ Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000
 A synthetic Hashpipe appends real Lick img16 frames for N modules into data_dir/module_N/obs_*/ in 1 MiB
 writes (412 frames, as Hashpipe's stdio buffer flushes), logging the time of each write. The agent (a
 subprocess, config in Redis, init_hp_io over RabbitMQ) tails and publishes; a SUB socket counts frames and
-gaps in seq in a separate process (decoding only the JSON headers);
+gaps in seq in a separate process;
 latency = arrival of a message - time of the write that completed its last frame. Agent CPU
 comes from /proc. Needs Redis and RabbitMQ (./setup_dev_env.sh).
 """
@@ -27,14 +27,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import orjson
 import zmq
 
 import std_daq_service
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis
 from std_daq_service.pff import PffReader
-from std_daq_service.protocol import InitHpIoRequest, StreamRequest
+from std_daq_service.protocol import FrameBatch, InitHpIoRequest, StreamRequest, decode_stream_message
 
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
 FRAME = 2540
@@ -86,8 +85,10 @@ def subscriber(endpoint: str, ready, done, results) -> None:
         quiet_since = None
         parts = sub.recv_multipart()
         arrival = time.time_ns()
-        header = orjson.loads(parts[1])
-        seq, module_id = header["seq"], header["module_id"]
+        message = decode_stream_message(parts)  # binary columns: no parsing of per-frame fields
+        if not isinstance(message, FrameBatch):
+            continue
+        seq, module_id = message.header["seq"].tolist(), message.module_id
         gaps += seq[0] - next_seq.get(module_id, seq[0])
         next_seq[module_id] = seq[-1] + 1
         received += len(seq)

@@ -77,7 +77,8 @@ def subscribers(endpoint: str, n: int, ready, done, results) -> None:
             parts = sock.recv_multipart()
             if parts[0] == CONTROL_TOPIC:
                 continue
-            seq = orjson.loads(parts[1])["seq"]  # the counting needs only the header
+            n = orjson.loads(parts[1])["n_frames"]  # counting needs only the seq column, the second one
+            seq = np.frombuffer(parts[2], dtype="<i8", count=n, offset=8 * n).tolist()
             if next_seq[i] is not None:
                 gaps[i] += seq[0] - next_seq[i]
             next_seq[i] = seq[-1] + 1

@@ -57,13 +57,4 @@ class Throttle:
 
 
 def _last_frame(batch: FrameBatch) -> FrameBatch:
-    n = len(batch) - 1
-    if n == 0:
-        return batch
-    header = dict(batch.header)
-    for key in ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_ns"):
-        header[key] = header[key][n:]
-    header["pff_header"] = {k: ({f: v[n:] for f, v in value.items()} if isinstance(value, dict) else value[n:])
-                            for k, value in header["pff_header"].items()}
-    header["n_frames"] = 1
-    return FrameBatch(header, batch.images[n:])
+    return batch if len(batch) == 1 else batch.tail(1)

@@ -1,10 +1,13 @@
 """The ZMQ frame stream: topics, the batch message format, and control messages.
 
-A frame message is three parts `[topic, header_json, image_bytes]` and carries n >= 1
-consecutive frames of one stream (module and data product). Fields that vary per frame
-(`frame_number`, `seq`, `wr_timestamp_ns`, `host_timestamp_ns`, and every number of the PFF
-header under `pff_header`) are lists of n values, so a block of frames is encoded without a
-per-frame Python loop. `image_bytes` holds the n images back to back, exactly as in the file.
+A frame message is four parts `[topic, header_json, columns, image_bytes]` and carries n >= 1
+consecutive frames of one stream (module and data product). `header_json` describes the stream and
+lists the per-frame fields as `columns` (`[name, "<i8", per-frame shape]`); `columns` holds those
+fields as little-endian arrays back to back, in that order: `frame_number`, `seq`,
+`wr_timestamp_ns` (-1 where WR time is invalid), `host_timestamp_ns`, then every number of the PFF
+header as `pff_header.<field>` (shape [4], one per quabo, for module images). `image_bytes` holds the
+n images back to back, exactly as in the file. Binary columns cost no parsing at either end, however
+many frames a message carries (JSON lists of the same numbers were the largest cost of the writer).
 
 A control message is two parts `[b"control.", header_json]` with `kind = "control"` and an
 `event`: `run_start`, `run_end`, `reinit`, `stop`.
@@ -12,6 +15,7 @@ A control message is two parts `[b"control.", header_json]` with `kind = "contro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +31,9 @@ CONTROL_TOPIC = b"control."
 ControlEvent = Literal["run_start", "run_end", "reinit", "stop"]
 _DTYPES = {"img16": "<u2", "img8": "|u1", "ph256": "<i2", "ph1024": "<i2"}
 _PER_FRAME = ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_ns")
+_NOT_PER_FRAME = ("pff_header", "n_frames", "columns")
+_PFF = "pff_header."
+_COLUMN_DTYPE = "<i8"
 
 
 def frame_topic(dp: str, module_id: int) -> bytes:
@@ -50,12 +57,10 @@ class FrameBatchHeader(BaseModel):
     file: str | None = Field(description="PFF file name the frames were read from.")
     seqno: int | None
     n_frames: int
-    frame_number: list[int] = Field(description="Index of each frame in its file.")
-    seq: list[int] = Field(description="Per-stream counter without gaps unless frames were lost.")
-    wr_timestamp_ns: list[int | None] = Field(description="White Rabbit Unix ns, null when invalid.")
-    host_timestamp_ns: list[int]
-    pff_header: dict[str, Any] = Field(
-        description="PFF header numbers, one list per field (per quabo_<i> sub-object for images)."
+    columns: list[tuple[str, str, list[int]]] = Field(
+        description="Per-frame fields in the columns part: name, numpy dtype, shape per frame. frame_number "
+        "(index in its file), seq (per stream, no gaps unless frames were lost), wr_timestamp_ns (White Rabbit "
+        "Unix ns, -1 when invalid), host_timestamp_ns, pff_header.<field> ([4]: per quabo for images)."
     )
 
 
@@ -92,18 +97,12 @@ def encode_frames(
 
     Args:
         pff_fields: header numbers, arrays of shape (n,) or (n, 4) for module images.
-        wr_timestamp_ns: -1 where WR time is invalid (sent as null).
+        wr_timestamp_ns: -1 where WR time is invalid.
     """
-    if np.ndim(pff_fields.get("tv_sec")) == 2:
-        pff_header = {
-            f"quabo_{q}": {name: np.ascontiguousarray(values[:, q]) for name, values in pff_fields.items()}
-            for q in range(next(iter(pff_fields.values())).shape[1])
-        }
-    else:
-        pff_header = pff_fields
-    wr = wr_timestamp_ns.tolist()
-    if -1 in wr:
-        wr = [None if t < 0 else t for t in wr]
+    columns = {"frame_number": frame_number, "seq": seq, "wr_timestamp_ns": wr_timestamp_ns,
+               "host_timestamp_ns": host_timestamp_ns,
+               **{f"{_PFF}{name}": values for name, values in pff_fields.items()}}
+    arrays = [np.ascontiguousarray(values, dtype=_COLUMN_DTYPE) for values in columns.values()]
     header = {
         "kind": "frames",
         "protocol_version": PROTOCOL_VERSION,
@@ -118,13 +117,9 @@ def encode_frames(
         "file": file,
         "seqno": seqno,
         "n_frames": len(frame_number),
-        "frame_number": frame_number,
-        "seq": seq,
-        "wr_timestamp_ns": wr,
-        "host_timestamp_ns": host_timestamp_ns,
-        "pff_header": pff_header,
+        "columns": [[name, _COLUMN_DTYPE, list(a.shape[1:])] for name, a in zip(columns, arrays, strict=True)],
     }
-    return [frame_topic(dp, module_id), orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY), image_bytes]
+    return [frame_topic(dp, module_id), orjson.dumps(header), b"".join(a.tobytes() for a in arrays), image_bytes]
 
 
 def encode_control(source: str, event: ControlEvent, message: str = "", **fields: Any) -> list[bytes]:
@@ -135,10 +130,19 @@ def encode_control(source: str, event: ControlEvent, message: str = "", **fields
 
 @dataclass(frozen=True)
 class FrameBatch:
-    """n decoded frames of one stream; `images` has shape (n, H, W)."""
+    """n decoded frames of one stream.
+
+    Attributes:
+        header: the JSON header, plus the per-frame columns as arrays under `frame_number`, `seq`,
+            `wr_timestamp_ns` (-1 invalid), `host_timestamp_ns` and `pff_header` (field arrays, per
+            `quabo_<i>` sub-dict for module images, as in the PFF header).
+        images: (n, H, W) pixels, a view of the message.
+        pff_columns: PFF header numbers as (n,) or (n, 4) arrays.
+    """
 
     header: dict[str, Any]
     images: np.ndarray
+    pff_columns: dict[str, np.ndarray]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -153,18 +157,34 @@ class FrameBatch:
 
     def pff_header(self, i: int) -> dict[str, Any]:
         """The PFF header of frame `i` in its original shape (quabo_<i> sub-objects for images)."""
-        fields = self.header["pff_header"]
         return {
-            key: {k: v[i] for k, v in value.items()} if isinstance(value, dict) else value[i]
-            for key, value in fields.items()
+            key: {k: int(v[i]) for k, v in value.items()} if isinstance(value, dict) else int(value[i])
+            for key, value in self.header["pff_header"].items()
         }
 
     def frame_fields(self, i: int) -> dict[str, Any]:
-        """The per-frame header of frame `i`, as a one-frame message would carry it."""
-        out = {k: v for k, v in self.header.items() if k not in _PER_FRAME and k not in ("pff_header", "n_frames")}
-        out.update({k: self.header[k][i] for k in _PER_FRAME})
+        """The per-frame header of frame `i`, as a one-frame message would carry it (WR time None if invalid)."""
+        out = {k: v for k, v in self.header.items() if k not in _PER_FRAME and k not in _NOT_PER_FRAME}
+        out.update({k: int(self.header[k][i]) for k in _PER_FRAME})
+        if out["wr_timestamp_ns"] < 0:
+            out["wr_timestamp_ns"] = None
         out["pff_header"] = self.pff_header(i)
         return out
+
+    def tail(self, n: int = 1) -> FrameBatch:
+        """The last n frames as a batch of their own."""
+        cut = slice(len(self) - n, None)
+        header = {**self.header, "n_frames": n, **{k: self.header[k][cut] for k in _PER_FRAME}}
+        pff = {name: values[cut] for name, values in self.pff_columns.items()}
+        header["pff_header"] = _pff_header(pff)
+        return FrameBatch(header, self.images[cut], pff)
+
+
+def _pff_header(pff: dict[str, np.ndarray]) -> dict[str, Any]:
+    if pff and next(iter(pff.values())).ndim == 2:
+        quabos = next(iter(pff.values())).shape[1]
+        return {f"quabo_{q}": {name: values[:, q] for name, values in pff.items()} for q in range(quabos)}
+    return dict(pff)
 
 
 def decode_stream_message(parts: Sequence[bytes | memoryview]) -> FrameBatch | ControlHeader:
@@ -178,19 +198,35 @@ def decode_stream_message(parts: Sequence[bytes | memoryview]) -> FrameBatch | C
             return ControlHeader.model_validate_json(bytes(parts[1]))
         except ValueError as exc:
             raise InvalidMessage(f"bad control message: {exc}") from exc
-    if len(parts) != 3:
-        raise InvalidMessage(f"frame message has {len(parts)} parts, expected 3")
+    if len(parts) != 4:
+        raise InvalidMessage(f"frame message has {len(parts)} parts, expected 4")
     try:
         header = orjson.loads(parts[1])
         n = header["n_frames"]
         shape = tuple(header["shape"])
         dtype = np.dtype(header["dtype"])
-        if any(len(header[k]) != n for k in _PER_FRAME):
-            raise InvalidMessage("per-frame field lengths differ from n_frames")
+        columns = [(name, kind, tuple(per_frame)) for name, kind, per_frame in header["columns"]]
+        if any(kind != _COLUMN_DTYPE for _, kind, _ in columns):
+            raise ValueError(f"columns must be {_COLUMN_DTYPE}")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidMessage(f"bad frame header: {exc}") from exc
-    expected = n * int(np.prod(shape)) * dtype.itemsize
-    if len(parts[2]) != expected:
-        raise InvalidMessage(f"image part has {len(parts[2])} bytes, expected {expected} for {n} frames")
-    images = np.frombuffer(parts[2], dtype=dtype).reshape(n, *shape)
-    return FrameBatch(header, images)
+    counts = [n * math.prod(per_frame) for _, _, per_frame in columns]
+    if 8 * sum(counts) != len(parts[2]):
+        raise InvalidMessage(f"columns part has {len(parts[2])} bytes, expected {8 * sum(counts)} for {n} frames")
+    expected = n * math.prod(shape) * dtype.itemsize
+    if len(parts[3]) != expected:
+        raise InvalidMessage(f"image part has {len(parts[3])} bytes, expected {expected} for {n} frames")
+    flat = np.frombuffer(parts[2], dtype=_COLUMN_DTYPE)  # every column is int64: one view, sliced
+    offset, pff = 0, {}
+    for (name, _, per_frame), count in zip(columns, counts, strict=True):
+        values = flat[offset : offset + count].reshape(n, *per_frame)
+        offset += count
+        if name.startswith(_PFF):
+            pff[name.removeprefix(_PFF)] = values
+        else:
+            header[name] = values
+    if any(k not in header for k in _PER_FRAME):
+        raise InvalidMessage(f"frame message lacks a column of {', '.join(_PER_FRAME)}")
+    header["pff_header"] = _pff_header(pff)
+    images = np.frombuffer(parts[3], dtype=dtype).reshape(n, *shape)
+    return FrameBatch(header, images, pff)

@@ -70,14 +70,8 @@ def _strings(values: list[str]) -> np.ndarray:
 
 
 def _pff_arrays(batch: FrameBatch, rows: slice) -> dict[str, np.ndarray]:
-    """PFF header numbers of the rows as arrays: (n,) per field, or (n, 4) per quabo field for images."""
-    fields = batch.header["pff_header"]
-    quabos = sorted(k for k, v in fields.items() if isinstance(v, dict))
-    if not quabos:
-        return {name: np.asarray(values[rows], dtype=np.int64) for name, values in fields.items()}
-    names = fields[quabos[0]].keys()
-    return {name: np.stack([np.asarray(fields[q][name][rows], dtype=np.int64) for q in quabos], axis=1)
-            for name in names}
+    """PFF header numbers of the rows: (n,) per field, or (n, 4) per quabo field for images."""
+    return {name: values[rows] for name, values in batch.pff_columns.items()}
 
 
 @dataclass
@@ -140,12 +134,11 @@ class H5Recording:
         if header["run"] and header["run"] not in stream.runs:
             stream.runs.append(header["run"])
         file_index = stream.files.index(header["file"]) if header["file"] else -1
-        wr = np.array([-1 if t is None else t for t in header["wr_timestamp_ns"][rows]], dtype=np.int64)
         per_frame = {
-            "wr_timestamp_ns": wr,
-            "host_timestamp_ns": np.asarray(header["host_timestamp_ns"][rows], dtype=np.int64),
-            "frame_number": np.asarray(header["frame_number"][rows], dtype=np.int64),
-            "seq": np.asarray(header["seq"][rows], dtype=np.int64),
+            "wr_timestamp_ns": header["wr_timestamp_ns"][rows],
+            "host_timestamp_ns": header["host_timestamp_ns"][rows],
+            "frame_number": header["frame_number"][rows],
+            "seq": header["seq"][rows],
             "seqno": np.full(n, -1 if header["seqno"] is None else header["seqno"], dtype=np.int64),
             "file_index": np.full(n, file_index, dtype=np.int32),
         }

@@ -51,7 +51,7 @@ class ReceivedBatch:
 
     @property
     def n_frames(self) -> int:
-        return len(self.parts[2]) // DATA_PRODUCTS[self.dp].image_size
+        return len(self.parts[3]) // DATA_PRODUCTS[self.dp].image_size
 
     @cached_property
     def batch(self) -> FrameBatch:
@@ -65,8 +65,7 @@ class ReceivedBatch:
     def frame_times(self) -> np.ndarray:
         """Per frame: WR time in Unix ns, or the host time where WR time is invalid."""
         wr = self.batch.header["wr_timestamp_ns"]
-        host = self.batch.header["host_timestamp_ns"]
-        return np.array([h if w is None else w for w, h in zip(wr, host, strict=True)], dtype=np.int64)
+        return np.where(wr < 0, self.batch.header["host_timestamp_ns"], wr)
 
 
 def parse_topic(topic: bytes | memoryview) -> tuple[str, int] | None:
@@ -214,7 +213,7 @@ class StreamReceiver:
             if len(parts) == 2 and parts[0] == CONTROL_TOPIC:
                 self._control(agent, parts)
                 continue
-            stream = parse_topic(parts[0]) if len(parts) == 3 else None
+            stream = parse_topic(parts[0]) if len(parts) == 4 else None
             if stream is None:
                 self.bad_messages += 1
                 log.warning("message from %s with %d parts and topic %r dropped", agent, len(parts),

@@ -87,19 +87,21 @@ def test_frame_batch_round_trip_is_exact(path):
             assert fields["wr_timestamp_ns"] == int(block.wr_timestamp_ns[i])
 
 
-def test_invalid_wr_time_travels_as_null():
+def test_invalid_wr_time_travels_as_minus_one_and_reads_as_none():
     parts = encode_frames(
         source="s", origin="file", module_id=254, dp="ph256", shape=(16, 16), run=None, file=None, seqno=None,
         frame_number=np.array([0]), seq=np.array([0]), wr_timestamp_ns=np.array([-1]),
         host_timestamp_ns=np.array([5]), pff_fields={"tv_sec": np.array([1])}, image_bytes=bytes(512),
     )
-    assert decode_stream_message(parts).header["wr_timestamp_ns"] == [None]
+    batch = decode_stream_message(parts)
+    assert batch.header["wr_timestamp_ns"].tolist() == [-1] and batch.frame_fields(0)["wr_timestamp_ns"] is None
 
 
 def test_control_messages_and_malformed_messages():
     control = decode_stream_message(encode_control("s", "run_end", "run ended", run="obs_x"))
     assert isinstance(control, ControlHeader) and control.event == "run_end"
-    for parts in ([b"img16.001.", b"{}", b""], [b"img16.001.", b"not json", b""], [b"x"], [CONTROL_TOPIC, b"{}"]):
+    for parts in ([b"img16.001.", b"{}", b"", b""], [b"img16.001.", b"not json", b"", b""], [b"x"],
+                  [CONTROL_TOPIC, b"{}"], [b"img16.001.", b"{}", b""]):
         with pytest.raises(InvalidMessage):
             decode_stream_message(parts)
     good = encode_frames(
@@ -108,4 +110,6 @@ def test_control_messages_and_malformed_messages():
         host_timestamp_ns=np.array([5]), pff_fields={"tv_sec": np.array([1])}, image_bytes=bytes(512),
     )
     with pytest.raises(InvalidMessage, match="expected 512"):
-        decode_stream_message(good[:2] + [bytes(100)])
+        decode_stream_message(good[:3] + [bytes(100)])
+    with pytest.raises(InvalidMessage, match="columns part"):
+        decode_stream_message([good[0], good[1], good[2][:-8], good[3]])
