@@ -93,6 +93,14 @@ class _Stream:
     pending: list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
     pending_frames: int = 0
 
+    @property
+    def first_time(self) -> int | None:
+        return self.first.get("wr_timestamp_ns", self.first.get("host_timestamp_ns"))
+
+    @property
+    def last_time(self) -> int | None:
+        return self.last.get("wr_timestamp_ns", self.last.get("host_timestamp_ns"))
+
 
 class H5Recording:
     """Write frames into `<path>.part`; `close()` renames it to `path`, `discard()` removes it.
@@ -217,12 +225,16 @@ class H5Recording:
         """Per stream (`<module>/<dp>`): frames taken, rows appended to the file, missing frames, first/last times."""
         return {
             f"{module_id}/{dp}": {"frames": s.n + s.pending_frames, "rows_in_file": s.n, "missing_frames": s.missing,
-                                  "source": s.source,
-                                  "first_timestamp_ns": s.first.get("wr_timestamp_ns",
-                                                                    s.first.get("host_timestamp_ns")),
-                                  "last_timestamp_ns": s.last.get("wr_timestamp_ns", s.last.get("host_timestamp_ns"))}
+                                  "source": s.source, "first_timestamp_ns": s.first_time,
+                                  "last_timestamp_ns": s.last_time}
             for (module_id, dp), s in sorted(self.streams.items())
         }
+
+    def time_span(self) -> tuple[int | None, int | None]:
+        """First and last frame time over every stream (WR time, or host time where WR is invalid)."""
+        firsts = [s.first_time for s in self.streams.values() if s.first_time is not None]
+        lasts = [s.last_time for s in self.streams.values() if s.last_time is not None]
+        return min(firsts, default=None), max(lasts, default=None)
 
     def close(self, complete: bool, end_reason: str, attrs: dict[str, Any] | None = None) -> Path:
         """Write what is queued, the attributes, close, and rename to the final name."""
@@ -236,12 +248,11 @@ class H5Recording:
                 **{f"last_{k}": v for k, v in stream.last.items()},
             })
             runs += [r for r in stream.runs if r not in runs]
-        firsts = [s.first.get("wr_timestamp_ns", s.first.get("host_timestamp_ns")) for s in self.streams.values()]
-        lasts = [s.last.get("wr_timestamp_ns", s.last.get("host_timestamp_ns")) for s in self.streams.values()]
+        first, last = self.time_span()
         self.file.attrs.update({
             "complete": complete, "end_reason": end_reason, "closed_utc": _utc_now(), "runs": _strings(runs),
-            "first_timestamp_ns": min((t for t in firsts if t is not None), default=-1),
-            "last_timestamp_ns": max((t for t in lasts if t is not None), default=-1),
+            "first_timestamp_ns": -1 if first is None else first,
+            "last_timestamp_ns": -1 if last is None else last,
             "conflicts": _strings(sorted(self.conflicts)),
         })
         for key, value in (attrs or {}).items():

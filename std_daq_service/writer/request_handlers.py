@@ -87,9 +87,20 @@ class WriterHandlers:
         except Exception:
             self._keep_or_discard(recording, job)
             raise
-        summary = recording.summary()
+        summary, (first, last) = recording.summary(), recording.time_span()
         recording.close(complete, reason, {"warnings": job.warnings})
-        return self._result(path, complete, reason, summary, recording.bytes, job.warnings)
+        return {
+            "output_file": str(path),
+            "complete": complete,
+            "end_reason": reason,
+            "streams": summary,
+            "frames": sum(s["frames"] for s in summary.values()),
+            "bytes": recording.bytes,
+            "missing_frames": sum(s["missing_frames"] for s in summary.values()),
+            "first_timestamp_ns": first,
+            "last_timestamp_ns": last,
+            "warnings": job.warnings,
+        }
 
     @staticmethod
     def _keep_or_discard(recording: H5Recording, job: WriteJob) -> None:
@@ -102,23 +113,6 @@ class WriterHandlers:
         except OSError as exc:
             log.warning("cleaning up %s failed: %s", recording.part, exc)
             recording.part.unlink(missing_ok=True)
-
-    @staticmethod
-    def _result(path: Path, complete: bool, reason: str, streams: dict, nbytes: int, warnings: list[str]) -> dict:
-        firsts = [s["first_timestamp_ns"] for s in streams.values() if s["first_timestamp_ns"] is not None]
-        lasts = [s["last_timestamp_ns"] for s in streams.values() if s["last_timestamp_ns"] is not None]
-        return {
-            "output_file": str(path),
-            "complete": complete,
-            "end_reason": reason,
-            "streams": streams,
-            "frames": sum(s["frames"] for s in streams.values()),
-            "bytes": nbytes,
-            "missing_frames": sum(s["missing_frames"] for s in streams.values()),
-            "first_timestamp_ns": min(firsts, default=None),
-            "last_timestamp_ns": max(lasts, default=None),
-            "warnings": warnings,
-        }
 
     def status(self, request: StatusRequest, ctx: RequestContext) -> dict:
         with self._lock:

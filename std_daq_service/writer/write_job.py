@@ -34,9 +34,11 @@ MAX_BACKLOG_BYTES = 256 << 20
 
 
 def _decodes(received: ReceivedBatch) -> bool:
+    """Decode (once: the batch is cached) or say why the message is skipped."""
     try:
         return bool(len(received.batch))
-    except InvalidMessage:
+    except InvalidMessage as exc:
+        log.warning("a message of %s skipped: %s", received.key, exc)
         return False
 
 
@@ -98,7 +100,6 @@ class WriteJob:
         self.silence_deadline = self.started + opens_in + r.timeout_seconds
         self.open_ended = r.n_images is None and self.window_stop is None and self.arrival_stop is None
         self.warnings: list[str] = []
-        self.bad_messages = 0
         self.dropped_frames = 0
         self._backlog_bytes = 0
         self._backlog_lock = threading.Lock()
@@ -115,15 +116,14 @@ class WriteJob:
     def _offer(self, received: ReceivedBatch) -> None:
         """Called by the receiver thread for every new batch. A selected batch is decoded there, so decoding
         overlaps with this write's HDF5 work (which releases the GIL while it compresses and writes)."""
-        if not self.selection.matches(received):
+        if not self.selection.matches(received) or not _decodes(received):
             return
         with self._backlog_lock:
             if self._backlog_bytes > MAX_BACKLOG_BYTES:  # the file cannot keep up: drop, count, show as gaps
                 self.dropped_frames += received.n_frames
                 return
             self._backlog_bytes += received.nbytes
-        if _decodes(received):
-            self.incoming.put(received)
+        self.incoming.put(received)
 
     def run(self) -> tuple[bool, str]:
         """Record until the end; returns (complete, end_reason)."""
@@ -182,12 +182,8 @@ class WriteJob:
         return received
 
     def _take(self, received: ReceivedBatch) -> None:
-        try:
-            batch = received.batch
-        except InvalidMessage as exc:
-            self.bad_messages += 1
-            log.warning("a message of %s skipped: %s", received.key, exc)
-            return
+        """Record what a batch holds of the window; batches reach here decoded (see `_decodes`)."""
+        batch = received.batch
         if batch.header["origin"] == "socket":  # the same frames reach the files the agent tails
             return
         _, module_id, dp = received.key
