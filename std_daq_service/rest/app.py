@@ -122,8 +122,12 @@ def create_app(service_name: str, config: RestConfig, caller: SharedCaller, redi
         caller.publish(targets, req, request_id)  # its waiter exists before the request leaves
         return request_id, caller.wait(request_id, targets, timeout or config.sync_timeout_seconds)
 
-    def answer(request_id: str, result, shape: Callable[[Any], dict[str, Any]] = lambda s: s.result or {}):
-        """200 if every target succeeded; else the first failure's code; 504 if one did not finish."""
+    def answer(request_id: str, result, shape: Callable[[Any], dict[str, Any]] = lambda s: s.result or {},
+               single: bool = False):
+        """200 if every target succeeded; else the first failure's code; 504 if one did not finish.
+
+        `single`: one target answers also as std_daq's `response`.
+        """
         responses = {t: {"status": s.action, "message": s.message, **shape(s)} for t, s in result.finals.items()}
         if not result.complete:
             silent = [t for t in result.missing() if t not in result.received_by()]
@@ -138,7 +142,10 @@ def create_app(service_name: str, config: RestConfig, caller: SharedCaller, redi
             code = code if failed[0].action == "request_fail" else 409
             return _error(f"{failed[0].source}: {failed[0].message}", code, request_id=request_id,
                           responses=responses)
-        return _json({"status": "ok", "request_id": request_id, "responses": responses})
+        payload = {"status": "ok", "request_id": request_id, "responses": responses}
+        if single and len(responses) == 1:
+            payload["response"] = next(iter(responses.values()))
+        return _json(payload)
 
     def write_response(status) -> dict[str, Any]:
         result = status.result or {}
@@ -151,12 +158,7 @@ def create_app(service_name: str, config: RestConfig, caller: SharedCaller, redi
         req = _model(WriteRequest, body)
         writers = targets_of(body, "writer", config.writers)
         request_id, result = call(writers, req)
-        response = answer(request_id, result, write_response)
-        if response.status_code == 200 and len(writers) == 1:  # std_daq's shape: one `response`
-            payload = orjson.loads(response.get_data())
-            payload["response"] = payload["responses"][writers[0]]
-            return _json(payload)
-        return response
+        return answer(request_id, result, write_response, single=True)
 
     @app.post("/write_async")
     def write_async():
