@@ -51,10 +51,7 @@ class Throttle:
         if now - self._last_tick < self.interval_s or not self._latest:
             return []
         self._last_tick = now
-        released = [(host, _last_frame(batch)) for host, batch in self._latest.values()]
+        released = [(host, batch.tail(1)) for host, batch in self._latest.values()]
         self._latest.clear()
         return released
 
-
-def _last_frame(batch: FrameBatch) -> FrameBatch:
-    return batch if len(batch) == 1 else batch.tail(1)

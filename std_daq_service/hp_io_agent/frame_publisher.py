@@ -63,7 +63,6 @@ class FramePublisher:
                           for s in (self.data, self.preview)]
         self.subscribers = [0, 0]
         self.messages = 0
-        self.send_failures = 0
         self._latest: dict[tuple[int, str, str], tuple[FrameSource, FrameBlock, np.ndarray]] = {}
         self._last_preview = 0.0
 
@@ -101,7 +100,7 @@ class FramePublisher:
             sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts[-1]) < 65536)
             self.messages += 1
         except zmq.Again:
-            self.send_failures += 1
+            pass  # a PUB socket drops for a full subscriber rather than block; its subscriber sees a seq gap
 
     def publish_previews(self, interval_s: float) -> None:
         """Every `interval_s`, send the latest frame of each stream that had new frames."""

@@ -89,9 +89,13 @@ class AgentHandlers:
             self.tracker.track(tracking, "reinit", f"now tracking {data_dir}")
         return {"data_dir": str(data_dir), "module_ids": request.module_ids}
 
+    def _sim_source(self, request: InitSimRequest) -> Path:
+        """The archived run to replay: the request's, else the config's, else the embedded excerpt."""
+        return Path(request.source_dir or self.config.sim_source_dir or DEFAULT_SOURCE)
+
     def init_sim(self, request: InitSimRequest, ctx: RequestContext) -> dict:
         self._check_interval(request.update_interval_seconds)
-        source = Path(request.source_dir or self.config.sim_source_dir or DEFAULT_SOURCE)
+        source = self._sim_source(request)
         if not source.is_dir():
             raise UnknownTarget(f"simulation source_dir '{source}' does not exist on {self.service_name}")
         with self._exclusive():
@@ -126,8 +130,7 @@ class AgentHandlers:
         log.warning(message)
         if checkpoint.get("simulation"):
             request = InitSimRequest.model_validate(checkpoint["simulation"])
-            source = Path(request.source_dir or self.config.sim_source_dir or DEFAULT_SOURCE)
-            self._simulate(request, source, tracking, message, positions)
+            self._simulate(request, self._sim_source(request), tracking, message, positions)
         else:
             self.tracker.track(tracking, "reinit", message, resume=positions)
 
