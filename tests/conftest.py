@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pika
@@ -91,6 +92,46 @@ def new_service_name(redis_url, broker_url):
 
     yield make
     cleanup_services(redis_url, broker_url, names)
+
+
+class ServiceStack:
+    """The services of a test: unique names, stopped in reverse order, their Redis keys and queues removed.
+
+    `add(process)` expects the process to exit with code 0 when stopped; `clean_exit=False` for one a test kills.
+    """
+
+    def __init__(self, redis_url: str, broker_url: str):
+        self.redis_url = redis_url
+        self.broker_url = broker_url
+        self.redis = connect_redis(redis_url)
+        self.names: list[str] = []
+        self._processes: list[tuple[ServiceProcess, bool]] = []
+
+    def name(self, kind: str) -> str:
+        self.names.append(f"test.{uuid.uuid4().hex[:8]}.{kind}")
+        return self.names[-1]
+
+    def add(self, process: ServiceProcess, clean_exit: bool = True) -> ServiceProcess:
+        self._processes.append((process, clean_exit))
+        return process
+
+    def close(self) -> None:
+        failed = []
+        for process, clean_exit in reversed(self._processes):
+            if process.stop() != 0 and clean_exit:
+                failed.append(process.log())
+        self.redis.close()
+        cleanup_services(self.redis_url, self.broker_url, self.names)
+        assert not failed, "\n".join(failed)
+
+
+@contextmanager
+def service_stack(redis_url: str, broker_url: str):
+    stack = ServiceStack(redis_url, broker_url)
+    try:
+        yield stack
+    finally:
+        stack.close()
 
 
 def cleanup_services(redis_url: str, broker_url: str, names: list[str]) -> None:

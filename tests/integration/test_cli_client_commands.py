@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 
 import numpy as np
 import pytest
-from conftest import REPO, cleanup_services
+from conftest import REPO, service_stack
 from test_writer import start_agent, start_writer
-
-from std_daq_service.config import connect_redis
 
 
 def cli(*args, timeout=60):
@@ -23,20 +20,13 @@ def cli(*args, timeout=60):
 @pytest.fixture(scope="module")
 def system(tmp_path_factory, redis_url, broker_url):
     directory = tmp_path_factory.mktemp("cli")
-    names = [f"test.{uuid.uuid4().hex[:8]}.{kind}" for kind in ("hp_io_agent", "writer")]
-    client = connect_redis(redis_url)
-    processes = []
-    try:
-        agent, endpoint = start_agent(names[0], redis_url, client, directory, movie_rate_hz=300,
+    with service_stack(redis_url, broker_url) as stack:
+        agent_name, writer_name = stack.name("hp_io_agent"), stack.name("writer")
+        agent, endpoint = start_agent(agent_name, redis_url, stack.redis, directory, movie_rate_hz=300,
                                       pulse_height_rate_hz=200, update_interval_seconds=0.1)
-        processes.append(agent)
-        processes.append(start_writer(names[1], redis_url, client, directory, [(names[0], endpoint)]))
-        yield names[0], names[1], directory
-    finally:
-        for process in reversed(processes):
-            assert process.stop() == 0, process.log()
-        client.close()
-        cleanup_services(redis_url, broker_url, names)
+        stack.add(agent)
+        stack.add(start_writer(writer_name, redis_url, stack.redis, directory, [(agent_name, endpoint)]))
+        yield agent_name, writer_name, directory
 
 
 def test_ping_and_reflect_services(system):

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from decimal import Decimal
 
 import numpy as np
 import pytest
-from conftest import cleanup_services
+from conftest import service_stack
 from test_writer import start_agent, start_writer
 
 from std_daq_service.client import AioDaqDataClient, DaqDataClient
-from std_daq_service.config import connect_redis
 from std_daq_service.protocol import NoServiceAnswered, UnknownTarget
 
 
@@ -22,24 +20,18 @@ from std_daq_service.protocol import NoServiceAnswered, UnknownTarget
 def nodes(tmp_path_factory, redis_url, broker_url):
     """Two agents (modules 1+3 and 5) and a writer recording both."""
     directory = tmp_path_factory.mktemp("client")
-    names = [f"test.{uuid.uuid4().hex[:8]}.{kind}" for kind in ("hp_io_agent", "hp_io_agent", "writer")]
-    client = connect_redis(redis_url)
-    processes = []
-    try:
-        endpoints = []
+    with service_stack(redis_url, broker_url) as stack:
+        names = [stack.name(kind) for kind in ("hp_io_agent", "hp_io_agent", "writer")]
+        processes, endpoints = [], []
         for name, modules, sub in ((names[0], [1, 3], "a"), (names[1], [5], "b")):
             (directory / sub).mkdir()
-            agent, endpoint = start_agent(name, redis_url, client, directory / sub, module_ids=modules,
+            agent, endpoint = start_agent(name, redis_url, stack.redis, directory / sub, module_ids=modules,
                                           movie_rate_hz=200, pulse_height_rate_hz=50, update_interval_seconds=0.1)
-            processes.append(agent)
+            processes.append(stack.add(agent, clean_exit=False))  # a test kills node b
             endpoints.append((name, endpoint))
-        processes.append(start_writer(names[2], redis_url, client, directory, endpoints))
+        processes.append(stack.add(start_writer(names[2], redis_url, stack.redis, directory, endpoints),
+                                   clean_exit=False))
         yield names, processes
-    finally:
-        for process in reversed(processes):
-            process.stop()
-        client.close()
-        cleanup_services(redis_url, broker_url, names)
 
 
 def test_discovery_ping_and_reflection(nodes):

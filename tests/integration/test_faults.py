@@ -6,35 +6,29 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import h5py
 import pytest
 import requests
 import zmq
-from conftest import SAMPLE_IMG16, ServiceProcess, cleanup_services, close_broker_connections, wait_until
+from conftest import SAMPLE_IMG16, ServiceProcess, close_broker_connections, service_stack, wait_until
 from test_rest import free_port, start_rest
 from test_writer import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
-from std_daq_service.config import connect_redis
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import FrameBatch, InitHpIoRequest, StatusRequest, WriteRequest, decode_stream_message
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory, redis_url, broker_url):
-    directory = tmp_path_factory.mktemp("faults")
-    name = f"test.{uuid.uuid4().hex[:8]}.hp_io_agent"
-    client = connect_redis(redis_url)
-    process, endpoint = start_agent(name, redis_url, client, directory, movie_rate_hz=500, pulse_height_rate_hz=100)
-    try:
+    with service_stack(redis_url, broker_url) as stack:
+        name = stack.name("hp_io_agent")
+        process, endpoint = start_agent(name, redis_url, stack.redis, tmp_path_factory.mktemp("faults"),
+                                        movie_rate_hz=500, pulse_height_rate_hz=100)
+        stack.add(process, clean_exit=False)  # its exit code was never asserted
         yield name, endpoint
-    finally:
-        process.stop()
-        client.close()
-        cleanup_services(redis_url, broker_url, [name])
 
 
 @pytest.fixture

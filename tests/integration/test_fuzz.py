@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 import requests
-from conftest import REPO, cleanup_services
+from conftest import REPO, service_stack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rest import start_rest
 from test_writer import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
-from std_daq_service.config import connect_redis
 from std_daq_service.protocol import REQUEST_TYPES, StatusRequest
 
 FIELDS = sorted({name for model in REQUEST_TYPES.values() for name in model.model_fields} | {"targets", "writer"})
@@ -33,22 +31,15 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 @pytest.fixture(scope="module")
 def services(tmp_path_factory, redis_url, broker_url):
     directory = tmp_path_factory.mktemp("fuzz")
-    names = [f"test.{uuid.uuid4().hex[:8]}.{kind}" for kind in ("hp_io_agent", "writer", "rest")]
-    client = connect_redis(redis_url)
-    processes = []
-    try:
-        agent, endpoint = start_agent(names[0], redis_url, client, directory, movie_rate_hz=200,
+    with service_stack(redis_url, broker_url) as stack:
+        names = [stack.name(kind) for kind in ("hp_io_agent", "writer", "rest")]
+        agent, endpoint = start_agent(names[0], redis_url, stack.redis, directory, movie_rate_hz=200,
                                       pulse_height_rate_hz=50)
-        processes.append(agent)
-        processes.append(start_writer(names[1], redis_url, client, directory, [(names[0], endpoint)]))
-        rest, url = start_rest(names[2], redis_url, client, directory, writers=["nobody.nowhere.writer"])
-        processes.append(rest)
+        stack.add(agent)
+        stack.add(start_writer(names[1], redis_url, stack.redis, directory, [(names[0], endpoint)]))
+        rest, url = start_rest(names[2], redis_url, stack.redis, directory, writers=["nobody.nowhere.writer"])
+        stack.add(rest)
         yield names, url
-    finally:
-        for process in reversed(processes):
-            assert process.stop() == 0, process.log()
-        client.close()
-        cleanup_services(redis_url, broker_url, names)
 
 
 def check_answer(answer: requests.Response) -> None:

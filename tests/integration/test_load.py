@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import uuid
 
 import h5py
 import numpy as np
-from conftest import cleanup_services
+from conftest import service_stack
 from test_writer import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
-from std_daq_service.config import connect_redis
 from std_daq_service.protocol import StatusRequest, StreamRequest, WriteRequest
 
 CLIENTS = 50
@@ -56,15 +54,13 @@ def stream_clients(data: str, preview: str, seconds: float, results) -> None:
 
 
 def test_twenty_writes_and_fifty_clients_at_once(tmp_path, redis_url, broker_url):
-    names = [f"test.{uuid.uuid4().hex[:8]}.{kind}" for kind in ("hp_io_agent", "writer")]
-    client = connect_redis(redis_url)
-    processes = []
-    try:
-        agent, endpoint = start_agent(names[0], redis_url, client, tmp_path, movie_rate_hz=2000,
+    with service_stack(redis_url, broker_url) as stack:
+        names = [stack.name(kind) for kind in ("hp_io_agent", "writer")]
+        agent, endpoint = start_agent(names[0], redis_url, stack.redis, tmp_path, movie_rate_hz=2000,
                                       pulse_height_rate_hz=500, update_interval_seconds=0.2)
-        processes.append(agent)
-        processes.append(start_writer(names[1], redis_url, client, tmp_path, [(names[0], endpoint)],
-                                      max_concurrent_writes=WRITES))
+        stack.add(agent)
+        stack.add(start_writer(names[1], redis_url, stack.redis, tmp_path, [(names[0], endpoint)],
+                               max_concurrent_writes=WRITES))
         with RequestCaller(broker_url, "test-load") as caller:
             endpoints = caller.call(names[0], StreamRequest(), 15).finals[names[0]].result["endpoints"]
             results = multiprocessing.Queue()
@@ -93,8 +89,3 @@ def test_twenty_writes_and_fifty_clients_at_once(tmp_path, redis_url, broker_url
         assert max(gaps[0::2]) == 0, f"full-rate clients lost frames: {gaps[0::2]}"
         img16 = status["modules"]["1"]["img16"]
         assert img16["corrupt_bytes_skipped"] == 0 and status["subscribers"] >= CLIENTS // 2 + 1
-    finally:
-        for process in reversed(processes):
-            assert process.stop() == 0, process.log()
-        client.close()
-        cleanup_services(redis_url, broker_url, names)

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import schemathesis
-from conftest import cleanup_services
+from conftest import service_stack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rest import start_rest
-
-from std_daq_service.config import connect_redis
 
 HONEST_5XX = (502, 504)  # no service answered / a sync call timed out: documented answers, not crashes
 
 
 @pytest.fixture(scope="module")
 def rest_url(tmp_path_factory, redis_url, broker_url):
-    name = f"test.{uuid.uuid4().hex[:8]}.rest"
-    client = connect_redis(redis_url)
-    process, url = start_rest(name, redis_url, client, tmp_path_factory.mktemp("openapi"),
-                              writers=["nobody.nowhere.writer"], sync_timeout_seconds=2)
-    try:
+    with service_stack(redis_url, broker_url) as stack:
+        process, url = start_rest(stack.name("rest"), redis_url, stack.redis, tmp_path_factory.mktemp("openapi"),
+                                  writers=["nobody.nowhere.writer"], sync_timeout_seconds=2)
+        stack.add(process)
         yield url
-    finally:
-        assert process.stop() == 0, process.log()
-        client.close()
-        cleanup_services(redis_url, broker_url, [name])
 
 
 def test_every_operation_answers_generated_input_without_a_server_error(rest_url):

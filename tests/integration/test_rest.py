@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import socket
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import ServiceProcess, cleanup_services, wait_until
+from conftest import ServiceProcess, service_stack, wait_until
 from test_writer import start_agent, start_writer
-
-from std_daq_service.config import connect_redis
 
 
 def free_port() -> int:
@@ -49,23 +46,16 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="module")
 def rest(tmp_path_factory, redis_url, broker_url):
     directory = tmp_path_factory.mktemp("rest")
-    names = [f"test.{uuid.uuid4().hex[:8]}.{kind}" for kind in ("hp_io_agent", "writer", "rest")]
-    client = connect_redis(redis_url)
-    processes = []
-    try:
-        agent, endpoint = start_agent(names[0], redis_url, client, directory, movie_rate_hz=500,
+    with service_stack(redis_url, broker_url) as stack:
+        agent_name, writer_name = stack.name("hp_io_agent"), stack.name("writer")
+        agent, endpoint = start_agent(agent_name, redis_url, stack.redis, directory, movie_rate_hz=500,
                                       pulse_height_rate_hz=100)
-        processes.append(agent)
-        processes.append(start_writer(names[1], redis_url, client, directory, [(names[0], endpoint)]))
-        process, url = start_rest(names[2], redis_url, client, directory, writers=[names[1]],
+        stack.add(agent)
+        stack.add(start_writer(writer_name, redis_url, stack.redis, directory, [(agent_name, endpoint)]))
+        process, url = start_rest(stack.name("rest"), redis_url, stack.redis, directory, writers=[writer_name],
                                   sync_timeout_seconds=20)
-        processes.append(process)
-        yield Rest(process, url, names[0], names[1], directory / "out")
-    finally:
-        for process in reversed(processes):
-            assert process.stop() == 0, process.log()
-        client.close()
-        cleanup_services(redis_url, broker_url, names)
+        stack.add(process)
+        yield Rest(process, url, agent_name, writer_name, directory / "out")
 
 
 def test_health_services_and_openapi_document_every_route(rest):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import resource
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,10 +13,9 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle/blosc filters for reading)
 import numpy as np
 import pytest
-from conftest import SAMPLE_IMG16, ServiceProcess, cleanup_services, wait_until
+from conftest import SAMPLE_IMG16, ServiceProcess, service_stack, wait_until
 
 from std_daq_service.broker import RequestCaller
-from std_daq_service.config import connect_redis
 from std_daq_service.pff import PffReader, wr_unix_ns
 from std_daq_service.protocol import InitSimRequest, StatusRequest, StreamRequest, WriteRequest
 
@@ -54,20 +52,14 @@ def start_writer(name: str, redis_url: str, redis_client, directory: Path, agent
 @pytest.fixture(scope="module")
 def system(tmp_path_factory, redis_url, broker_url):
     directory = tmp_path_factory.mktemp("writer")
-    names = [f"test.{uuid.uuid4().hex[:8]}.hp_io_agent", f"test.{uuid.uuid4().hex[:8]}.writer"]
-    client = connect_redis(redis_url)
-    agent = writer = None
-    try:
-        agent, endpoint = start_agent(names[0], redis_url, client, directory, movie_rate_hz=1000,
+    with service_stack(redis_url, broker_url) as stack:
+        agent_name = stack.name("hp_io_agent")
+        agent, endpoint = start_agent(agent_name, redis_url, stack.redis, directory, movie_rate_hz=1000,
                                       pulse_height_rate_hz=400)
-        writer = start_writer(names[1], redis_url, client, directory, [(names[0], endpoint)])
+        stack.add(agent)
+        writer = stack.add(start_writer(stack.name("writer"), redis_url, stack.redis, directory,
+                                        [(agent_name, endpoint)]))
         yield System(agent, writer, directory / "out", endpoint)
-    finally:
-        for process in (writer, agent):
-            if process is not None:
-                assert process.stop() == 0, process.log()
-        client.close()
-        cleanup_services(redis_url, broker_url, names)
 
 
 @pytest.fixture
@@ -249,30 +241,26 @@ def test_an_io_error_fails_the_write_and_the_writer_keeps_serving(system, caller
         assert writer.stop() == 0, writer.log()
 
 
-def test_one_write_records_frames_from_three_agents(new_service_name, redis_url, redis_client, tmp_path, caller):
-    agents, names = [], []
-    try:
+def test_one_write_records_frames_from_three_agents(redis_url, broker_url, tmp_path, caller):
+    with service_stack(redis_url, broker_url) as stack:
+        agents = []
         for module_id in (11, 12, 13):
-            name = new_service_name("hp_io_agent")
             directory = tmp_path / str(module_id)
             directory.mkdir()
-            agents.append(start_agent(name, redis_url, redis_client, directory, module_ids=[module_id],
-                                      movie_rate_hz=500, pulse_height_rate_hz=100))
-            names.append(name)
-        writer_name = new_service_name("writer")
-        writer = start_writer(writer_name, redis_url, redis_client, tmp_path,
-                              [(n, endpoint) for n, (_, endpoint) in zip(names, agents, strict=True)])
-        agents.append((writer, None))
+            name = stack.name("hp_io_agent")
+            process, endpoint = start_agent(name, redis_url, stack.redis, directory, module_ids=[module_id],
+                                            movie_rate_hz=500, pulse_height_rate_hz=100)
+            stack.add(process)
+            agents.append((name, endpoint))
+        writer_name = stack.name("writer")
+        stack.add(start_writer(writer_name, redis_url, stack.redis, tmp_path, agents))
         final = caller.call(writer_name, WriteRequest(output_file="three.h5", data_products=["img16"],
                                                       n_images=300), 30).finals[writer_name]
         assert final.action == "request_success", final.message
         with h5py.File(tmp_path / "out" / "three.h5") as f:
             sources = {m: f[f"module_{m}/img16"].attrs["source"] for m in (11, 12, 13)}
-            assert sources == dict(zip((11, 12, 13), names, strict=True))
+            assert sources == dict(zip((11, 12, 13), [name for name, _ in agents], strict=True))
             assert all(f[f"module_{m}/img16/data"].shape[0] == 300 for m in (11, 12, 13))
-    finally:
-        for process, _ in reversed(agents):
-            assert process.stop() == 0, process.log()
 
 
 def test_source_excerpt_is_what_the_simulator_replays():
