@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+from bench_common import cpu_seconds, start_service
 
 import std_daq_service
 from std_daq_service.broker import RequestCaller
@@ -37,11 +35,6 @@ from std_daq_service.protocol import FrameBatch, InitHpIoRequest, StreamRequest,
 
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
 FRAME = 2540
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 CHUNK_FRAMES = (1 << 20) // FRAME  # one Hashpipe stdio flush: 412 img16 frames
@@ -128,17 +121,12 @@ def main() -> None:
     args = parser.parse_args()
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     redis = connect_redis()
-    redis.set(f"config.{name}", json.dumps({"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*"}))
     with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
         data_dir = Path(tmp)
-        agent = subprocess.Popen([sys.executable, "-m", "std_daq_service.hp_io_agent", "--log-level", "WARNING"],
-                                 env={**os.environ, "SERVICE_NAME": name})
+        agent = start_service("hp_io_agent", name, {"data_bind": "tcp://127.0.0.1:*",
+                                                    "preview_bind": "tcp://127.0.0.1:*"}, redis)
         try:
             with RequestCaller(None, "bench") as caller:
-                deadline = time.monotonic() + 20
-                while not redis.exists(f"status.{name}"):
-                    assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
-                    time.sleep(0.1)
                 assert caller.call(name, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
                 endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
             ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,7 +26,8 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from bench_agent import cpu_seconds, subscriber, zmq_reference
+from bench_agent import subscriber, zmq_reference
+from bench_common import cpu_seconds, start_service
 from bench_writer import raw_h5py_rate
 
 import std_daq_service
@@ -65,17 +63,6 @@ def hashpipe(path: Path, source: bytes, frame_size: int, rate_hz: float, seconds
             log.append((n, time.time_ns()))
     finally:
         os.close(fd)
-
-
-def start_service(kind: str, name: str, config: dict, redis) -> subprocess.Popen:
-    redis.set(f"config.{name}", json.dumps(config))
-    process = subprocess.Popen([sys.executable, "-m", f"std_daq_service.{kind}", "--log-level", "WARNING"],
-                               env={**os.environ, "SERVICE_NAME": name})
-    deadline = time.monotonic() + 20
-    while not redis.exists(f"status.{name}"):
-        assert time.monotonic() < deadline and process.poll() is None, f"{name} did not start"
-        time.sleep(0.1)
-    return process
 
 
 def percentiles(values: list[float]) -> str:

@@ -12,12 +12,9 @@ each message (latency = arrival - send time of its last frame). Needs Redis and 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import zmq
+from bench_common import cpu_seconds, start_service
 
 import std_daq_service
 from std_daq_service.broker import RequestCaller
@@ -34,11 +32,6 @@ from std_daq_service.pff import PffReader
 from std_daq_service.protocol import CONTROL_TOPIC, StatusRequest, StreamRequest
 
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def subscribers(endpoint: str, n: int, ready, done, results) -> None:
@@ -101,20 +94,14 @@ def main() -> None:
     hook_dir = tempfile.mkdtemp(prefix="hook", dir="/tmp")
     template = f"{hook_dir}/hp.dp_{{dp}}.sock"
     redis = connect_redis()
-    redis.set(f"config.{name}", json.dumps({"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
-                                            "socket_hook": True, "socket_path_template": template}))
     with PffReader(EXCERPT) as reader:
         rows = [(1).to_bytes(2, "big") + row.tobytes() for row in reader.block().raw]
     per_send = max(1, round(args.rate_hz / 1000))
-    agent = subprocess.Popen([sys.executable, "-m", "std_daq_service.hp_io_agent", "--log-level", "WARNING"],
-                             env={**os.environ, "SERVICE_NAME": name})
+    agent = start_service("hp_io_agent", name, {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
+                                                "socket_hook": True, "socket_path_template": template}, redis)
     sender_log: list[tuple[int, int]] = []
     try:
         with RequestCaller(None, "bench") as caller:
-            deadline = time.monotonic() + 20
-            while not redis.exists(f"status.{name}"):
-                assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
-                time.sleep(0.1)
             endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
             ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
             child = multiprocessing.Process(target=subscribers, args=(endpoint, args.subscribers, ready, done, results))

@@ -14,10 +14,7 @@ Needs Redis and RabbitMQ.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import zmq
+from bench_common import cpu_seconds, start_service
 
 import std_daq_service
 from std_daq_service.broker import RequestCaller
@@ -34,9 +32,6 @@ from std_daq_service.config import connect_redis
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import WriteRequest, encode_frames
 from std_daq_service.writer.h5_recording import compression_options
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_agent import cpu_seconds  # noqa: E402
 
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
 SHARED = Path(os.environ.get("PANOSETI_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -90,10 +85,8 @@ def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: 
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     agent, name = "bench.local.hp_io_agent", f"bench.{uuid.uuid4().hex[:6]}.writer"
     redis = connect_redis()
-    redis.set(f"config.{name}", json.dumps({"agents": [{"name": agent, "data": f"tcp://127.0.0.1:{port}"}],
-                                            "output_root": str(directory), "compression": compression}))
-    writer = subprocess.Popen([sys.executable, "-m", "std_daq_service.writer", "--log-level", "WARNING"],
-                              env={**os.environ, "SERVICE_NAME": name})
+    writer = start_service("writer", name, {"agents": [{"name": agent, "data": f"tcp://127.0.0.1:{port}"}],
+                                            "output_root": str(directory), "compression": compression}, redis)
     stop = threading.Event()
 
     def publish() -> None:
@@ -110,10 +103,6 @@ def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: 
 
     sender = threading.Thread(target=publish)
     try:
-        deadline = time.monotonic() + 20
-        while not redis.exists(f"status.{name}"):
-            assert time.monotonic() < deadline and writer.poll() is None, "writer did not start"
-            time.sleep(0.1)
         sender.start()
         cpu0 = cpu_seconds(writer.pid)
         time.sleep(3)  # streaming, no write running: what an idle writer costs
