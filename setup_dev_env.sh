@@ -42,12 +42,14 @@ make_venv() {
 install_package() {
     local stamp=$VENV/.installed
     local digest
-    digest=$(cat setup.py pyproject.toml | sha256sum | cut -d' ' -f1)
+    digest=$(cat setup.py pyproject.toml setup_dev_env.sh | sha256sum | cut -d' ' -f1)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then return; fi
     say "installing std_daq_service with its test and plot extras into $VENV"
     local log=$VENV/pip-install.log
     "$PY" -m pip install -q --upgrade pip >"$log" 2>&1 || true
     "$PY" -m pip install -q -e ".[test,plot]" >>"$log" 2>&1 || { cat "$log" >&2; die "pip install failed (log above)"; }
+    # PANOSETI's own PFF reader, to compare readings in the tests; its plotting and zarr dependencies are not needed
+    "$PY" -m pip install -q --no-deps "pypff==1.0.4" >>"$log" 2>&1 || { cat "$log" >&2; die "pip install pypff failed"; }
     echo "$digest" > "$stamp"
 }
 

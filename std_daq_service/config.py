@@ -63,7 +63,11 @@ class HpIoAgentConfig(ServiceConfig):
     sim_data_dir: str = Field("/tmp/std_daq_sim", description="Where init_sim writes its live run.")
     sim_source_dir: str | None = Field(None, description="Archived run to replay; None: the embedded excerpt.")
     run_end_idle_seconds: PositiveFloat = Field(
-        30.0, description="A run with no writes for this long is reported as ended."
+        30.0, description="A run none of whose streams got frames for this long is reported as ended."
+    )
+    rollover_grace_seconds: PositiveFloat = Field(
+        2.0, description="After a newer file of a stream appears, the old one counts as complete once its writer "
+        "closed it (inotify) or it has not changed for this long; its last buffer is read first.",
     )
     poll_interval_seconds: PositiveFloat = Field(0.5, description="Polling period where inotify is missing.")
     max_batch_frames: PositiveInt = Field(1000, description="Most frames per ZMQ message.")

@@ -43,7 +43,9 @@ def file_info(path: Path, dp: str | None = None) -> dict[str, Any]:
             "frame_size": reader.frame_size,
             "n_frames": reader.n_frames,
             "trailing_bytes": reader.trailing_bytes,
-            "n_bad_frames": int(len(reader.bad_frames())),
+            "corrupt_bytes": reader.corrupt_bytes,
+            "lost_frames": reader.lost_frames,
+            "variable_headers": reader.variable_headers,
             "n_wr_invalid": 0,
             "first_host_timestamp_ns": None,
             "last_host_timestamp_ns": None,
@@ -53,7 +55,7 @@ def file_info(path: Path, dp: str | None = None) -> dict[str, Any]:
         if reader.n_frames:
             wr = np.concatenate([b.wr_timestamp_ns for b in reader.iter_blocks(65536)])
             valid = wr[wr != WR_INVALID]
-            ends = reader.block(0, 1), reader.block(reader.n_frames - 1)
+            ends = reader.block(0, 1), reader.block(reader.n_frames - 1, reader.n_frames)
             info.update(
                 n_wr_invalid=int((wr == WR_INVALID).sum()),
                 first_host_timestamp_ns=int(ends[0].host_timestamp_ns[0]),
@@ -75,9 +77,9 @@ def _print_table(infos: list[dict[str, Any]]) -> None:
     for info in infos:
         print(info["file"])
         print(f"  data product {info['dp']}, module {info['module_id']}, seqno {info['seqno']}, "
-              f"frame size {info['frame_size']} B")
+              f"frame size {info['frame_size']} B{' (header sizes vary)' if info['variable_headers'] else ''}")
         print(f"  complete frames {info['n_frames']}, torn trailing bytes {info['trailing_bytes']}, "
-              f"frames with a bad header {info['n_bad_frames']}")
+              f"skipped {info['corrupt_bytes']} corrupt bytes ({info['lost_frames']} frames lost)")
         print(f"  host time {_time(info['first_host_timestamp_ns'])} .. {_time(info['last_host_timestamp_ns'])}")
         print(f"  WR time   {_time(info['first_wr_timestamp_ns'])} .. {_time(info['last_wr_timestamp_ns'])}"
               f"  ({info['n_wr_invalid']} frames with invalid WR time)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -68,12 +67,11 @@ class Checkpoint:
             self.error = str(exc)
 
     def resume_positions(self) -> dict[tuple[int, str], dict]:
-        """Stream positions whose file still exists, by (module_id, dp)."""
+        """Stream positions by (module_id, dp); their files may be gone (a run moved away meanwhile)."""
         out = {}
         for key, position in (self.state.get("streams") or {}).items():
             module_id, dp = key.split("/")
-            if Path(position["file"]).exists():
-                out[(int(module_id), dp)] = position
+            out[(int(module_id), dp)] = position
         return out
 
     def close(self) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+_REMEMBERED = 4096
+
 try:
     from inotify_simple import INotify
     from inotify_simple import flags as _flags
@@ -27,6 +29,11 @@ class FileWatcher:
     `wait()` returns True when a file or directory was created, moved or deleted (a reason to look
     for new runs and files), False for only appended data or a timeout. Without inotify it sleeps
     `poll_interval_s` and returns True, so callers rescan and reread on every poll.
+
+    When a writer closes a file it wrote (inotify's CLOSE_WRITE), the file's size and mtime are
+    noted: `closed_as(path, size, mtime)` then tells a reader that the file it sees is what the
+    writer left at its close (Hashpipe's rollover closes, so flushes, the old file only after the
+    next one was opened), and not content written after by another writer.
     """
 
     def __init__(self, poll_interval_s: float = 0.5):
@@ -35,6 +42,8 @@ class FileWatcher:
         self._watches: dict[Path, int] = {}
         self._wake_r, self._wake_w = os.pipe()
         self._lock = threading.Lock()
+        self._dirs: dict[int, Path] = {}
+        self._closed: dict[Path, tuple[int, int]] = {}
         if INotify is not None:
             try:
                 self._inotify = INotify()
@@ -59,12 +68,15 @@ class FileWatcher:
             for path in list(self._watches):
                 if path not in wanted:
                     try:
-                        self._inotify.rm_watch(self._watches.pop(path))
+                        wd = self._watches.pop(path)
+                        self._dirs.pop(wd, None)
+                        self._inotify.rm_watch(wd)
                     except OSError:
                         pass  # the directory is already gone, and its watch with it
             for path in wanted - set(self._watches):
                 try:
                     self._watches[path] = self._inotify.add_watch(path, _MASK)
+                    self._dirs[self._watches[path]] = path
                     added += 1
                 except OSError:
                     continue  # vanished since it was listed; the next scan finds out
@@ -86,7 +98,24 @@ class FileWatcher:
             for event in self._inotify.read(timeout=0):
                 if event.mask & _STRUCTURE:
                     structure = True
+                if event.mask & _flags.CLOSE_WRITE and event.wd in self._dirs:
+                    self._note_close(self._dirs[event.wd] / event.name)
         return structure
+
+    def _note_close(self, path: Path) -> None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return  # gone already
+        self._closed.pop(path, None)
+        self._closed[path] = (info.st_size, info.st_mtime_ns)
+        if len(self._closed) > _REMEMBERED:
+            for old in list(self._closed)[: _REMEMBERED // 2]:
+                del self._closed[old]
+
+    def closed_as(self, path: Path, size: int, mtime_ns: int) -> bool:
+        """Did a writer close `path` after writing, and has it stayed as it was then (`size`, `mtime_ns`)?"""
+        return self._closed.get(path) == (size, mtime_ns)
 
     def wake(self) -> None:
         """Make a waiting `wait()` return at once (thread-safe)."""

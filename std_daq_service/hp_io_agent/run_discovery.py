@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from std_daq_service.pff import PffError, parse_data_file_name, parse_run_dir_name
@@ -25,11 +27,57 @@ class StreamFile:
     def key(self) -> tuple[int, str]:
         return self.module_id, self.dp
 
+    @property
+    def order(self) -> tuple[datetime, str, int]:
+        """Position in the stream: run start time, run name, seqno (later files sort higher)."""
+        return (*run_order(self.run), self.seqno)
+
+
+_MODULE_DIR = re.compile(r"^module_\d+$")
+_NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def run_order(run: str) -> tuple[datetime, str]:
+    """How runs sort: by the start time in their name (runs without one first), then by name."""
+    try:
+        return parse_run_dir_name(run).start, run
+    except PffError:
+        return _NO_TIME, run
+
 
 def stream_file(path: Path) -> StreamFile:
     """The StreamFile of a data file path (raises PffError for names that are not Hashpipe's)."""
     name = parse_data_file_name(path.name)
     return StreamFile(name.module_id, name.dp, path, name.seqno, path.parent.name)
+
+
+def files_of(run_dir: Path, key: tuple[int, str]) -> list[StreamFile]:
+    """Every file of one stream in a run dir, by seqno."""
+    return sorted((f for f in _stream_files(run_dir) if f.key == key), key=lambda f: (f.seqno, f.path.name))
+
+
+def first_in_run(file: StreamFile) -> StreamFile:
+    """The lowest-seqno file of `file`'s stream and run (`file` itself if it is the only one)."""
+    files = files_of(file.path.parent, file.key)
+    return files[0] if files else file
+
+
+def next_file(file: StreamFile) -> StreamFile | None:
+    """The file that follows `file` in its stream: the next seqno of its run, else the first file of the
+    earliest later run of its module dir (never an older run), or None while there is none."""
+    later = [f for f in files_of(file.path.parent, file.key) if f.seqno > file.seqno]
+    if later:
+        return later[0]
+    module_dir = file.path.parent.parent
+    if not _MODULE_DIR.match(module_dir.name):
+        return None  # an archived run dir: no runs after it
+    own = run_order(file.run)
+    for run_dir in _run_dirs(module_dir):
+        if run_order(run_dir.name) > own:
+            files = files_of(run_dir, file.key)
+            if files:
+                return files[0]
+    return None
 
 
 def _run_dirs(directory: Path) -> list[Path]:
@@ -61,12 +109,6 @@ def _files_in_run(run_dir: Path, module_ids: set[int] | None) -> dict[tuple[int,
         if current is None or (found.seqno, found.path.name) > (current.seqno, current.path.name):
             newest[found.key] = found
     return newest
-
-
-def next_in_run(file: StreamFile) -> StreamFile | None:
-    """The file of the same stream and run with the next higher seqno, if it exists yet."""
-    later = [f for f in _stream_files(file.path.parent) if f.key == file.key and f.seqno > file.seqno]
-    return min(later, key=lambda f: f.seqno) if later else None
 
 
 def is_run_dir(path: Path) -> bool:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = next((Path(std_daq_service.__file__).parent / "sample_data" / "lick_2024-07-25").glob("obs_*.pffd"))
 _IMAGE_BUFFER = 1 << 20  # Hashpipe's stdio buffer for image files
-_PH_BUFFER = 64 << 10
+_PH_BUFFER = 4096  # ph256 files keep libc's default stdio buffer
 
 
 @dataclass
@@ -41,7 +41,6 @@ class _SimStream:
     written: int = 0
     seqno: int = 0
     writer: PffWriter | None = None
-    file_bytes: int = 0
 
 
 def _retimed(header: dict, unix_ns: int) -> dict:
@@ -56,11 +55,12 @@ def _retimed(header: dict, unix_ns: int) -> dict:
 class Simulator:
     """Write a live run under `data_dir/module_<N>/obs_*.pffd/` from the frames of an archived run.
 
-    All four data product files of each module are created at start (unused ones stay empty, as
-    Hashpipe leaves them). Frames are written at the configured rates with headers moved to the
-    current time; files are buffered like Hashpipe's, so readers see torn frames, and roll over to
-    the next seqno after `max_file_size_mb`. The source loops forever; `close()` stops and removes
-    what was written.
+    Behaves as Hashpipe's output thread: all four data product files of each module are opened
+    (`fopen "w"`) at start and stay open (unused ones stay empty); frames are written at the
+    configured rates with headers moved to the current time through stdio-like buffers (1 MiB
+    for images, a few KiB for ph256), so readers see torn frames; after a frame takes a file past
+    `max_file_size_mb` the next seqno is opened first and only then the old file closed, which
+    flushes its last buffer. The source loops forever; `close()` stops and removes what was written.
     """
 
     def __init__(self, source_dir: Path, data_dir: Path, module_ids: list[int], movie_rate_hz: float,
@@ -73,6 +73,7 @@ class Simulator:
         self.max_file_bytes = int(max_file_size_mb * 1e6)
         self.run_dirs: list[Path] = []
         self._streams: list[_SimStream] = []
+        self._idle: list[PffWriter] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: str | None = None
@@ -83,9 +84,10 @@ class Simulator:
             with PffReader(file.path, dp) as reader:
                 if reader.n_frames == 0:
                     continue
-                block = reader.block()
-                headers = [block.header(i) for i in range(len(block))]
-                images = [bytes(row) for row in block.raw[:, block.header_size :]]
+                headers, images = [], []
+                for block in reader.iter_blocks():
+                    headers += [block.header(i) for i in range(len(block))]
+                    images += [bytes(row) for row in block.raw[:, block.header_size :]]
             by_module.setdefault(module_id, {})[dp] = (headers, images)
         if not by_module:
             raise FileNotFoundError(f"no PFF frames in {self.source_dir}")
@@ -103,12 +105,13 @@ class Simulator:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.run_dirs.append(run_dir)
             for dp in DATA_PRODUCTS:
-                (run_dir / format_data_file_name(now, dp, module_id, 0)).touch()
-            for dp, (headers, images) in products.items():
+                writer = self._writer(run_dir / format_data_file_name(now, dp, module_id, 0), dp)
+                if dp not in products:
+                    self._idle.append(writer)
+                    continue
+                headers, images = products[dp]
                 rate = self.movie_rate_hz if data_product(dp).is_movie else self.pulse_height_rate_hz
-                stream = _SimStream(module_id, dp, headers, images, rate)
-                stream.writer = self._writer(run_dir / format_data_file_name(now, dp, module_id, 0), dp)
-                self._streams.append(stream)
+                self._streams.append(_SimStream(module_id, dp, headers, images, rate, writer=writer))
         log.info("simulating modules %s from %s into %s", targets, self.source_dir, self.data_dir)
         self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
         self._thread.start()
@@ -117,15 +120,16 @@ class Simulator:
     @staticmethod
     def _writer(path: Path, dp: str) -> PffWriter:
         product = data_product(dp)
-        return PffWriter(path, product, _IMAGE_BUFFER if product.is_movie else _PH_BUFFER).open()
+        return PffWriter(path, product, _IMAGE_BUFFER if product.is_movie else _PH_BUFFER, truncate=True).open()
 
     def _roll_over(self, stream: _SimStream) -> None:
-        stream.writer.close()
+        """Hashpipe's order: open the next seqno, then close (and so flush) the old file."""
+        old = stream.writer
         stream.seqno += 1
-        stream.file_bytes = 0
-        path = stream.writer.path.parent / format_data_file_name(datetime.now(timezone.utc), stream.dp,
-                                                                 stream.module_id, stream.seqno)
+        path = old.path.parent / format_data_file_name(datetime.now(timezone.utc), stream.dp, stream.module_id,
+                                                       stream.seqno)
         stream.writer = self._writer(path, stream.dp)
+        old.close()
 
     def _run(self) -> None:
         start_ns = time.time_ns()
@@ -139,17 +143,18 @@ class Simulator:
                         i = k % len(stream.headers)
                         unix_ns = start_ns + int(np.round(k * 1e9 / stream.rate_hz))
                         frame = format_header(_retimed(stream.headers[i], unix_ns)) + stream.images[i]
-                        if stream.file_bytes + len(frame) > self.max_file_bytes:
-                            self._roll_over(stream)
-                        stream.writer.write_raw(frame)
-                        stream.file_bytes += len(frame)
+                        stream.writer.write_raw(frame, frames=1)
                         stream.written = k + 1
+                        if stream.writer.tell() > self.max_file_bytes:
+                            self._roll_over(stream)
         except OSError as exc:
             self.error = f"simulator stopped: {exc}"
             log.error(self.error)
         finally:
             for stream in self._streams:
                 stream.writer.close()
+            for writer in self._idle:
+                writer.close()
 
     def status(self) -> dict:
         return {

@@ -1,12 +1,15 @@
-"""Hashpipe's low-latency hook: Unix sockets that Hashpipe connects to and writes frames into.
+"""Hashpipe's low-latency hook: Unix sockets that Hashpipe connects to and writes snapshots into.
 
 Per data product Hashpipe connects to `/tmp/hashpipe_grpc.dp_<dp>.sock` (the path template is
-configurable) and sends records `[2-byte big-endian module_id][PFF frame]`. PFF frames of one data
-product have a fixed size, so records are split without scanning; each is checked (header opens
-with `{`, closes with `\\n\\n*` at its fixed offset, matches the stream's header layout). A bad
-record is dropped and counted, and the reader resynchronises on the next record boundary it can
-prove, so a garbage burst costs only the frames it overwrote. Blocks of good frames go to a queue
-that the tracker thread drains (the ZMQ sockets belong to that thread).
+configurable) and sends each snapshot with one `writev` of `[2-byte big-endian module_id][PFF frame]`.
+The snapshot headers are not the files' (image headers are 478 bytes of text, not 489): the
+header layout is learnt from the first record of each connection, by the same `FrameScanner`
+that reads files. A `writev` that sent only part of a record is never completed: the next record
+follows directly, so a record is only taken when it is whole (its own header and image, then the
+next record's start); a torn record is dropped, counted, and shows as a `seq` gap of its
+module's stream. A last record whose end could be the start of the next one waits for more
+bytes, at most `_SETTLE_S`. Blocks of whole frames go to a queue that the tracker thread drains
+(the ZMQ sockets belong to that thread).
 """
 
 from __future__ import annotations
@@ -17,18 +20,21 @@ import selectors
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from std_daq_service.pff import DATA_PRODUCTS, HEADER_END, DataProduct, FrameBlock, HeaderLayout, PffError, parse_header
+from std_daq_service.pff import DATA_PRODUCTS, DataProduct, FrameBlock, FrameScanner
 
 log = logging.getLogger(__name__)
 
 _RECV_BYTES = 1 << 20
-_OPEN_BRACE = ord("{")
+_PREFIX = 2
+_SETTLE_S = 0.02
+"""How long a complete last record whose end could begin another waits for more bytes."""
 
 
 @dataclass
@@ -46,8 +52,9 @@ class SocketBlock:
 @dataclass
 class _Connection:
     dp: DataProduct
+    scanner: FrameScanner
     buffer: bytearray = field(default_factory=bytearray)
-    in_sync: bool = True
+    waiting_since: float | None = None
 
 
 @dataclass
@@ -56,6 +63,7 @@ class HookCounters:
 
     connections: int = 0
     frames: int = 0
+    torn_records: int = 0
     bad_records: int = 0
     bad_bytes: int = 0
     resyncs: int = 0
@@ -68,38 +76,6 @@ def _in_use(path: Path) -> bool:
         except OSError:
             return False
     return True
-
-
-def _record_ok(records: np.ndarray, dp: DataProduct) -> np.ndarray:
-    """Bool per (N, 2 + frame_size) record: header opens with `{` and closes with the marker in place."""
-    end = records[:, 2 + dp.header_size - len(HEADER_END) : 2 + dp.header_size]
-    return (records[:, 2] == _OPEN_BRACE) & (end == np.frombuffer(HEADER_END, dtype=np.uint8)).all(axis=1)
-
-
-def _is_record_start(buffer: bytearray, dp: DataProduct, begin: int) -> bool:
-    marker = begin + 2 + dp.header_size - len(HEADER_END)
-    return buffer[begin + 2] == _OPEN_BRACE and buffer[marker : marker + len(HEADER_END)] == HEADER_END
-
-
-def _resync_point(buffer: bytearray, dp: DataProduct, start: int) -> tuple[int, bool]:
-    """Where to go on after bad bytes at `start`: (offset, confirmed).
-
-    A place is a confirmed record start when it and the record right after it both look like
-    record starts, so a torn record followed by a whole one is not taken for a record. When no
-    place in the buffer can be confirmed yet, the offset is where the undecided tail begins.
-    """
-    size = 2 + dp.frame_size
-    marker_offset = 2 + dp.header_size - len(HEADER_END)
-    undecided = max(start, len(buffer) - size - marker_offset - len(HEADER_END) + 1)
-    position = start + marker_offset
-    while (found := buffer.find(HEADER_END, position)) != -1:
-        begin = found - marker_offset
-        if begin >= undecided:
-            break
-        if _is_record_start(buffer, dp, begin) and _is_record_start(buffer, dp, begin + size):
-            return begin, True
-        position = found + 1
-    return undecided, False
 
 
 class SocketHook:
@@ -115,7 +91,6 @@ class SocketHook:
         self.paths = {dp: Path(path_template.format(dp=dp)) for dp in DATA_PRODUCTS}
         self.blocks: queue.SimpleQueue[SocketBlock] = queue.SimpleQueue()
         self.counters = HookCounters()
-        self._layouts: dict[tuple[int, str], HeaderLayout] = {}
         self._next_seq: dict[tuple[int, str], int] = {}
         self._selector = selectors.DefaultSelector()
         self._listeners: list[socket.socket] = []
@@ -183,6 +158,7 @@ class SocketHook:
             "paths": {dp: str(p) for dp, p in self.paths.items()},
             "connections": c.connections,
             "frames_received": c.frames,
+            "torn_records": c.torn_records,
             "bad_records": c.bad_records,
             "bad_bytes": c.bad_bytes,
             "resyncs": c.resyncs,
@@ -190,7 +166,15 @@ class SocketHook:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for key, _ in self._selector.select():
+            waiting = [k.data for k in self._selector.get_map().values()
+                       if isinstance(k.data, _Connection) and k.data.waiting_since is not None]
+            events = self._selector.select(_SETTLE_S if waiting else None)
+            now = time.monotonic()
+            for connection in waiting:
+                if connection.waiting_since is not None and now - connection.waiting_since >= _SETTLE_S:
+                    if self._parse(connection, final=True):
+                        self.notify()
+            for key, _ in events:
                 sock = key.fileobj
                 if sock is self._wake_r:
                     continue
@@ -208,7 +192,8 @@ class SocketHook:
         except BlockingIOError:
             return
         connection.setblocking(False)
-        self._selector.register(connection, selectors.EVENT_READ, _Connection(dp))
+        scanner = FrameScanner(dp, prefix=_PREFIX, check_every_row=True)
+        self._selector.register(connection, selectors.EVENT_READ, _Connection(dp, scanner))
         self.counters.connections += 1
         log.info("Hashpipe connected to the %s socket", dp.name)
 
@@ -221,87 +206,60 @@ class SocketHook:
             log.warning("%s socket connection failed: %s", connection.dp.name, exc)
             data = b""
         if not data:
+            self._parse(connection, final=True)
             if connection.buffer:
-                log.warning("%s socket closed with %d bytes of a partial record", connection.dp.name,
+                torn = connection.scanner.torn_prefixes(np.frombuffer(bytes(connection.buffer), dtype=np.uint8))
+                self._lose(connection, len(connection.buffer), max(1, len(torn)), torn)
+                log.warning("%s socket closed with %d bytes of a torn record", connection.dp.name,
                             len(connection.buffer))
             self._selector.unregister(sock)
             sock.close()
             self.counters.connections -= 1
+            self.notify()
             return
         connection.buffer += data
         if self._parse(connection):
             self.notify()
 
-    def _parse(self, connection: _Connection) -> bool:
-        """Queue every complete good record of the buffer; keep the partial tail. True if any queued."""
-        dp, buffer = connection.dp, connection.buffer
-        size = 2 + dp.frame_size
-        queued = False
-        start = 0
-        while True:
-            if not connection.in_sync:
-                resume, confirmed = _resync_point(buffer, dp, start)
-                self.counters.bad_bytes += resume - start
-                start = resume
-                if not confirmed:
-                    break
-                connection.in_sync = True
-            n = (len(buffer) - start) // size
-            if n == 0:
-                break
-            records = np.frombuffer(buffer, dtype=np.uint8, count=n * size, offset=start).reshape(n, size)
-            ok = _record_ok(records, dp)
-            good = n if ok.all() else int(ok.argmin())
-            if good:
-                queued |= self._queue(records[:good], dp)  # copies the rows it keeps
-                start += good * size
-            del records  # the buffer cannot be resized while a view exports it
-            if good == n:
-                break
-            connection.in_sync = False
-            self.counters.bad_records += 1
-            self.counters.resyncs += 1
-            log.warning("%s socket: bad record, resynchronising on the next whole frames", dp.name)
-        del buffer[:start]
-        return queued
-
-    def _layout(self, key: tuple[int, str], rows: np.ndarray, dp: DataProduct) -> HeaderLayout | None:
-        """The header layout of a stream, learnt from its first frame whose header parses."""
-        if key not in self._layouts:
-            for row in rows[:8]:
-                header = row[: dp.header_size].tobytes()
-                try:
-                    parse_header(header)
-                    self._layouts[key] = HeaderLayout(header)
-                    break
-                except PffError:
-                    continue
-        return self._layouts.get(key)
-
-    def _drop(self, dp: DataProduct, module_id: int, frames: int) -> None:
-        self.counters.bad_records += frames
-        self.counters.bad_bytes += frames * (2 + dp.frame_size)
-        log.warning("%s socket, module %d: %d frames with bad headers dropped", dp.name, module_id, frames)
-
-    def _queue(self, records: np.ndarray, dp: DataProduct) -> bool:
-        module_ids = records[:, 0].astype(np.int64) << 8 | records[:, 1]
-        queued = False
-        for module_id in np.unique(module_ids):
-            rows = records[module_ids == module_id, 2:]
-            key = (int(module_id), dp.name)
-            layout = self._layout(key, rows, dp)
-            if layout is None:
-                self._drop(dp, int(module_id), len(rows))
-                continue
-            first = self._next_seq.get(key, 0)
-            block = FrameBlock(dp, rows, first, layout)
-            valid = block.valid_rows()
-            if not valid.all():
-                self._drop(dp, int(module_id), int((~valid).sum()))
-                block = FrameBlock(dp, rows[valid], first, layout)
-            if len(block):
-                self._next_seq[key] = first + len(block)
-                self.counters.frames += len(block)
-                self.blocks.put(SocketBlock(*key, block))
+    def _parse(self, connection: _Connection, final: bool = False) -> bool:
+        """Queue every whole record of the buffer; keep an undecided tail. True if any were queued."""
+        buffer = np.frombuffer(bytes(connection.buffer), dtype=np.uint8)  # a copy: blocks may keep views of it
+        position, queued = 0, False
+        while position < len(buffer):
+            step = connection.scanner.step(buffer[position:], final=final)
+            if step.skipped:
+                self._lose(connection, step.skipped, step.lost_frames, step.torn_prefixes)
+            if step.block is not None:
+                self._queue(connection.dp, step.block, step.prefixes)
                 queued = True
+            position += step.end
+            if step.end == 0:
+                break
+        del connection.buffer[:position]
+        whole_record = len(connection.buffer) >= _PREFIX + connection.scanner.frame_size
+        connection.waiting_since = (connection.waiting_since or time.monotonic()) if whole_record else None
         return queued
+
+    def _lose(self, connection: _Connection, nbytes: int, frames: int, torn_prefixes: list[bytes]) -> None:
+        """Count bytes that were no whole record; a torn record is a `seq` gap in its module's stream."""
+        c = self.counters
+        c.bad_bytes += nbytes
+        c.bad_records += frames
+        c.torn_records += len(torn_prefixes)
+        c.resyncs += 1
+        for prefix in torn_prefixes:
+            if len(prefix) == _PREFIX:
+                key = (int.from_bytes(prefix, "big"), connection.dp.name)
+                self._next_seq[key] = self._next_seq.get(key, 0) + 1
+        log.warning("%s socket: %d bytes (%d record(s), %d torn) were no whole record; dropped",
+                    connection.dp.name, nbytes, frames, len(torn_prefixes))
+
+    def _queue(self, dp: DataProduct, block: FrameBlock, prefixes: np.ndarray) -> None:
+        module_ids = prefixes[:, 0].astype(np.int64) << 8 | prefixes[:, 1]
+        for module_id in np.unique(module_ids):
+            rows = block.raw[module_ids == module_id]
+            key = (int(module_id), dp.name)
+            first = self._next_seq.get(key, 0)
+            self._next_seq[key] = first + len(rows)
+            self.counters.frames += len(rows)
+            self.blocks.put(SocketBlock(*key, FrameBlock(dp, rows, first, block.layout)))

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(checkpoint.close)
         state = checkpoint.load()
         tracker = stack.enter_context(
-            Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames, hook, checkpoint)
+            Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames, hook, checkpoint,
+                    config.rollover_grace_seconds)
         )
         handlers = AgentHandlers(runtime.service_name, config, tracker)
         stack.callback(handlers.close)

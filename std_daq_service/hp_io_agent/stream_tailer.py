@@ -1,4 +1,4 @@
-"""Follow one stream (module and data product) across file rollovers, numbering its frames."""
+"""Follow one stream (module and data product) through its files and runs, numbering its frames."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from std_daq_service.hp_io_agent.run_discovery import StreamFile, next_in_run
+from std_daq_service.hp_io_agent.file_watcher import FileWatcher
+from std_daq_service.hp_io_agent.run_discovery import StreamFile, next_file
 from std_daq_service.pff import FrameBlock, PffTailer, data_product
 
 log = logging.getLogger(__name__)
@@ -24,25 +25,39 @@ class StreamBlock:
 
 
 class StreamTailer:
-    """Tail the current file of a stream; on rollover or a new run, finish the old file first.
+    """Tail the current file of a stream, and move on only once it is complete.
 
-    `seq` counts frames of the stream without gaps; frames lost to corruption (skipped bytes, as
-    whole frames) advance it, so consumers see the gap.
+    Hashpipe opens the next seqno (or a new run starts) *before* it closes the old file, whose
+    last buffer (up to 1 MiB) is written by that close. So a newer file is only a reason to
+    finish the current one: it is complete when its writer closed it and it stayed as the writer
+    left it (inotify), or when it has not changed for `grace_s`; its last frames are read, a
+    torn tail left then is counted as lost, and the stream goes on with the next seqno of its run,
+    else the first file of the next run (never an older run).
+
+    `seq` counts the stream's frames without gaps; every frame known to be lost (torn, corrupt,
+    unread before a truncation, a torn tail at rollover) advances it, so consumers see the gap.
     """
 
-    def __init__(self, file: StreamFile, from_end: bool, max_batch_frames: int, resume: dict | None = None):
+    def __init__(self, file: StreamFile, from_end: bool, max_batch_frames: int, grace_s: float,
+                 watcher: FileWatcher, resume: dict | None = None, next_seq: int = 0):
         self.max_batch_frames = max_batch_frames
-        self.next_seq = 0
+        self.grace_s = grace_s
+        self.watcher = watcher
+        self.next_seq = next_seq
         self.frames = 0
         self.bytes = 0
+        self.lost_frames = 0
         self.corrupt_bytes = 0
+        self.run_ended = False
+        self.error: str | None = None
         self.last_data_time = time.monotonic()
         self._rate_mark = (time.monotonic(), 0)
         self.rate_hz = 0.0
-        self._pending: StreamFile | None = None
+        self._newer: StreamFile | None = None
+        self._counted = (0, 0)
         self._open(file, from_end and resume is None)
         if resume is not None:
-            self.tailer.resume(resume["offset"], resume["frames_read"])
+            self.tailer.resume(resume["offset"], resume["frames_read"], resume.get("first_header"))
             self.next_seq = resume["next_seq"]
             log.info("resuming %s at frame %d, seq %d", file.path, self.tailer.frames_read, self.next_seq)
 
@@ -50,47 +65,102 @@ class StreamTailer:
         self.file = file
         frame_size = data_product(file.dp).frame_size
         self.tailer = PffTailer(file.path, file.dp, max_bytes=self.max_batch_frames * frame_size).open()
+        self._counted = (0, 0)
+        self._next: StreamFile | None = None
         if from_end:
             self.tailer.skip_to_end()
-        log.info("tailing %s from frame %d", file.path, self.tailer.frames_read)
+        log.info("tailing %s from frame %d (seq %d)", file.path, self.tailer.frames_read, self.next_seq)
 
-    def switch_to(self, file: StreamFile) -> None:
-        """Move to a newer file once the current one has been read to its end."""
-        if file.path != self.file.path:
-            self._pending = file
+    def offer(self, file: StreamFile) -> None:
+        """A file of this stream exists: if it comes after the current one, finish the current one first."""
+        if file.order > self.file.order and (self._newer is None or file.order > self._newer.order):
+            self._newer = file
+            self.run_ended = False
 
     def read(self) -> StreamBlock | None:
-        """The next block of complete frames (at most max_batch_frames), or None."""
+        """The next block of whole frames (at most max_batch_frames), or None."""
         while True:
-            before = self.tailer.corrupt_bytes
-            block = self.tailer.read_new()
-            lost = self.tailer.corrupt_bytes - before
-            if lost:
-                self.corrupt_bytes += lost
-                self.next_seq += lost // self.tailer.frame_size
+            block = self._read_block(final=False)
             if block is not None:
-                seq = np.arange(self.next_seq, self.next_seq + len(block), dtype=np.int64)
-                self.next_seq += len(block)
-                self.frames += len(block)
-                self.bytes += block.raw.nbytes
-                self.last_data_time = time.monotonic()
-                return StreamBlock(self.file, block, seq)
-            if self._pending is None:
+                return block
+            if not self._complete():
                 return None
-            if self.tailer.lag_bytes:
-                log.warning("%s: %d bytes of a torn last frame left behind at rollover", self.file.path,
-                            self.tailer.lag_bytes)
-            following = next_in_run(self.file)  # every seqno of a run before the next run
+            block = self._read_block(final=True)  # the last frames, a last row left undecided settled
+            if block is not None:
+                return block
+            self._leave_torn_tail()
+            if self.tailer.replaced():
+                self.tailer.reopen()
+                self._counted = (0, 0)
+                continue
+            following = self._following()
+            if following is None:
+                return None  # the run ended: nothing follows yet
             self.tailer.close()
-            if following is not None and following.path != self._pending.path:
-                self._open(following, from_end=False)
-            else:
-                self._open(self._pending, from_end=False)
-                self._pending = None
+            self._open(following, from_end=False)
+            if self._newer is not None and following.order >= self._newer.order:
+                self._newer = None
+
+    def _read_block(self, final: bool) -> StreamBlock | None:
+        block = self.tailer.read_new(final=final)
+        self._count_losses()
+        if block is None:
+            return None
+        seq = np.arange(self.next_seq, self.next_seq + len(block), dtype=np.int64)
+        self.next_seq += len(block)
+        self.last_data_time = time.monotonic()
+        return StreamBlock(self.file, block, seq)
+
+    def _following(self) -> StreamFile | None:
+        """The file after the current one, once a newer file of the stream is known."""
+        if self._newer is None:
+            return None
+        if self._next is None:
+            self._next = next_file(self.file)
+        return self._next
+
+    def _complete(self) -> bool:
+        """Has the writer finished the current file (so that what is left of it will never change)?
+
+        Only once a newer file exists, the run ended or the path names another file; then when its
+        writer closed it and it is still as the writer left it (inotify), else once it has not
+        changed for `grace_s`.
+        """
+        following = self._following()
+        if following is None and not (self.run_ended or self.tailer.replaced()):
+            return False
+        info = self.tailer.stat()
+        if not self.tailer.replaced() and self.watcher.closed_as(self.file.path, info.st_size, info.st_mtime_ns):
+            return True
+        return time.time() - info.st_mtime >= self.grace_s
+
+    def _leave_torn_tail(self) -> None:
+        torn = self.tailer.discard_tail()
+        if torn:
+            lost = max(1, round(torn / self.tailer.frame_size))
+            self.lost_frames += lost
+            self.corrupt_bytes += torn
+            self.next_seq += lost
+            log.warning("%s: complete with a torn last frame (%d bytes): %d frame(s) lost", self.file.path, torn, lost)
+
+    def _count_losses(self) -> None:
+        lost, corrupt = self.tailer.lost_frames, self.tailer.corrupt_bytes
+        new_lost = lost - self._counted[0]
+        if new_lost or corrupt != self._counted[1]:
+            self.lost_frames += new_lost
+            self.corrupt_bytes += corrupt - self._counted[1]
+            self.next_seq += new_lost
+            self._counted = (lost, corrupt)
+
+    def published(self, block: StreamBlock) -> None:
+        """Count a block that was sent to the subscribers."""
+        self.frames += len(block.block)
+        self.bytes += block.block.raw.nbytes
 
     def position(self) -> dict:
         """Where the stream is: enough for a restarted agent to go on without repeating a frame."""
-        return {"file": str(self.file.path), "offset": self.tailer.offset, "frames_read": self.tailer.frames_read,
+        return {"file": str(self.file.path), "run": self.file.run, "offset": self.tailer.offset,
+                "frames_read": self.tailer.frames_read, "first_header": self.tailer.first_header,
                 "next_seq": self.next_seq}
 
     def update_rate(self) -> None:
@@ -108,9 +178,13 @@ class StreamTailer:
             "frames_published": self.frames,
             "bytes_published": self.bytes,
             "frames_per_second": round(self.rate_hz, 1),
+            "frames_lost": self.lost_frames,
             "corrupt_bytes_skipped": self.corrupt_bytes,
+            "next_seq": self.next_seq,
             "lag_bytes": self.tailer.lag_bytes,
             "seconds_since_data": round(time.monotonic() - self.last_data_time, 2),
+            "file_events": list(self.tailer.events),
+            "error": self.error,
         }
 
     def close(self) -> None:

@@ -11,7 +11,15 @@ from pathlib import Path
 from std_daq_service.hp_io_agent.checkpoint import Checkpoint
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
 from std_daq_service.hp_io_agent.frame_publisher import FramePublisher, FrameSource
-from std_daq_service.hp_io_agent.run_discovery import StreamFile, discover, run_ended, stream_file, watched_dirs
+from std_daq_service.hp_io_agent.run_discovery import (
+    StreamFile,
+    discover,
+    first_in_run,
+    run_ended,
+    run_order,
+    stream_file,
+    watched_dirs,
+)
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock, StreamTailer
 
@@ -53,14 +61,20 @@ class _Change:
 class Tracker:
     """Run the tracking loop in its own thread; `track()`, `module_ids()` and `status()` are thread-safe.
 
-    Files that exist when tracking starts are followed from their end (live semantics), except in
-    a run that has already ended (an archived run), which is replayed from its start. Files that
-    appear later are read from their first frame. Frames from the Hashpipe socket hook (if any)
-    are published whether or not a data dir is tracked, numbered by their own `seq` per stream.
+    Streams that exist when tracking starts are followed from the end of their newest file (live
+    semantics), except in a run that has already ended (an archived run), which is replayed from
+    its first seqno. Streams, runs and modules that appear later are read from their first frame.
+    A run whose dir disappears ends; the agent never falls back to an older run. After a restart
+    every stream goes on from its checkpoint, and runs that started meanwhile are read from their
+    first frame with `seq` continuing. Streams are independent: an error in one is reported in its
+    status and the log and keeps no other stream from publishing. Frames from the Hashpipe socket
+    hook (if any) are published whether or not a data dir is tracked, as streams of their own.
     """
 
     def __init__(self, publisher: FramePublisher, watcher: FileWatcher, run_end_idle_s: float,
-                 max_batch_frames: int, socket_hook: SocketHook | None = None, checkpoint: Checkpoint | None = None):
+                 max_batch_frames: int, socket_hook: SocketHook | None = None, checkpoint: Checkpoint | None = None,
+                 rollover_grace_s: float = 2.0):
+        self.rollover_grace_s = rollover_grace_s
         self.publisher = publisher
         self.watcher = watcher
         self.socket_hook = socket_hook
@@ -153,41 +167,66 @@ class Tracker:
         for key, file in found.items():
             stream = self._streams.get(key)
             if stream is None:
-                stream = self._new_stream(key, file)
+                try:
+                    stream = self._new_stream(key, file)
+                except OSError as exc:
+                    log.warning("cannot open %s: %s; trying again at the next scan", file.path, exc)
+                    continue
                 with self._lock:
                     self._streams[key] = stream
             else:
-                stream.switch_to(file)
+                stream.offer(file)
             if file.run not in self._announced_runs:
                 self._announced_runs.add(file.run)
                 self.publisher.control("run_start", f"tracking run {file.run}", run=file.run,
                                        module_id=file.module_id)
         self._first_scan = False
 
+    def _stream(self, file: StreamFile, from_end: bool, resume: dict | None = None, next_seq: int = 0) -> StreamTailer:
+        return StreamTailer(file, from_end, self.max_batch_frames, self.rollover_grace_s, self.watcher,
+                            resume=resume, next_seq=next_seq)
+
     def _new_stream(self, key: tuple[int, str], file: StreamFile) -> StreamTailer:
+        """A stream found by discovery: `file` is its newest file."""
         position = self._resume.pop(key, None)
-        if position is None:
-            from_end = self._first_scan and run_ended(file.path.parent) is None
-            return StreamTailer(file, from_end, self.max_batch_frames)
-        resumed = stream_file(Path(position["file"]))
-        stream = StreamTailer(resumed, False, self.max_batch_frames, resume=position)
-        stream.switch_to(file)  # a newer file of the stream, after the one it stopped in
-        return stream
+        if position is not None:
+            return self._resumed_stream(file, position)
+        if self._first_scan and run_ended(file.path.parent) is None:
+            return self._stream(file, from_end=True)
+        return self._stream(first_in_run(file), from_end=False)
+
+    def _resumed_stream(self, file: StreamFile, position: dict) -> StreamTailer:
+        """Go on from a checkpoint; runs newer than the checkpointed one are read from their first frame."""
+        checkpointed = Path(position["file"])
+        if checkpointed.exists():
+            stream = self._stream(stream_file(checkpointed), False, resume=position)
+            stream.offer(file)
+            return stream
+        run = position.get("run", checkpointed.parent.name)
+        next_seq = position["next_seq"]
+        if run_order(file.run) > run_order(run):
+            log.warning("%s is gone (its run was moved); reading run %s from its first frame, seq from %d",
+                        checkpointed, file.run, next_seq)
+            return self._stream(first_in_run(file), from_end=False, next_seq=next_seq)
+        log.warning("%s is gone (its run was moved); following %s from its end", checkpointed, file.path)
+        return self._stream(file, from_end=True, next_seq=next_seq)
 
     def _check_run_end(self) -> None:
+        """A run ends with a marker file, its dir removed, or every stream of it that had data idle for long."""
         now = time.monotonic()
-        markers: dict[Path, str | None] = {}  # one look per run dir, however many streams share it
+        by_run: dict[str, list[StreamTailer]] = {}
         for stream in self._streams.values():
-            run = stream.file.run
+            by_run.setdefault(stream.file.run, []).append(stream)
+        for run, streams in by_run.items():
             if run in self._ended_runs:
                 continue
-            run_dir = stream.file.path.parent
-            if run_dir not in markers:
-                markers[run_dir] = run_ended(run_dir)
-            reason = markers[run_dir]
-            if reason is None and now - stream.last_data_time > self.run_end_idle_s and stream.frames:
-                reason = f"no new frames for {self.run_end_idle_s:g} s"
-            if reason is not None and stream.tailer.lag_bytes < stream.tailer.frame_size:
+            reason = run_ended(streams[0].file.path.parent)
+            for stream in streams:  # Hashpipe has closed the run's files: their last frames can be settled
+                stream.run_ended = stream.run_ended or reason is not None
+            active = [s for s in streams if s.frames or s.tailer.frames_read]
+            if reason is None and active and all(now - s.last_data_time > self.run_end_idle_s for s in active):
+                reason = f"no new frames in any stream for {self.run_end_idle_s:g} s"
+            if reason is not None and all(s.tailer.lag_bytes < s.tailer.frame_size for s in streams):
                 self._ended_runs[run] = reason
                 self.publisher.control("run_end", f"run {run} ended: {reason}", run=run)
 
@@ -247,21 +286,30 @@ class Tracker:
 
     def _pump(self, tracking: Tracking) -> None:
         """Read what is new (a few blocks per stream), checkpoint the positions, then publish."""
-        read: list[StreamBlock] = []
+        read: list[tuple[StreamTailer, StreamBlock]] = []
         self._more = False
         for stream in list(self._streams.values()):
-            for _ in range(_BLOCKS_PER_ROUND):
-                block = stream.read()
-                if block is None:
-                    break
-                read.append(block)
-            else:
-                self._more = True  # a backlog: come back without waiting
+            try:
+                for _ in range(_BLOCKS_PER_ROUND):
+                    block = stream.read()
+                    if block is None:
+                        break
+                    read.append((stream, block))
+                else:
+                    self._more = True  # a backlog: come back without waiting
+                if stream.error is not None:
+                    log.info("%s/%s reads again", stream.file.module_id, stream.file.dp)
+                stream.error = None
+            except OSError as exc:  # this stream only: the others publish what they read
+                if stream.error != str(exc):
+                    log.warning("stream %s/%s: %s; retrying", stream.file.module_id, stream.file.dp, exc)
+                stream.error = str(exc)
             stream.update_rate()
         if read and self.checkpoint is not None:
             self.checkpoint.save_streams({f"{m}/{dp}": s.position() for (m, dp), s in list(self._streams.items())})
-        for block in read:
+        for stream, block in read:
             self.publisher.publish(block, tracking.origin)
+            stream.published(block)
         self.publisher.publish_previews(tracking.update_interval_s)
         self.publisher.poll_monitors()
         self._check_run_end()

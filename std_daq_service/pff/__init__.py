@@ -3,7 +3,8 @@
 from std_daq_service.pff.data_products import DATA_PRODUCTS, HEADER_END, DataProduct, data_product
 from std_daq_service.pff.errors import PffError
 from std_daq_service.pff.frame_block import FrameBlock
-from std_daq_service.pff.header import HeaderLayout, format_header, parse_header
+from std_daq_service.pff.frame_scanner import FrameScanner, ScanStep
+from std_daq_service.pff.header import HeaderLayout, HeaderStyle, format_header, parse_header
 from std_daq_service.pff.names import (
     DataFileName,
     RunDirName,
@@ -22,13 +23,16 @@ __all__ = [
     "DataFileName",
     "DataProduct",
     "FrameBlock",
+    "FrameScanner",
     "HEADER_END",
     "HeaderLayout",
+    "HeaderStyle",
     "PffError",
     "PffReader",
     "PffTailer",
     "PffWriter",
     "RunDirName",
+    "ScanStep",
     "WR_INVALID",
     "data_product",
     "format_data_file_name",

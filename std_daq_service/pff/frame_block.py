@@ -9,7 +9,7 @@ import numpy as np
 
 from std_daq_service.pff.data_products import HEADER_END, DataProduct
 from std_daq_service.pff.header import QUABO_FIELDS, HeaderLayout, parse_header
-from std_daq_service.pff.timestamps import host_unix_ns, wr_unix_ns
+from std_daq_service.pff.timestamps import WR_INVALID, host_unix_ns, wr_unix_ns
 
 
 @dataclass(frozen=True)
@@ -97,17 +97,23 @@ class FrameBlock:
         missing (zeroed).
         """
         f = self.fields
+        missing = np.zeros(len(self), dtype=np.int64)
         if not self.layout.is_module_image:
-            return {name: f[name] for name in QUABO_FIELDS}
+            return {name: f.get(name, missing) for name in QUABO_FIELDS}
         present = f["tv_sec"] != 0
         which = np.where(present.any(axis=1), present.argmax(axis=1), 0)
         rows = np.arange(len(self))
-        return {name: f[name][rows, which] for name in QUABO_FIELDS}
+        return {name: f[name][rows, which] if name in f else missing for name in QUABO_FIELDS}
 
     @cached_property
     def wr_timestamp_ns(self) -> np.ndarray:
-        """White Rabbit time in Unix ns; `WR_INVALID` (-1) where WR and host clocks disagree."""
+        """White Rabbit time in Unix ns; `WR_INVALID` (-1) where WR and host clocks disagree.
+
+        Early Hashpipe headers carry `pkt_utc` instead of `pkt_tai`: no WR time can be derived there.
+        """
         t = self.timing_fields
+        if "pkt_tai" not in self.fields:
+            return np.full(len(self), WR_INVALID, dtype=np.int64)
         return wr_unix_ns(t["tv_sec"], t["pkt_tai"], t["pkt_nsec"])
 
     @cached_property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -20,8 +21,40 @@ _QUABO_FORMAT = (
     '"pkt_num": {pkt_num:10d}, "pkt_tai": {pkt_tai:4d}, "pkt_nsec": {pkt_nsec:9d}, '
     '"tv_sec": {tv_sec:10d}, "tv_usec": {tv_usec:6d}'
 )
+_EARLY_FORMAT = (
+    '"acq_mode": {acq_mode}, "mod_num": {mod_num}, "pkt_num": {pkt_num}, "pkt_utc": {pkt_utc}, '
+    '"pkt_nsec": {pkt_nsec}, "tv_sec": {tv_sec}, "tv_usec": {tv_usec}'
+)
+_IMAGE_LAYOUT: dict[str, tuple[str, str]] = {
+    "file": ("   ", ", \n"), "snapshot": (" ", ",\n"), "early": ("   ", ", \n"),
+}  # per style: indent of a quabo line, separator between quabo lines
 _FIELD = re.compile(rb'"(\w+)":\s*(-?\d+)')
+_DIGITS = re.compile(rb"\d")
 _QUABO_KEY = re.compile(rb'"quabo_(\d)":\s*\{')
+
+
+_REQUIRED_FIELDS = frozenset({"pkt_num", "pkt_nsec", "tv_sec", "tv_usec"})
+_KNOWN_FIELDS = frozenset({*QUABO_FIELDS, "pkt_utc", "acq_mode", "mod_num", "quabo_num"})
+_QUABO_NAMES = frozenset(f"quabo_{i}" for i in range(N_QUABOS))
+
+
+def _is_quabo(fields: object) -> bool:
+    return (isinstance(fields, dict) and _REQUIRED_FIELDS <= fields.keys() <= _KNOWN_FIELDS
+            and all(type(v) is int for v in fields.values()))
+
+
+def header_kind(header: dict) -> str | None:
+    """"pulse_height" or "image" for a header of a Hashpipe version we know (current or early), else None."""
+    if "quabo_num" in header:
+        return "pulse_height" if _is_quabo(header) else None
+    if header and header.keys() <= _QUABO_NAMES and all(_is_quabo(v) for v in header.values()):
+        return "image"
+    return None
+
+
+def layout_key(header: bytes) -> bytes:
+    """The header with its digits blanked: equal for headers that share one `HeaderLayout`."""
+    return _DIGITS.sub(b"0", header)
 
 
 def parse_header(text: bytes | str) -> dict:
@@ -41,23 +74,35 @@ def parse_header(text: bytes | str) -> dict:
     return header
 
 
-def _quabo_text(fields: dict) -> str:
+HeaderStyle = Literal["file", "snapshot", "early"]
+"""How a header is laid out: Hashpipe's current files, its socket snapshots, or its early files."""
+
+
+def _quabo_text(fields: dict, style: HeaderStyle) -> str:
     values = {name: int(fields.get(name, 0)) for name in QUABO_FIELDS}
-    values["pkt_nsec"] = min(values["pkt_nsec"], _NSEC_MAX)
+    if style == "early":
+        extra = {name: int(fields.get(name, 0)) for name in ("acq_mode", "mod_num", "pkt_utc")}
+        return _EARLY_FORMAT.format(**values, **extra)
+    if style == "snapshot":  # the socket hook clamps; file headers do not always (a byte longer then)
+        values["pkt_nsec"] = min(values["pkt_nsec"], _NSEC_MAX)
     return _QUABO_FORMAT.format(**values)
 
 
-def format_header(header: dict) -> bytes:
+def format_header(header: dict, style: HeaderStyle = "file") -> bytes:
     """Format a header exactly as Hashpipe writes it, including the closing `\\n\\n*`.
 
     A pulse-height header has `quabo_num` and the quabo fields at the top level; a module image
-    header has `quabo_0`..`quabo_3` sub-objects (missing ones are written zeroed).
+    header has `quabo_0`..`quabo_3` sub-objects (missing ones are written zeroed). `style` picks
+    the layout: "file" (today's files: 489-byte image header text), "snapshot" (the socket hook:
+    478 bytes), or "early" (early Hashpipe: no field widths, `pkt_utc` for `pkt_tai`, so the size
+    changes from frame to frame).
     """
     if "quabo_num" in header:
-        text = f'{{ "quabo_num": {int(header["quabo_num"]):1d}, {_quabo_text(header)}}}'
+        text = f'{{ "quabo_num": {int(header["quabo_num"]):1d}, {_quabo_text(header, style)}}}'
     else:
-        quabos = ", \n".join(
-            f'   "quabo_{i}": {{ {_quabo_text(header.get(f"quabo_{i}", {}))}}}'
+        indent, separator = _IMAGE_LAYOUT[style]
+        quabos = separator.join(
+            f'{indent}"quabo_{i}": {{ {_quabo_text(header.get(f"quabo_{i}", {}), style)}}}'
             for i in range(N_QUABOS)
         )
         text = f"{{\n{quabos}\n}}"
@@ -93,6 +138,8 @@ class HeaderLayout:
             self.spans.append(_Span(match[1].decode(), quabo, colon + 1, match.end()))
         if not self.spans:
             raise PffError("frame header holds no numeric fields")
+        self.lead = example[: self.spans[0].start]
+        """The fixed text before the first number: how a frame of this layout begins."""
         self.is_module_image = bool(quabo_starts)
         # Fixed text is compared 4 bytes at a time: (header XOR template) AND mask, mask 0 on numbers.
         padded = -self.size % 4

@@ -12,10 +12,9 @@ import numpy as np
 from std_daq_service.pff.data_products import HEADER_END, DataProduct, data_product
 from std_daq_service.pff.errors import PffError
 from std_daq_service.pff.frame_block import Frame, FrameBlock
+from std_daq_service.pff.frame_scanner import MAX_HEADER, FrameScanner
 from std_daq_service.pff.header import HeaderLayout
 from std_daq_service.pff.names import DataFileName, parse_data_file_name
-
-_HEADER_SEARCH = 4096
 
 
 def resolve_data_product(path: Path, dp: str | None) -> tuple[DataProduct, DataFileName | None]:
@@ -35,9 +34,13 @@ def resolve_data_product(path: Path, dp: str | None) -> tuple[DataProduct, DataF
 
 
 class PffReader:
-    """Read the complete frames of a PFF file; a torn trailing frame is ignored and counted.
+    """Read the whole frames of a PFF file; a torn trailing frame is ignored and counted.
 
-    Use as a context manager. The file is memory-mapped, so opening is cheap for any size.
+    Use as a context manager. The file is memory-mapped. A file whose frames all have the size of
+    its first one (Hashpipe's fixed-width headers) is one block viewing the mapping, checked only
+    at the frame boundaries on open; any other file (a header a byte longer, an early Hashpipe
+    version without field widths, corruption) is split by `FrameScanner` into blocks of one
+    header layout each, with torn and corrupt bytes skipped and counted.
 
     Raises:
         PffError: on open, when the first frame's header is not a PFF header of the data product.
@@ -47,8 +50,11 @@ class PffReader:
         self.path = Path(path)
         self._dp_arg = dp
         self._mmap: mmap.mmap | None = None
-        self._frames: np.ndarray | None = None
+        self._segments: list[FrameBlock] = []
+        self._starts = np.zeros(1, dtype=np.int64)
         self.layout: HeaderLayout | None = None
+        self.corrupt_bytes = 0
+        self.lost_frames = 0
 
     def open(self) -> PffReader:
         self.dp, self.name = resolve_data_product(self.path, self._dp_arg)
@@ -62,23 +68,43 @@ class PffReader:
         data = np.frombuffer(self._mmap, dtype=np.uint8) if self._mmap else np.zeros(0, np.uint8)
         self.header_size = self.dp.header_size
         if size:
-            end = bytes(data[:_HEADER_SEARCH]).find(HEADER_END)
+            end = bytes(data[:MAX_HEADER]).find(HEADER_END)
             if not data[0] == ord("{") or end < 0:
                 raise PffError(f"{self.path}: does not start with a PFF frame header")
             self.header_size = end + len(HEADER_END)
-            if self.header_size != self.dp.header_size:
-                raise PffError(
-                    f"{self.path}: first header is {self.header_size} bytes, "
-                    f"{self.dp.name} headers are {self.dp.header_size}"
-                )
             if size >= self.frame_size:
                 self.layout = HeaderLayout(bytes(data[: self.header_size]))
-        n = size // self.frame_size
-        self._frames = data[: n * self.frame_size].reshape(n, self.frame_size)
+        self._decided = self._split(data)
+        self._starts = np.cumsum([0, *(len(b) for b in self._segments)])
         return self
 
+    def _split(self, data: np.ndarray) -> int:
+        """Fill `_segments` with the file's whole frames; return the bytes decided (the rest is torn)."""
+        n = len(data) // self.frame_size
+        rows = data[: n * self.frame_size].reshape(n, self.frame_size)
+        marker = len(HEADER_END)
+        uniform = n and (rows[:, 0] == ord("{")).all() and (
+            rows[:, self.header_size - marker : self.header_size] == np.frombuffer(HEADER_END, np.uint8)).all()
+        tail = data[n * self.frame_size :]
+        if uniform and (not len(tail) or tail[0] == ord("{")):
+            self._segments = [FrameBlock(self.dp, rows, 0, self.layout)]
+            return n * self.frame_size
+        scanner, position, first = FrameScanner(self.dp), 0, 0
+        while position < len(data):
+            step = scanner.step(data[position:], final=True)
+            self.corrupt_bytes += step.skipped
+            self.lost_frames += step.lost_frames
+            if step.block is not None:
+                step.block.first_frame_number = first
+                first += len(step.block)
+                self._segments.append(step.block)
+            if step.end == 0:
+                break
+            position += step.end
+        return position
+
     def close(self) -> None:
-        self._frames = None
+        self._segments = []
         if self._mmap is not None:
             try:
                 self._mmap.close()
@@ -94,44 +120,61 @@ class PffReader:
 
     @property
     def frame_size(self) -> int:
+        """Size of the first frame (of every frame where headers are fixed-width)."""
         return self.header_size + self.dp.image_size
 
     @property
     def n_frames(self) -> int:
-        """Number of complete frames."""
-        return self._frames.shape[0]
+        """Number of whole frames."""
+        return int(self._starts[-1])
+
+    @property
+    def variable_headers(self) -> bool:
+        """Do frames of this file have headers of different sizes (or was corruption skipped)?"""
+        return len(self._segments) > 1
 
     @property
     def trailing_bytes(self) -> int:
-        """Bytes of a torn frame after the last complete one."""
-        return self.file_size - self.n_frames * self.frame_size
+        """Bytes of a torn frame after the last whole one."""
+        return self.file_size - self._decided
 
     def __len__(self) -> int:
         return self.n_frames
 
+    def _segment(self, index: int) -> tuple[FrameBlock, int]:
+        which = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self._segments[which], index - int(self._starts[which])
+
     def block(self, start: int = 0, stop: int | None = None) -> FrameBlock:
-        """Frames `start` to `stop` (exclusive) as one block viewing the mapped file."""
+        """Frames `start` to `stop` (exclusive) as one block viewing the mapped file.
+
+        Raises:
+            PffError: the frames have headers of different sizes (use `iter_blocks`).
+        """
         start, stop, _ = slice(start, stop).indices(self.n_frames)
-        return FrameBlock(self.dp, self._frames[start:stop], start, self.layout)
+        if stop <= start:
+            return FrameBlock(self.dp, np.zeros((0, self.frame_size), np.uint8), start, self.layout)
+        segment, local = self._segment(start)
+        if local + (stop - start) > len(segment):
+            raise PffError(f"{self.path}: frames {start}..{stop} have headers of different sizes; use iter_blocks()")
+        return segment[local : local + stop - start]
 
     def iter_blocks(self, size: int = 4096) -> Iterator[FrameBlock]:
-        for start in range(0, self.n_frames, size):
-            yield self.block(start, start + size)
+        """The whole frames in order, in blocks of at most `size` frames of one header layout each."""
+        for segment in self._segments:
+            for start in range(0, len(segment), size):
+                yield segment[start : start + size]
 
     def __getitem__(self, index: int) -> Frame:
         if not -self.n_frames <= index < self.n_frames:
             raise IndexError(f"frame {index} out of range: {self.path} has {self.n_frames} frames")
-        return self.block(index % self.n_frames, index % self.n_frames + 1).frame(0)
+        segment, local = self._segment(index % self.n_frames)
+        return segment.frame(local)
 
     def __iter__(self) -> Iterator[Frame]:
         for block in self.iter_blocks():
             for i in range(len(block)):
                 yield block.frame(i)
-
-    def bad_frames(self) -> np.ndarray:
-        """Indices of frames whose header does not close with `\\n\\n*` or breaks the layout."""
-        bad = [np.flatnonzero(~b.valid_rows()) + b.first_frame_number for b in self.iter_blocks(65536)]
-        return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
     def seek_time(self, unix_ns: int) -> int:
         """Index of the first frame whose host time is at or after `unix_ns` (n_frames if none).
@@ -142,7 +185,8 @@ class PffReader:
         lo, hi = 0, self.n_frames
         while lo < hi:
             mid = (lo + hi) // 2
-            if int(self.block(mid, mid + 1).host_timestamp_ns[0]) < unix_ns:
+            segment, local = self._segment(mid)
+            if int(segment[local : local + 1].host_timestamp_ns[0]) < unix_ns:
                 lo = mid + 1
             else:
                 hi = mid

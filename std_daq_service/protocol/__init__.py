@@ -12,13 +12,16 @@ from std_daq_service.protocol.errors import (
 )
 from std_daq_service.protocol.frames import (
     CONTROL_TOPIC,
+    SOCKET_TOPIC_PREFIX,
     ControlHeader,
     FrameBatch,
     FrameBatchHeader,
     decode_stream_message,
     encode_control,
     encode_frames,
+    file_topic_prefixes,
     frame_topic,
+    parse_topic,
 )
 from std_daq_service.protocol.requests import (
     REQUEST_TYPES,
@@ -62,6 +65,7 @@ __all__ = [
     "Request",
     "RequestBase",
     "RequestTimeout",
+    "SOCKET_TOPIC_PREFIX",
     "StorageError",
     "Status",
     "StatusRequest",
@@ -77,7 +81,9 @@ __all__ = [
     "encode_frames",
     "encode_request",
     "encode_status",
+    "file_topic_prefixes",
     "frame_topic",
+    "parse_topic",
     "status_routing_key",
     "status_summary",
 ]

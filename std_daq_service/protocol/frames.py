@@ -36,9 +36,35 @@ _PFF = "pff_header."
 _COLUMN_DTYPE = "<i8"
 
 
-def frame_topic(dp: str, module_id: int) -> bytes:
-    """Topic of a stream; a SUB prefix of `<dp>.` or `<dp>.<module:03d>.` selects exactly."""
-    return f"{dp}.{module_id:03d}.".encode()
+SOCKET_TOPIC_PREFIX = b"socket."
+"""Topics of frames from Hashpipe's socket hook begin with this: they are streams of their own."""
+
+
+def frame_topic(dp: str, module_id: int, origin: str = "file") -> bytes:
+    """Topic of a stream; a SUB prefix of `<dp>.` or `<dp>.<module:03d>.` selects exactly.
+
+    Frames from the socket hook (origin "socket") carry their own `seq`, so they are another stream:
+    `socket.<dp>.<module:03d>.`, which no file-frame prefix matches.
+    """
+    topic = f"{dp}.{module_id:03d}.".encode()
+    return SOCKET_TOPIC_PREFIX + topic if origin == "socket" else topic
+
+
+def file_topic_prefixes() -> list[bytes]:
+    """SUB prefixes that select every file-frame stream and the control messages, but no socket frames."""
+    return [f"{dp}.".encode() for dp in _DTYPES] + [CONTROL_TOPIC]
+
+
+def parse_topic(topic: bytes | memoryview) -> tuple[str, int, str] | None:
+    """`img16.001.` -> ("img16", 1, "file"); `socket.ph256.003.` -> ("ph256", 3, "socket"); None otherwise."""
+    raw = bytes(topic)
+    origin = "socket" if raw.startswith(SOCKET_TOPIC_PREFIX) else "file"
+    fields = raw.removeprefix(SOCKET_TOPIC_PREFIX).split(b".")
+    if len(fields) != 3 or fields[2] or not fields[1].isdigit():
+        return None
+    if fields[0].decode(errors="replace") not in _DTYPES:
+        return None
+    return fields[0].decode(), int(fields[1]), origin
 
 
 class FrameBatchHeader(BaseModel):
@@ -119,7 +145,8 @@ def encode_frames(
         "n_frames": len(frame_number),
         "columns": [[name, _COLUMN_DTYPE, list(a.shape[1:])] for name, a in zip(columns, arrays, strict=True)],
     }
-    return [frame_topic(dp, module_id), orjson.dumps(header), b"".join(a.tobytes() for a in arrays), image_bytes]
+    columns_part = b"".join(a.tobytes() for a in arrays)
+    return [frame_topic(dp, module_id, origin), orjson.dumps(header), columns_part, image_bytes]
 
 
 def encode_control(source: str, event: ControlEvent, message: str = "", **fields: Any) -> list[bytes]:

@@ -16,7 +16,14 @@ import zmq
 
 from std_daq_service.config import AgentStream
 from std_daq_service.pff import DATA_PRODUCTS
-from std_daq_service.protocol import CONTROL_TOPIC, FrameBatch, InvalidMessage, decode_stream_message
+from std_daq_service.protocol import (
+    CONTROL_TOPIC,
+    FrameBatch,
+    InvalidMessage,
+    decode_stream_message,
+    file_topic_prefixes,
+    parse_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +73,6 @@ class ReceivedBatch:
         """Per frame: WR time in Unix ns, or the host time where WR time is invalid."""
         wr = self.batch.header["wr_timestamp_ns"]
         return np.where(wr < 0, self.batch.header["host_timestamp_ns"], wr)
-
-
-def parse_topic(topic: bytes | memoryview) -> tuple[str, int] | None:
-    """`img16.001.` -> ("img16", 1); None if it is no frame topic."""
-    fields = bytes(topic).split(b".")
-    if len(fields) != 3 or fields[0].decode(errors="replace") not in DATA_PRODUCTS or not fields[1].isdigit():
-        return None
-    return fields[0].decode(), int(fields[1])
 
 
 @dataclass
@@ -144,7 +143,8 @@ class StreamReceiver:
             sock.setsockopt(zmq.RCVHWM, _RECEIVE_HWM)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            for prefix in file_topic_prefixes():  # socket-hook frames are other streams: not recorded
+                sock.setsockopt(zmq.SUBSCRIBE, prefix)
             self._sockets[sock] = name
             log.info("subscribed to %s at %s", name, endpoint)
         self._thread = threading.Thread(target=self._run, name="stream-receiver", daemon=True)
@@ -214,12 +214,14 @@ class StreamReceiver:
                 self._control(agent, parts)
                 continue
             stream = parse_topic(parts[0]) if len(parts) == 4 else None
+            if stream is not None and stream[2] != "file":
+                stream = None
             if stream is None:
                 self.bad_messages += 1
                 log.warning("message from %s with %d parts and topic %r dropped", agent, len(parts),
                             bytes(parts[0][:40]))
                 continue
-            dp, module_id = stream
+            dp, module_id, _ = stream
             self._deliver(ReceivedBatch(agent, module_id, dp, parts, time.time_ns(), time.monotonic()))
 
     def _control(self, agent: str, parts: list[memoryview]) -> None:

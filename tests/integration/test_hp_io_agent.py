@@ -280,7 +280,7 @@ def test_socket_hook_frames_are_published_and_garbage_is_survived(agent, caller,
     with PffReader(SAMPLE_IMG16) as reader:
         rows = [row.tobytes() for row in reader.block(0, 200).raw]
     endpoints = stream_endpoints(caller, agent)["endpoints"]
-    with subscriber(endpoints["data"], ["img16.005."]) as sock:
+    with subscriber(endpoints["data"], ["socket.img16.005."]) as sock:
         wait_until(lambda: ask(caller, agent.service_name, StatusRequest()).result["subscribers"] >= 1, 10,
                    message="subscriber counted")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hashpipe:

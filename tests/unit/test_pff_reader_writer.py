@@ -34,7 +34,7 @@ def _check_facts(path, n_frames, trailing, n_invalid):
         assert reader.trailing_bytes == trailing
         wr = reader.block().wr_timestamp_ns
         assert int((wr == WR_INVALID).sum()) == n_invalid
-        assert len(reader.bad_frames()) == 0
+        assert (reader.corrupt_bytes, reader.lost_frames, reader.variable_headers) == (0, 0, False)
 
 
 @pytest.mark.parametrize("path,n_frames,trailing,n_invalid", EXCERPTS, ids=lambda v: getattr(v, "name", v))
@@ -103,11 +103,19 @@ def test_read_write_read_round_trip_is_byte_identical(tmp_path, path):
         assert out.read_bytes() == path.read_bytes()[: n * reader.frame_size]
 
 
-def test_header_formatting_clamps_nanoseconds_and_keeps_width():
+def test_snapshot_headers_clamp_nanoseconds_and_file_headers_grow_a_byte_as_hashpipe_does():
     header = {"quabo_num": 2, "pkt_num": 1, "pkt_tai": 3, "pkt_nsec": 1_500_000_000, "tv_sec": 17, "tv_usec": 5}
-    text = format_header(header)
-    assert len(text) == data_product("ph256").header_size
-    assert parse_header(text)["pkt_nsec"] == 999_999_999
+    snapshot = format_header(header, style="snapshot")
+    assert len(snapshot) == data_product("ph256").header_size
+    assert parse_header(snapshot)["pkt_nsec"] == 999_999_999
+    wide = format_header(header)
+    assert len(wide) == data_product("ph256").header_size + 1 and parse_header(wide)["pkt_nsec"] == 1_500_000_000
+
+
+def test_image_header_sizes_are_those_of_hashpipes_files_and_snapshots():
+    header = {f"quabo_{i}": {"pkt_num": 5, "pkt_tai": 1, "pkt_nsec": 7, "tv_sec": 9, "tv_usec": 3} for i in range(4)}
+    assert len(format_header(header)) == 489 + 3
+    assert len(format_header(header, style="snapshot")) == 478 + 3
 
 
 def test_empty_file_has_no_frames(tmp_path):

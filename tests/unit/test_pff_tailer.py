@@ -103,14 +103,15 @@ def test_marker_corruption_with_growth_resynchronises(tmp_path):
         assert tailer.corrupt_bytes == frame
 
 
-def test_file_shrinking_is_reported_not_crashed(tmp_path):
+def test_a_file_that_shrinks_is_reported_and_its_new_content_read_from_its_first_frame(tmp_path):
     path = tmp_path / SAMPLE_PH256_M1.name
     path.write_bytes(PH256[: 10 * 636])
     with PffTailer(path) as tailer:
         assert len(tailer.read_new()) == 10
-        path.write_bytes(PH256[:636])
-        assert tailer.read_new() is None
-        assert tailer.truncated
+        path.write_bytes(PH256[20 * 636 : 21 * 636])
+        block = tailer.read_new()
+        assert [bytes(r) for r in block.raw] == [PH256[20 * 636 : 21 * 636]] and block.first_frame_number == 0
+        assert "shrank" in tailer.events[-1]
 
 
 def test_skip_to_end_returns_only_frames_appended_afterwards(tmp_path):

@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1, SAMPLE_PH256_M3, wait_until
+from helpers.hashpipe import SnapshotSender, header_text, quabo_fields
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
-from std_daq_service.pff import PffReader
+from std_daq_service.pff import DATA_PRODUCTS, PffReader
+
+T0 = 1_721_882_092_779_007_488
 
 
 def records(path: Path, module_id: int, n: int) -> list[bytes]:
@@ -111,3 +114,73 @@ def test_a_stale_socket_file_is_replaced_but_a_live_one_or_a_regular_file_is_not
         assert not (directory / "y.dp_img16.sock").exists(), "close removes the socket files"
     finally:
         shutil.rmtree(directory)
+
+
+def snapshot_records(module_id: int, n: int, dp: str = "img16", seed: int = 1) -> list[bytes]:
+    """Frames as Hashpipe's snapshot.c sends them (478-byte image header text), without the module id."""
+    rng = np.random.default_rng(seed + module_id)
+    product = DATA_PRODUCTS[dp]
+    frames = []
+    for k in range(n):
+        image = rng.integers(-50, 4000, product.shape[0] * product.shape[1]).astype(product.dtype).tobytes()
+        fields = quabo_fields(T0 + k * 100_000_000, 1000 + k)
+        frames.append(header_text(dp, fields, "snapshot", quabo_num=k % 4) + image)
+    return frames
+
+
+def test_image_snapshots_with_hashpipes_478_byte_headers_are_all_published(hook):
+    frames = {m: snapshot_records(m, 25) for m in (1, 2)}
+    assert all(f.index(b"\n\n*") == 478 for f in frames[1])
+    sender = SnapshotSender(str(hook.paths["img16"]), "img16")
+    for k in range(25):
+        for m in (1, 2):
+            sender.send(m, frames[m][k])
+    sent = {m: [f for module_id, f in sender.sent_whole if module_id == m] for m in (1, 2)}
+    got = frames_by_module(collect(hook, len(sender.sent_whole)))
+    sender.close()
+    assert len(sender.sent_whole) + sender.dropped == 50 and len(sender.sent_whole) >= 40
+    assert {m: [row.tobytes() for row in rows] for m, rows in got.items()} == sent
+    assert hook.counters.bad_records == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.one_of(st.none(), st.integers(4, 2 + 481 + 2047))),
+                     min_size=1, max_size=30),
+       reconnect_at=st.one_of(st.none(), st.integers(0, 29)))
+def test_partial_writes_never_publish_a_torn_record_and_show_as_seq_gaps_of_its_module(hook, plan, reconnect_at):
+    """snapshot.c counts a partial writev as sent and goes on with the next record: the rest never comes.
+
+    (A record cut after its first header byte cannot be told from image bytes: it is counted in
+    bad_records but cannot be a gap of its module's stream; the plan cuts at 4 bytes or more.)
+    """
+    frames = {m: snapshot_records(m, len(plan), seed=len(plan)) for m in (1, 2, 3)}
+    before = {m: hook._next_seq.get((m, "img16"), 0) for m in (1, 2, 3)}
+    frames_before = hook.counters.frames
+    sender = SnapshotSender(str(hook.paths["img16"]), "img16")
+    expected: dict[int, list[tuple[int, bytes]]] = {1: [], 2: [], 3: []}
+    seq = dict(before)
+    for k, (module_id, cut) in enumerate(plan):
+        if k == reconnect_at:
+            sender.close()  # a broken connection: Hashpipe reconnects at the next snapshot
+        whole, torn = len(sender.sent_whole), len(sender.torn)
+        sender.send(module_id, frames[module_id][k], cut)
+        if len(sender.sent_whole) > whole:
+            expected[module_id].append((seq[module_id], frames[module_id][k]))
+        if len(sender.sent_whole) > whole or len(sender.torn) > torn:
+            seq[module_id] += 1  # a dropped record (EAGAIN, no connection) never reaches the agent
+    sender.close()
+    n_whole = sum(len(v) for v in expected.values())
+    wait_until(lambda: hook.counters.frames - frames_before >= n_whole and
+               all(hook._next_seq.get((m, "img16"), 0) >= seq[m] for m in seq), 5,
+               message="every whole record received and every torn one counted")
+    received: dict[int, list[tuple[int, bytes]]] = {1: [], 2: [], 3: []}
+    for item in iter_queue(hook):
+        for i in range(len(item.block)):
+            received[item.module_id].append((int(item.block.frame_numbers[i]), item.block.raw[i].tobytes()))
+    assert {m: [f for _, f in v] for m, v in received.items()} == {m: [f for _, f in v] for m, v in expected.items()}
+    if reconnect_at is None:  # across a reconnect the old connection's end may be handled after the new one's data
+        assert received == expected
+    for m, frames_seq in received.items():
+        numbers = [n for n, _ in frames_seq]
+        assert numbers == sorted(set(numbers)) and all(before[m] <= n < seq[m] for n in numbers)
+    assert {m: hook._next_seq.get((m, "img16"), 0) for m in seq} == seq, "each torn record is one seq gap"
