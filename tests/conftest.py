@@ -17,8 +17,8 @@ import pytest
 import redis
 
 import std_daq_service
+from std_daq_service.broker import RequestCaller, connection_parameters
 from std_daq_service.broker import broker_url as default_broker_url
-from std_daq_service.broker import connection_parameters
 from std_daq_service.config import connect_redis
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,3 +245,33 @@ class ServiceProcess:
                 pytest.fail(f"{self.service_name} did not stop within {timeout} s of SIGTERM:\n{self.log()}")
         self._log.close()
         return self.process.returncode
+
+
+@pytest.fixture
+def agent_config() -> dict:
+    """Extra config keys of the agent under test (tests parametrize it)."""
+    return {}
+
+
+@pytest.fixture
+def agent(service_name, redis_url, redis_client, broker_url, tmp_path, agent_config):
+    config = {
+        "data_bind": "tcp://127.0.0.1:*",
+        "preview_bind": "tcp://127.0.0.1:*",
+        "sim_data_dir": str(tmp_path / "sim"),
+        "run_end_idle_seconds": 2,
+        "min_update_interval_seconds": 0.05,
+        **agent_config,
+    }
+    process = ServiceProcess("hp_io_agent", service_name, config, redis_url, tmp_path)
+    try:
+        process.wait_ready(redis_client)
+        yield process
+    finally:
+        assert process.stop() == 0, process.log()
+
+
+@pytest.fixture
+def caller(broker_url):
+    with RequestCaller(broker_url, "test-agent-caller") as caller:
+        yield caller

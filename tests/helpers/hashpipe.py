@@ -151,6 +151,8 @@ class SnapshotSender:
     sent_whole: list[tuple[int, bytes]] = field(default_factory=list)
     torn: list[int] = field(default_factory=list)
     dropped: int = 0
+    outcomes: list[str] = field(default_factory=list)
+    """Per `send`: "whole", "torn" (part of it sent) or "dropped" (nothing sent)."""
     _sock: socket.socket | None = None
 
     def _connect(self) -> bool:
@@ -169,7 +171,7 @@ class SnapshotSender:
     def send(self, module_id: int, frame: bytes, cut: int | None = None) -> None:
         """Send `[module id][frame]` with one writev; `cut` sends only that many bytes, as a full socket does."""
         if not self._connect():
-            self.dropped += 1
+            self._drop()
             return
         parts = [module_id.to_bytes(2, "big"), frame]
         if cut is not None:
@@ -178,18 +180,24 @@ class SnapshotSender:
         try:
             sent = self._sock.sendmsg(parts)
         except BlockingIOError:
-            self.dropped += 1  # EAGAIN: the whole record is dropped
+            self._drop()  # EAGAIN: the whole record is dropped
             return
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 self.close()  # retried at the next snapshot
-                self.dropped += 1
+                self._drop()
                 return
             raise
         if cut is None and sent == 2 + len(frame):
             self.sent_whole.append((module_id, frame))
+            self.outcomes.append("whole")
         else:
             self.torn.append(module_id)  # counted as a success by Hashpipe; the rest is never sent
+            self.outcomes.append("torn")
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self.outcomes.append("dropped")
 
     def close(self) -> None:
         if self._sock is not None:

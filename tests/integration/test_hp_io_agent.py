@@ -6,14 +6,14 @@ import os
 import shutil
 import socket
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 
 import numpy as np
 import pytest
 import zmq
-from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1, SAMPLE_RUN, ServiceProcess, wait_until
+from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1, SAMPLE_RUN, wait_until
+from helpers.streams import ask, count, frames_of, receive, stream_endpoints, subscriber
 
-from std_daq_service.broker import RequestCaller
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import (
     ControlHeader,
@@ -23,83 +23,9 @@ from std_daq_service.protocol import (
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
-    decode_stream_message,
 )
 
 pytestmark = pytest.mark.parametrize("service_name", ["hp_io_agent"], indirect=True)
-
-
-@pytest.fixture
-def agent_config() -> dict:
-    """Extra config keys of the agent under test (tests parametrize it)."""
-    return {}
-
-
-@pytest.fixture
-def agent(service_name, redis_url, redis_client, broker_url, tmp_path, agent_config):
-    config = {
-        "data_bind": "tcp://127.0.0.1:*",
-        "preview_bind": "tcp://127.0.0.1:*",
-        "sim_data_dir": str(tmp_path / "sim"),
-        "run_end_idle_seconds": 2,
-        "min_update_interval_seconds": 0.05,
-        **agent_config,
-    }
-    process = ServiceProcess("hp_io_agent", service_name, config, redis_url, tmp_path)
-    try:
-        process.wait_ready(redis_client)
-        yield process
-    finally:
-        assert process.stop() == 0, process.log()
-
-
-@pytest.fixture
-def caller(broker_url):
-    with RequestCaller(broker_url, "test-agent-caller") as caller:
-        yield caller
-
-
-def ask(caller, target, request, timeout=15):
-    result = caller.call(target, request, timeout)
-    assert result.complete, f"no final status from {target}: {result.history}"
-    return result.finals[target]
-
-
-@contextmanager
-def subscriber(endpoint: str, topics: list[str]):
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    for topic in topics:
-        sock.setsockopt_string(zmq.SUBSCRIBE, topic)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-def receive(sock, until, timeout: float):
-    """Receive stream messages until `until(messages)` is true; fail after `timeout`."""
-    messages = []
-    deadline = time.monotonic() + timeout
-    while not until(messages):
-        assert time.monotonic() < deadline, f"timed out with {len(messages)} messages"
-        if sock.poll(100):
-            messages.append(decode_stream_message(sock.recv_multipart()))
-    return messages
-
-
-def frames_of(messages, module_id, dp):
-    return [m for m in messages if isinstance(m, FrameBatch) and m.module_id == module_id and m.dp == dp]
-
-
-def count(messages, module_id, dp):
-    return sum(len(m) for m in frames_of(messages, module_id, dp))
-
-
-def stream_endpoints(caller, agent, **kwargs):
-    return ask(caller, agent.service_name, StreamRequest(**kwargs)).result
 
 
 def test_simulated_run_delivers_every_frame_in_order_with_source_pixels(agent, caller):
