@@ -7,7 +7,9 @@ times, median of R runs, from the page cache:
   raw read          os.read of the whole file in 16 MiB chunks (the ceiling)
   reader, bulk      PffReader blocks: vectorised header decode + WR/host timestamps + image view
   tailer, bulk      PffTailer.read_new() over the finished file (validation + decode + timestamps)
-  json per frame    the slow path: json.loads of every header
+  json per frame    json.loads of every header, for comparison
+  tailer, early     PffTailer over the same frames in early Hashpipe's format (no field widths: the
+                    header size changes from frame to frame, so every frame takes the slow path)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 import std_daq_service
-from std_daq_service.pff import PffReader, PffTailer
+from std_daq_service.pff import PffReader, PffTailer, format_header
 
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
 
@@ -35,6 +37,19 @@ def make_file(directory: Path, n_frames: int) -> Path:
         for _ in range(n_frames // per):
             f.write(frames)
         f.write(frames[: (n_frames % per) * 2540])
+    return path
+
+
+def make_early_file(directory: Path, n_frames: int) -> Path:
+    with PffReader(EXCERPT) as reader:
+        block = reader.block()
+        frames = b"".join(format_header(block.header(i), "early") + block.raw[i, block.header_size :].tobytes()
+                          for i in range(len(block)))
+        per = reader.n_frames
+    path = directory / "start_2024-07-25T04:34:46Z.dp_img16.bpp_2.module_2.seqno_0.pff"
+    with open(path, "wb") as f:
+        for _ in range(max(1, n_frames // per)):
+            f.write(frames)
     return path
 
 
@@ -97,6 +112,10 @@ def main() -> None:
                          ("json per frame", json_per_frame)):
             seconds, n = measure(fn, path, args.repeat)
             rows.append((name, n / seconds, n * 2540 / seconds / 1e6))
+        if hasattr(std_daq_service.pff, "FrameScanner"):  # the code before the slow path existed cannot read these
+            early = make_early_file(Path(tmp), args.frames // 20)
+            seconds, n = measure(tailer_bulk, early, args.repeat)
+            rows.append(("tailer, early format (slow path)", n / seconds, early.stat().st_size / seconds / 1e6))
     reference = rows[0][1]
     print(f"img16, {args.frames} frames ({args.frames * 2540 / 1e6:.0f} MB), median of {args.repeat} runs")
     print("| path | frames/s | MB/s | of raw read |")

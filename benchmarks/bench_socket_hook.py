@@ -1,12 +1,15 @@
 """Socket hook benchmark: a fake Hashpipe sends img16 frames into the agent's Unix socket; N subscribers count.
 
-Usage: .venv/bin/python benchmarks/bench_socket_hook.py [--rate-hz 10000] [--subscribers 10] [--seconds 10]
+Usage: .venv/bin/python benchmarks/bench_socket_hook.py [--rate-hz 10000] [--subscribers 10]
+           [--seconds 10] [--format snapshot|file]
 
-The fake Hashpipe sends `[2-byte module_id][PFF frame]` records of real Lick img16 frames, one send per
-millisecond (rate/1000 frames each), logging the time of each send. The agent (subprocess, config in Redis,
-socket_hook on) publishes them; a separate process holds N SUB sockets plus one stuck subscriber that never
-reads, and records per subscriber the frames received and seq gaps, and for the first the arrival time of
-each message (latency = arrival - send time of its last frame). Needs Redis and RabbitMQ.
+The fake Hashpipe sends `[2-byte module_id][PFF frame]` records of real Lick img16 frames, their headers
+in Hashpipe's snapshot format (478-byte text, as snapshot.c writes it; `--format file` keeps the files'
+489), one send per millisecond (rate/1000 frames each), logging the time of each send. The agent
+(subprocess, config in Redis, socket_hook on) publishes them; a separate process holds N SUB sockets
+plus one stuck subscriber that never reads, and records per subscriber the frames received and seq gaps,
+and for the first the arrival time of each message (latency = arrival - send time of its last frame).
+Needs Redis and RabbitMQ.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ import zmq
 from bench_common import cpu_seconds, start_service
 
 import std_daq_service
+from std_daq_service import protocol
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis
-from std_daq_service.pff import PffReader
+from std_daq_service.pff import PffReader, format_header
 from std_daq_service.protocol import CONTROL_TOPIC, StatusRequest, StreamRequest
+
+TOPIC = getattr(protocol, "SOCKET_TOPIC_PREFIX", b"") + b"img16."  # socket frames have their own topics now
 
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
 
@@ -42,13 +48,13 @@ def subscribers(endpoint: str, n: int, ready, done, results) -> None:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(endpoint)
-        sock.setsockopt(zmq.SUBSCRIBE, b"img16.")
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
         socks.append(sock)
     stuck = ctx.socket(zmq.SUB)
     stuck.setsockopt(zmq.RCVHWM, 10)
     stuck.setsockopt(zmq.RCVBUF, 65536)
     stuck.connect(endpoint)
-    stuck.setsockopt(zmq.SUBSCRIBE, b"img16.")
+    stuck.setsockopt(zmq.SUBSCRIBE, TOPIC)
     poller = zmq.Poller()
     for sock in socks:
         poller.register(sock, zmq.POLLIN)
@@ -89,13 +95,21 @@ def main() -> None:
     parser.add_argument("--rate-hz", type=float, default=10000, help="frames/s offered")
     parser.add_argument("--subscribers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--format", choices=["snapshot", "file"], default="snapshot",
+                        help="header format of the records (default: Hashpipe's snapshot format)")
     args = parser.parse_args()
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     hook_dir = tempfile.mkdtemp(prefix="hook", dir="/tmp")
     template = f"{hook_dir}/hp.dp_{{dp}}.sock"
     redis = connect_redis()
     with PffReader(EXCERPT) as reader:
-        rows = [(1).to_bytes(2, "big") + row.tobytes() for row in reader.block().raw]
+        block = reader.block()
+        if args.format == "snapshot":
+            frames = [format_header(block.header(i), "snapshot") + block.raw[i, block.header_size :].tobytes()
+                      for i in range(len(block))]
+        else:
+            frames = [row.tobytes() for row in block.raw]
+        rows = [(1).to_bytes(2, "big") + frame for frame in frames]
     per_send = max(1, round(args.rate_hz / 1000))
     agent = start_service("hp_io_agent", name, {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
                                                 "socket_hook": True, "socket_path_template": template}, redis)
@@ -140,7 +154,7 @@ def main() -> None:
         if index < len(last_seqs):
             latencies.append((arrival - sent_at[int(last_seqs[index])]) / 1e6)
     lat = np.array(latencies)
-    print(f"socket hook, img16, {args.rate_hz:g} frames/s offered for {args.seconds:g} s, "
+    print(f"socket hook, img16 ({args.format} headers), {args.rate_hz:g} frames/s offered for {args.seconds:g} s, "
           f"{args.subscribers} subscribers + 1 stuck")
     print("| measure | value |")
     print("|---|---:|")

@@ -22,10 +22,16 @@ class Subscription:
     @classmethod
     def from_answer(cls, host: str, answer: dict[str, Any], update_interval_seconds: float,
                     preview_interval: float | None) -> Subscription:
-        """Every frame (data socket) when the client wants them all or faster than the agent's previews."""
+        """Every frame (data socket) when the client wants them all or faster than the agent's previews.
+
+        Frames from the files, or the Hashpipe socket hook's snapshots where the agent tracks no data dir.
+        """
         use_preview = update_interval_seconds > 0 and preview_interval is not None and (
             update_interval_seconds >= preview_interval)
-        return cls(host, answer["endpoints"]["preview" if use_preview else "data"], answer["topics"])
+        topics = list(answer["topics"])
+        if not answer.get("tracking", True):
+            topics += answer.get("socket_topics", [])
+        return cls(host, answer["endpoints"]["preview" if use_preview else "data"], topics)
 
 
 @dataclass

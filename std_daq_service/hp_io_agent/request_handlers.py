@@ -15,6 +15,7 @@ from std_daq_service.hp_io_agent.simulator import DEFAULT_SOURCE, Simulator
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
 from std_daq_service.pff import DATA_PRODUCTS
 from std_daq_service.protocol import (
+    SOCKET_TOPIC_PREFIX,
     Busy,
     InitHpIoRequest,
     InitSimRequest,
@@ -23,6 +24,7 @@ from std_daq_service.protocol import (
     StopHpIoRequest,
     StreamRequest,
     UnknownTarget,
+    frame_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -164,11 +166,13 @@ class AgentHandlers:
                     if (product.is_movie and request.stream_movie_data)
                     or (not product.is_movie and request.stream_pulse_height_data)]
         if request.module_ids:
-            topics = [f"{dp}.{m:03d}." for dp in products for m in sorted(request.module_ids)]
+            topics = [frame_topic(dp, m).decode() for dp in products for m in sorted(request.module_ids)]
         else:
             topics = [f"{dp}." for dp in products]
+        socket_topics = [(SOCKET_TOPIC_PREFIX.decode() + t) for t in topics] if self.config.socket_hook else []
         interval = self.tracker.tracking.update_interval_s if self.tracker.tracking else None
-        return {"endpoints": self.endpoints(), "topics": topics + ["control."], "preview_interval_seconds": interval}
+        return {"endpoints": self.endpoints(), "topics": topics + ["control."], "socket_topics": socket_topics,
+                "tracking": self.tracker.tracking is not None, "preview_interval_seconds": interval}
 
     def beacon_state(self) -> dict:
         tracking = self.tracker.tracking

@@ -163,23 +163,23 @@ class FrameScanner:
                 self.known_prefixes.add(value.tobytes())
 
     def _plausible(self, buf: np.ndarray, pos: int, layout: HeaderLayout) -> bool:
-        """Do the bytes from `pos` begin a frame of `layout`, as far as they are there?"""
+        """Do the bytes from `pos` begin a frame of `layout`, as far as they are there (a bare prefix may)?"""
         begin = pos + self.prefix
         if begin >= len(buf):
-            return self._prefix_could_start(buf[pos:].tobytes())
+            return True
         visible = buf[begin : begin + len(layout.lead)].tobytes()
         return layout.lead.startswith(visible)
 
-    def _prefix_could_start(self, tail: bytes) -> bool:
-        """Could these few bytes (shorter than the prefix) be the start of a record prefix we know?"""
-        return not self.prefix or any(known.startswith(tail) for known in self.known_prefixes) or not tail
+    def _known_prefix_start(self, tail: bytes) -> bool:
+        """Are these last bytes the start of a prefix seen before (a module id of this connection)?"""
+        return any(known.startswith(tail) for known in self.known_prefixes)
 
     def _verdict(self, buf: np.ndarray, start: int, row: int, layout: HeaderLayout, final: bool) -> tuple[str, int]:
         """Is the row at `start` (valid header) whole, torn (and where the next frame begins), or undecided?"""
         end = start + row
         image_start = start + self.prefix + layout.size
         # a frame beginning inside the row: its `{` lies in the image, or (prefixed records) just past the row
-        for candidate in np.flatnonzero(buf[image_start + 1 : end + self.prefix] == _BRACE) + image_start + 1:
+        for candidate in np.flatnonzero(buf[image_start : end + self.prefix] == _BRACE) + image_start:
             begin = int(candidate) - self.prefix
             visible = buf[candidate : candidate + len(layout.lead)].tobytes()
             if not layout.lead.startswith(visible):
@@ -190,7 +190,7 @@ class FrameScanner:
                 return "undecided", 0
         if end == len(buf) and self.prefix and not final:
             for cut in range(1, self.prefix + 1):
-                if self._prefix_could_start(buf[end - cut : end].tobytes()):
+                if self._known_prefix_start(buf[end - cut : end].tobytes()):
                     return "undecided", 0
         return "whole", 0
 
@@ -199,7 +199,7 @@ class FrameScanner:
         image = self.prefix + layout.size
         braces = np.flatnonzero(buf[pos : pos + k * row] == _BRACE)
         rows, columns = np.divmod(braces, row)
-        inside = columns > image
+        inside = columns >= image
         braces, rows = braces[inside] + pos, rows[inside]
         width = min(len(layout.lead), 8)
         index = braces[:, None] + np.arange(1, width)
@@ -213,7 +213,7 @@ class FrameScanner:
         """The layout of a frame whose header begins at `pos + prefix`; "more" if it cannot be told yet."""
         begin = pos + self.prefix
         if begin >= len(buf):
-            return "more" if self._prefix_could_start(buf[pos:].tobytes()) else None
+            return "more"  # a bare prefix: the record's header has not arrived yet
         if buf[begin] != _BRACE:
             return None
         if begin + 1 < len(buf) and buf[begin + 1] not in _AFTER_BRACE:
