@@ -3,8 +3,9 @@
 Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000] [--seconds 10]
        (--rate-hz 0: each module's writer appends as fast as it can)
 
-A synthetic Hashpipe appends real Lick img16 frames for N modules into data_dir/module_N/obs_*/ in 1 MiB
-writes (412 frames, as Hashpipe's stdio buffer flushes), logging the time of each write. The agent (a
+A synthetic Hashpipe appends real Lick img16 frames for N modules into data_dir/module_N/obs_*/ in writes of
+exactly 1 MiB (as Hashpipe's stdio buffer flushes: about 412.8 frames, so each write ends in a torn frame),
+logging the time of each write. The agent (a
 subprocess, config in Redis, init_hp_io over RabbitMQ) tails and publishes; a SUB socket counts frames and
 gaps in seq in a separate process;
 latency = arrival of a message - time of the write that completed its last frame. Agent CPU
@@ -37,25 +38,31 @@ EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*
 FRAME = 2540
 
 
-CHUNK_FRAMES = (1 << 20) // FRAME  # one Hashpipe stdio flush: 412 img16 frames
+FLUSH = 1 << 20  # Hashpipe's stdio buffer for image files: the file grows by exactly 1 MiB at a time
 
 
 def hashpipe_writer(path: Path, rate_hz: float, seconds: float, stop: threading.Event, log: list) -> None:
-    """Append real frames in 1 MiB flushes at `rate_hz`; log (frames written so far, time_ns) per flush."""
+    """Append real frames as Hashpipe's stdio buffer does: exactly 1 MiB per write, so every write ends in a torn
+    frame, at `rate_hz`; the rest at the end (its fclose). Log (whole frames in the file so far, time_ns) per write."""
     with PffReader(EXCERPT) as reader:
         source = reader.block().raw.tobytes()
-    chunks = [(source * 2)[i * FRAME : (i + CHUNK_FRAMES) * FRAME] for i in range(0, 1000, CHUNK_FRAMES)]
+    cycle = source * 2
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    n, k = 0, 0
+    written = 0
     start = time.monotonic()
     while not stop.is_set() and time.monotonic() - start < seconds:
-        if rate_hz and (n + CHUNK_FRAMES) / rate_hz > time.monotonic() - start:
+        if rate_hz and (written + FLUSH) // FRAME / rate_hz > time.monotonic() - start:
             time.sleep(0.0005)
             continue
-        os.write(fd, chunks[k % len(chunks)])
-        k += 1
-        n += CHUNK_FRAMES
-        log.append((n, time.time_ns()))
+        offset = written % len(source)
+        os.write(fd, cycle[offset : offset + FLUSH])
+        written += FLUSH
+        log.append((written // FRAME, time.time_ns()))
+    rest = -written % FRAME
+    offset = written % len(source)
+    os.write(fd, cycle[offset : offset + rest])
+    written += rest
+    log.append((written // FRAME, time.time_ns()))
     os.close(fd)
 
 

@@ -53,6 +53,7 @@ class SocketBlock:
 class _Connection:
     dp: DataProduct
     scanner: FrameScanner
+    order: int
     buffer: bytearray = field(default_factory=bytearray)
     waiting_since: float | None = None
 
@@ -92,6 +93,7 @@ class SocketHook:
         self.blocks: queue.SimpleQueue[SocketBlock] = queue.SimpleQueue()
         self.counters = HookCounters()
         self._next_seq: dict[tuple[int, str], int] = {}
+        self._accepted = 0
         self._selector = selectors.DefaultSelector()
         self._listeners: list[socket.socket] = []
         self._wake_r, self._wake_w = socket.socketpair()
@@ -174,7 +176,8 @@ class SocketHook:
                 if connection.waiting_since is not None and now - connection.waiting_since >= _SETTLE_S:
                     if self._parse(connection, final=True):
                         self.notify()
-            for key, _ in events:
+            # older connections first: a connection Hashpipe closed is finished before its new one is read
+            for key, _ in sorted(events, key=lambda e: getattr(e[0].data, "order", -1)):
                 sock = key.fileobj
                 if sock is self._wake_r:
                     continue
@@ -193,7 +196,8 @@ class SocketHook:
             return
         connection.setblocking(False)
         scanner = FrameScanner(dp, prefix=_PREFIX, check_every_row=True)
-        self._selector.register(connection, selectors.EVENT_READ, _Connection(dp, scanner))
+        self._accepted += 1
+        self._selector.register(connection, selectors.EVENT_READ, _Connection(dp, scanner, self._accepted))
         self.counters.connections += 1
         log.info("Hashpipe connected to the %s socket", dp.name)
 

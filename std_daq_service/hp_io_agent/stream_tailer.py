@@ -55,6 +55,7 @@ class StreamTailer:
         self.rate_hz = 0.0
         self._newer: StreamFile | None = None
         self._counted = (0, 0)
+        self.tailer: PffTailer | None = None
         self._open(file, from_end and resume is None)
         if resume is not None:
             self.tailer.resume(resume["offset"], resume["frames_read"], resume.get("first_header"))
@@ -62,9 +63,12 @@ class StreamTailer:
             log.info("resuming %s at frame %d, seq %d", file.path, self.tailer.frames_read, self.next_seq)
 
     def _open(self, file: StreamFile, from_end: bool) -> None:
-        self.file = file
+        """Follow `file` from now on; if it cannot be opened (OSError), the stream stays where it was."""
         frame_size = data_product(file.dp).frame_size
-        self.tailer = PffTailer(file.path, file.dp, max_bytes=self.max_batch_frames * frame_size).open()
+        tailer = PffTailer(file.path, file.dp, max_bytes=self.max_batch_frames * frame_size).open()
+        if self.tailer is not None:
+            self.tailer.close()
+        self.file, self.tailer = file, tailer
         self._counted = (0, 0)
         self._next: StreamFile | None = None
         if from_end:
@@ -90,13 +94,11 @@ class StreamTailer:
                 return block
             self._leave_torn_tail()
             if self.tailer.replaced():
-                self.tailer.reopen()
-                self._counted = (0, 0)
+                self.tailer.reopen()  # its loss counters go on: nothing is counted twice
                 continue
             following = self._following()
             if following is None:
                 return None  # the run ended: nothing follows yet
-            self.tailer.close()
             self._open(following, from_end=False)
             if self._newer is not None and following.order >= self._newer.order:
                 self._newer = None

@@ -80,6 +80,7 @@ class Tracker:
         self.socket_hook = socket_hook
         self.checkpoint = checkpoint
         self._resume: dict[tuple[int, str], dict] = {}
+        self._resuming = False
         self._hold_until = 0.0
         self._more = False
         self.run_end_idle_s = run_end_idle_s
@@ -89,6 +90,7 @@ class Tracker:
         self._changed = threading.Event()
         self._streams: dict[tuple[int, str], StreamTailer] = {}
         self._ended_runs: dict[str, str] = {}
+        self._ended_dirs: set[Path] = set()
         self._announced_runs: set[str] = set()
         self._first_scan = True
         self._pending = _Change(None, "reinit", "")
@@ -146,9 +148,11 @@ class Tracker:
             change = self._pending
         self._close_streams()
         self._ended_runs.clear()
+        self._ended_dirs.clear()
         self._announced_runs.clear()
         self._first_scan = True
         self._resume = dict(change.resume)
+        self._resuming = bool(change.resume)
         if change.resume:  # subscribers of the agent before its restart reconnect first
             self._hold_until = time.monotonic() + _RESUME_HOLD_S
         if self.checkpoint is not None and not change.resume:
@@ -191,8 +195,8 @@ class Tracker:
         position = self._resume.pop(key, None)
         if position is not None:
             return self._resumed_stream(file, position)
-        if self._first_scan and run_ended(file.path.parent) is None:
-            return self._stream(file, from_end=True)
+        if self._first_scan and not self._resuming and run_ended(file.path.parent) is None:
+            return self._stream(file, from_end=True)  # live semantics at init; after a restart nothing is skipped
         return self._stream(first_in_run(file), from_end=False)
 
     def _resumed_stream(self, file: StreamFile, position: dict) -> StreamTailer:
@@ -204,7 +208,7 @@ class Tracker:
             return stream
         run = position.get("run", checkpointed.parent.name)
         next_seq = position["next_seq"]
-        if run_order(file.run) > run_order(run):
+        if run_order(file.run) >= run_order(run):
             log.warning("%s is gone (its run was moved); reading run %s from its first frame, seq from %d",
                         checkpointed, file.run, next_seq)
             return self._stream(first_in_run(file), from_end=False, next_seq=next_seq)
@@ -212,23 +216,30 @@ class Tracker:
         return self._stream(file, from_end=True, next_seq=next_seq)
 
     def _check_run_end(self) -> None:
-        """A run ends with a marker file, its dir removed, or every stream of it that had data idle for long."""
+        """A run ends with a marker file, its dir removed, or every stream of it that had data idle for long.
+
+        Runs are told apart by their dir (every module has one of the same name on a DAQ node).
+        """
         now = time.monotonic()
-        by_run: dict[str, list[StreamTailer]] = {}
+        by_dir: dict[Path, list[StreamTailer]] = {}
         for stream in self._streams.values():
-            by_run.setdefault(stream.file.run, []).append(stream)
-        for run, streams in by_run.items():
-            if run in self._ended_runs:
+            by_dir.setdefault(stream.file.path.parent, []).append(stream)
+        for run_dir, streams in by_dir.items():
+            if run_dir in self._ended_dirs:
                 continue
-            reason = run_ended(streams[0].file.path.parent)
-            for stream in streams:  # Hashpipe has closed the run's files: their last frames can be settled
+            reason = run_ended(run_dir)
+            for stream in streams:  # Hashpipe has closed this run's files: their last frames can be settled
                 stream.run_ended = stream.run_ended or reason is not None
             active = [s for s in streams if s.frames or s.tailer.frames_read]
             if reason is None and active and all(now - s.last_data_time > self.run_end_idle_s for s in active):
                 reason = f"no new frames in any stream for {self.run_end_idle_s:g} s"
             if reason is not None and all(s.tailer.lag_bytes < s.tailer.frame_size for s in streams):
-                self._ended_runs[run] = reason
-                self.publisher.control("run_end", f"run {run} ended: {reason}", run=run)
+                self._ended_dirs.add(run_dir)
+                run = run_dir.name
+                self._ended_runs.setdefault(run, reason)
+                module_id = streams[0].file.module_id
+                self.publisher.control("run_end", f"run {run} of module {module_id} ended: {reason}", run=run,
+                                       module_id=module_id)
 
     def _run(self) -> None:
         last_discovery = 0.0
@@ -304,6 +315,9 @@ class Tracker:
                 if stream.error != str(exc):
                     log.warning("stream %s/%s: %s; retrying", stream.file.module_id, stream.file.dp, exc)
                 stream.error = str(exc)
+            except Exception as exc:  # a bug in one stream must not drop what the others read: say it, go on
+                log.exception("stream %s/%s: internal error; retrying", stream.file.module_id, stream.file.dp)
+                stream.error = f"internal error: {type(exc).__name__}: {exc}"
             stream.update_rate()
         if read and self.checkpoint is not None:
             self.checkpoint.save_streams({f"{m}/{dp}": s.position() for (m, dp), s in list(self._streams.items())})

@@ -39,6 +39,8 @@ _QUABO_KEY = b'"quabo_'
 _OPENING_SEARCH = 32
 _STRONG_MATCH = 4
 """Bytes of a frame's opening text that must be seen to call a complete last row torn."""
+_SURE_MATCH = 8
+"""Bytes of a frame's opening text, cut off by the end of a row, that make a tear certain."""
 _LAYOUT_CACHE = 64
 
 
@@ -137,9 +139,7 @@ class FrameScanner:
                         out.torn_prefixes += torn
                         pos = torn_at
                         continue
-                elif self._plausible(buf, pos, layout):
-                    break  # the start of a frame still arriving (or, when final, the torn tail)
-            found = self._frame_at(buf, pos)
+            found = self._frame_at(buf, pos)  # a frame of another header size, or one still arriving
             if found == "more":
                 break
             if found is not None and learnt_at != pos:
@@ -162,14 +162,6 @@ class FrameScanner:
             for value in np.unique(prefixes.view(f"V{self.prefix}").ravel()):
                 self.known_prefixes.add(value.tobytes())
 
-    def _plausible(self, buf: np.ndarray, pos: int, layout: HeaderLayout) -> bool:
-        """Do the bytes from `pos` begin a frame of `layout`, as far as they are there (a bare prefix may)?"""
-        begin = pos + self.prefix
-        if begin >= len(buf):
-            return True
-        visible = buf[begin : begin + len(layout.lead)].tobytes()
-        return layout.lead.startswith(visible)
-
     def _known_prefix_start(self, tail: bytes) -> bool:
         """Are these last bytes the start of a prefix seen before (a module id of this connection)?"""
         return any(known.startswith(tail) for known in self.known_prefixes)
@@ -178,32 +170,55 @@ class FrameScanner:
         """Is the row at `start` (valid header) whole, torn (and where the next frame begins), or undecided?"""
         end = start + row
         image_start = start + self.prefix + layout.size
+        lead = layout.lead
         # a frame beginning inside the row: its `{` lies in the image, or (prefixed records) just past the row
         for candidate in np.flatnonzero(buf[image_start : end + self.prefix] == _BRACE) + image_start:
-            begin = int(candidate) - self.prefix
-            visible = buf[candidate : candidate + len(layout.lead)].tobytes()
-            if not layout.lead.startswith(visible):
-                continue
-            if candidate + len(layout.lead) <= len(buf) or (final and len(visible) >= _STRONG_MATCH):
+            candidate, begin = int(candidate), int(candidate) - self.prefix
+            visible = buf[candidate : candidate + len(lead)].tobytes()
+            if visible == lead:
                 return "torn", begin
-            if not final:
-                return "undecided", 0
+            # a torn record may end exactly where the row does (the next record, if any, right after it)
+            inside = buf[candidate:end].tobytes() if candidate < end else b""
+            if inside and lead.startswith(inside) and self._sure_start(buf, begin, len(inside), start, end):
+                return "torn", begin
+            if lead.startswith(visible):  # the data ends inside its opening text
+                if not final:
+                    return "undecided", 0
+                if len(visible) >= _STRONG_MATCH:
+                    return "torn", begin
         if end == len(buf) and self.prefix and not final:
             for cut in range(1, self.prefix + 1):
                 if self._known_prefix_start(buf[end - cut : end].tobytes()):
                     return "undecided", 0
         return "whole", 0
 
+    def _sure_start(self, buf: np.ndarray, begin: int, seen: int, start: int, end: int) -> bool:
+        """Is a frame whose opening text (`seen` bytes of it) is cut off by the row end at `end` a real one?
+
+        Eight bytes of it are sure; with record prefixes, two are when its prefix is one of this stream's:
+        known already, or that of the row itself or of the record after it.
+        """
+        if seen >= _SURE_MATCH:
+            return True
+        if not self.prefix or seen < 2:
+            return False
+        own = buf[begin : begin + self.prefix].tobytes()
+        return own in self.known_prefixes or own in (buf[start : start + self.prefix].tobytes(),
+                                                      buf[end : end + self.prefix].tobytes())
+
     def _embedded_starts(self, buf: np.ndarray, pos: int, k: int, row: int, layout: HeaderLayout) -> np.ndarray:
-        """Bool per row of the k rows at `pos`: does a frame (its `{` and opening text) begin inside its image?"""
+        """Bool per row of the k rows at `pos`: may a frame (its `{` and opening text) begin inside its image?
+
+        Opening text cut off by the row end counts as far as it goes; `_verdict` decides such rows.
+        """
         image = self.prefix + layout.size
         braces = np.flatnonzero(buf[pos : pos + k * row] == _BRACE)
         rows, columns = np.divmod(braces, row)
         inside = columns >= image
-        braces, rows = braces[inside] + pos, rows[inside]
+        braces, rows, columns = braces[inside] + pos, rows[inside], columns[inside]
         width = min(len(layout.lead), 8)
         index = braces[:, None] + np.arange(1, width)
-        seen = index < len(buf)
+        seen = (index < len(buf)) & ((columns[:, None] + np.arange(1, width)) < row)
         match = (buf[np.minimum(index, len(buf) - 1)] == np.frombuffer(layout.lead[1:width], np.uint8)) | ~seen
         out = np.zeros(k, dtype=bool)
         out[rows[match.all(axis=1)]] = True

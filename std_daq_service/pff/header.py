@@ -141,6 +141,9 @@ class HeaderLayout:
         self.lead = example[: self.spans[0].start]
         """The fixed text before the first number: how a frame of this layout begins."""
         self.is_module_image = bool(quabo_starts)
+        self.is_fixed_width = b'"pkt_tai"' in example
+        """Hashpipe's current formats (files and snapshots) pad every number to its printf width, so headers of
+        equal size share this layout; early Hashpipe (`pkt_utc`, no widths) does not."""
         # Fixed text is compared 4 bytes at a time: (header XOR template) AND mask, mask 0 on numbers.
         padded = -self.size % 4
         fixed = np.full(self.size + padded, 0xFF, dtype=np.uint8)

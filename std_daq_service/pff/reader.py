@@ -36,8 +36,8 @@ def resolve_data_product(path: Path, dp: str | None) -> tuple[DataProduct, DataF
 class PffReader:
     """Read the whole frames of a PFF file; a torn trailing frame is ignored and counted.
 
-    Use as a context manager. The file is memory-mapped. A file whose frames all have the size of
-    its first one (Hashpipe's fixed-width headers) is one block viewing the mapping, checked only
+    Use as a context manager. The file is memory-mapped. A file of Hashpipe's fixed-width headers
+    whose frames all have the size of its first one is one block viewing the mapping, checked only
     at the frame boundaries on open; any other file (a header a byte longer, an early Hashpipe
     version without field widths, corruption) is split by `FrameScanner` into blocks of one
     header layout each, with torn and corrupt bytes skipped and counted.
@@ -83,7 +83,7 @@ class PffReader:
         n = len(data) // self.frame_size
         rows = data[: n * self.frame_size].reshape(n, self.frame_size)
         marker = len(HEADER_END)
-        uniform = n and (rows[:, 0] == ord("{")).all() and (
+        uniform = n and self.layout.is_fixed_width and (rows[:, 0] == ord("{")).all() and (
             rows[:, self.header_size - marker : self.header_size] == np.frombuffer(HEADER_END, np.uint8)).all()
         tail = data[n * self.frame_size :]
         if uniform and (not len(tail) or tail[0] == ord("{")):

@@ -180,7 +180,10 @@ class PffTailer:
         elif self._first is not None and self.offset:
             length, crc = self._first
             if zlib.crc32(os.pread(self._fd, length, 0)) != crc:
-                self._note("rewritten in place (its first frame changed); reading it again from its first frame")
+                unread = max(0, self._size - self.offset)
+                self._lose(unread)
+                self._note(f"rewritten in place (its first frame changed); {unread} unread bytes of the old content "
+                           "lost; reading it again from its first frame")
                 self._restart()
         self._size = size
 

@@ -250,3 +250,27 @@ def test_records_arriving_one_byte_at_a_time_are_all_found_and_nothing_is_skippe
             if step.end == 0:
                 break
     assert found == frames and skipped == 0 and pending == b""
+
+
+def test_a_last_frame_whose_header_is_shorter_than_the_one_before_is_read(tmp_path):
+    frames = [header_text("img16", quabo_fields(T0 + k * 10**6, k)) + image for k, image in enumerate(images(4))]
+    wide = quabo_fields(T0 + 2 * 10**6, 2)
+    wide["pkt_nsec"] += 10**9
+    frames[2] = header_text("img16", wide) + images(4)[2]
+    path = tmp_path / IMG16_NAME
+    path.write_bytes(b"".join(frames))
+    with PffReader(path) as reader:
+        assert [f.raw for f in reader] == frames and reader.trailing_bytes == 0
+
+
+def test_a_rewrite_in_place_caught_by_its_first_header_counts_the_unread_old_frames(tmp_path):
+    old, new = SAMPLE_IMG16.read_bytes()[: 10 * 2540], SAMPLE_IMG16.read_bytes()[500 * 2540 : 505 * 2540]
+    path = tmp_path / IMG16_NAME
+    path.write_bytes(old)
+    with PffTailer(path, max_bytes=2 * 2540) as tailer:  # it sees the 10 frames, and reads 2 of them
+        assert len(tailer.read_new()) == 2
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            f.write(new)
+        assert tailer.read_new().raw.tobytes() == new[: 2 * 2540]
+        assert tailer.lost_frames == 8
