@@ -92,7 +92,8 @@ class StreamTailer:
             block = self._read_block(final=True)  # the last frames, a last row left undecided settled
             if block is not None:
                 return block
-            self._leave_torn_tail()
+            self.tailer.discard_tail()
+            self._count_losses()
             if self.tailer.replaced():
                 self.tailer.reopen()  # its loss counters go on: nothing is counted twice
                 continue
@@ -129,21 +130,13 @@ class StreamTailer:
         changed for `grace_s`.
         """
         following = self._following()
-        if following is None and not (self.run_ended or self.tailer.replaced()):
+        replaced = self.tailer.replaced()
+        if following is None and not (self.run_ended or replaced):
             return False
         info = self.tailer.stat()
-        if not self.tailer.replaced() and self.watcher.closed_as(self.file.path, info.st_size, info.st_mtime_ns):
+        if not replaced and self.watcher.closed_as(self.file.path, info.st_size, info.st_mtime_ns):
             return True
         return time.time() - info.st_mtime >= self.grace_s
-
-    def _leave_torn_tail(self) -> None:
-        torn = self.tailer.discard_tail()
-        if torn:
-            lost = max(1, round(torn / self.tailer.frame_size))
-            self.lost_frames += lost
-            self.corrupt_bytes += torn
-            self.next_seq += lost
-            log.warning("%s: complete with a torn last frame (%d bytes): %d frame(s) lost", self.file.path, torn, lost)
 
     def _count_losses(self) -> None:
         lost, corrupt = self.tailer.lost_frames, self.tailer.corrupt_bytes

@@ -131,9 +131,15 @@ class PffTailer:
             return 0  # closed by another thread while asked
 
     def discard_tail(self) -> int:
-        """Give up on the bytes after the last decided frame (a torn tail that will never be whole)."""
+        """Give up on the bytes after the last decided frame (a torn tail that will never be whole).
+
+        They are counted as lost (`lost_frames`, `corrupt_bytes`); returns how many bytes they were.
+        """
         torn = self.lag_bytes
-        self.offset += torn
+        if torn:
+            self._lose(torn)
+            self.offset += torn
+            log.warning("%s: complete with a torn last frame (%d bytes); counted as lost", self.path, torn)
         return torn
 
     def replaced(self) -> bool:
