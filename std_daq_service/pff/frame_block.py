@@ -8,6 +8,7 @@ from functools import cached_property
 import numpy as np
 
 from std_daq_service.pff.data_products import HEADER_END, DataProduct
+from std_daq_service.pff.errors import PffError
 from std_daq_service.pff.header import QUABO_FIELDS, HeaderLayout, parse_header
 from std_daq_service.pff.timestamps import WR_INVALID, host_unix_ns, wr_unix_ns
 
@@ -46,6 +47,13 @@ class FrameBlock:
         return self.raw.shape[0]
 
     @property
+    def header_layout(self) -> HeaderLayout:
+        """The frames' header layout (an empty block has none)."""
+        if self.layout is None:
+            raise PffError(f"an empty {self.dp.name} block has no header layout")
+        return self.layout
+
+    @property
     def frame_size(self) -> int:
         return self.raw.shape[1]
 
@@ -78,11 +86,11 @@ class FrameBlock:
             return np.zeros(0, dtype=bool)
         end = self.raw[:, self.header_size - len(HEADER_END) : self.header_size]
         marker_ok = (end == np.frombuffer(HEADER_END, dtype=np.uint8)).all(axis=1)
-        return marker_ok & self.layout.matches_text(self.headers_raw) & self._decoded[1]
+        return marker_ok & self.header_layout.matches_text(self.headers_raw) & self._decoded[1]
 
     @cached_property
     def _decoded(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        return self.layout.decode(self.headers_raw)
+        return self.header_layout.decode(self.headers_raw)
 
     @property
     def fields(self) -> dict[str, np.ndarray]:
@@ -98,7 +106,7 @@ class FrameBlock:
         """
         f = self.fields
         missing = np.zeros(len(self), dtype=np.int64)
-        if not self.layout.is_module_image:
+        if not self.header_layout.is_module_image:
             return {name: f.get(name, missing) for name in QUABO_FIELDS}
         present = f["tv_sec"] != 0
         which = np.where(present.any(axis=1), present.argmax(axis=1), 0)

@@ -142,7 +142,7 @@ class FrameScanner:
             found = self._frame_at(buf, pos)  # a frame of another header size, or one still arriving
             if found == "more":
                 break
-            if found is not None and learnt_at != pos:
+            if isinstance(found, HeaderLayout) and learnt_at != pos:
                 self.layout, learnt_at = found, pos
                 continue
             resume = self._next_start(buf, pos + 1, final)
@@ -172,8 +172,8 @@ class FrameScanner:
         image_start = start + self.prefix + layout.size
         lead = layout.lead
         # a frame beginning inside the row: its `{` lies in the image, or (prefixed records) just past the row
-        for candidate in np.flatnonzero(buf[image_start : end + self.prefix] == _BRACE) + image_start:
-            candidate, begin = int(candidate), int(candidate) - self.prefix
+        for found in np.flatnonzero(buf[image_start : end + self.prefix] == _BRACE) + image_start:
+            candidate, begin = int(found), int(found) - self.prefix
             visible = buf[candidate : candidate + len(lead)].tobytes()
             if visible == lead:
                 return "torn", begin

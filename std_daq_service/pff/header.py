@@ -177,7 +177,7 @@ class HeaderLayout:
             padded = np.zeros((headers.shape[0], self._mask32.size * 4), dtype=np.uint8)
             padded[:, : self.size] = headers
             words = padded.view(np.uint32)
-        return ~((words ^ self._template32) & self._mask32).any(axis=1)
+        return np.asarray(~((words ^ self._template32) & self._mask32).any(axis=1))
 
     def decode(self, headers: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Decode the numbers of N headers (rows of uint8) into int64 arrays.
@@ -190,7 +190,7 @@ class HeaderLayout:
         gathered = headers[:, self._index]
         digits = gathered - np.uint8(48)
         digits[(gathered == 32) | self._padding] = 0
-        ok = (digits < 10).all(axis=(1, 2))
+        ok = np.asarray((digits < 10).all(axis=(1, 2)))
         # float64 holds every integer up to 2**53 exactly: 10-digit fields are safe
         values = np.einsum("nsw,sw->ns", digits, self._weights).astype(np.int64)
         out = {}

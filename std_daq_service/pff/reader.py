@@ -83,7 +83,7 @@ class PffReader:
         n = len(data) // self.frame_size
         rows = data[: n * self.frame_size].reshape(n, self.frame_size)
         marker = len(HEADER_END)
-        uniform = n and self.layout.is_fixed_width and (rows[:, 0] == ord("{")).all() and (
+        uniform = n and self.layout is not None and self.layout.is_fixed_width and (rows[:, 0] == ord("{")).all() and (
             rows[:, self.header_size - marker : self.header_size] == np.frombuffer(HEADER_END, np.uint8)).all()
         tail = data[n * self.frame_size :]
         if uniform and (not len(tail) or tail[0] == ord("{")):

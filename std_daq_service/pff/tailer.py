@@ -63,6 +63,13 @@ class PffTailer:
             os.close(self._fd)
             self._fd = None
 
+    @property
+    def _descriptor(self) -> int:
+        """The open file's descriptor (opened on first use)."""
+        self.open()
+        assert self._fd is not None
+        return self._fd
+
     def __enter__(self) -> PffTailer:
         return self.open()
 
@@ -91,7 +98,7 @@ class PffTailer:
             pass
 
     def _whole_frame_at(self, offset: int, frame: int) -> bool:
-        data = np.frombuffer(os.pread(self._fd, frame, offset), dtype=np.uint8)
+        data = np.frombuffer(os.pread(self._descriptor, frame, offset), dtype=np.uint8)
         probe = FrameScanner(self.dp)
         probe.layout = self.scanner.layout
         step = probe.step(data, final=True)
@@ -104,7 +111,7 @@ class PffTailer:
         """
         self.offset = offset
         self.frames_read = frames_read
-        self._first = tuple(first_header) if first_header else None
+        self._first = (first_header[0], first_header[1]) if first_header else None
 
     @property
     def first_header(self) -> list[int] | None:
@@ -113,11 +120,11 @@ class PffTailer:
 
     def size(self) -> int:
         """Current size of the open file in bytes."""
-        return os.fstat(self.open()._fd).st_size
+        return os.fstat(self._descriptor).st_size
 
     def stat(self) -> os.stat_result:
         """`fstat` of the open file."""
-        return os.fstat(self.open()._fd)
+        return os.fstat(self._descriptor)
 
     @property
     def lag_bytes(self) -> int:
@@ -185,7 +192,7 @@ class PffTailer:
             self._restart()
         elif self._first is not None and self.offset:
             length, crc = self._first
-            if zlib.crc32(os.pread(self._fd, length, 0)) != crc:
+            if zlib.crc32(os.pread(self._descriptor, length, 0)) != crc:
                 unread = max(0, self._size - self.offset)
                 self._lose(unread)
                 self._note(f"rewritten in place (its first frame changed); {unread} unread bytes of the old content "
@@ -204,7 +211,7 @@ class PffTailer:
         want = min(size - self.offset, self.max_bytes + MAX_HEADER)
         if want <= 0:
             return None
-        data = os.pread(self._fd, want, self.offset)  # may be shorter if the file shrank meanwhile
+        data = os.pread(self._descriptor, want, self.offset)  # may be shorter if the file shrank meanwhile
         buf = np.frombuffer(data, dtype=np.uint8)
         whole = final and self.offset + len(data) >= size
         position = 0

@@ -82,6 +82,7 @@ class PffWriter:
             self._buffer.clear()
 
     def _write(self, data: memoryview) -> None:
+        assert self._fd is not None, "written only while open"
         while data:
             written = os.write(self._fd, data)
             data = data[written:]
