@@ -139,14 +139,17 @@ def _print_services(redis_url: str | None) -> None:
 
 def run_monitor(args) -> int:
     start = last = time.monotonic()
-    with RequestCaller(args.broker_url, "std_daq-monitor", watch_all=True) as caller:
+    statuses: list[Status] = []
+    with RequestCaller(args.broker_url, "std_daq-monitor", listener=statuses.append) as caller:
         _print_services(args.redis_url)  # after the status queue is bound: what follows is all seen
         while not args.seconds or time.monotonic() - start < args.seconds:
-            for status in caller.other_statuses(0.5):
+            caller.pump(0.5)
+            for status in statuses:
                 when = datetime.fromtimestamp(status.timestamp).strftime("%H:%M:%S")
                 request_type = (status.request or {}).get("request_type", "?")
                 print(f"{when} {status.request_id[:8]} {request_type:10s} {status.source} {status.action}"
                       f"{': ' + status.message if status.message else ''}", flush=True)
+            statuses.clear()
             if time.monotonic() - last >= args.refresh_period:
                 last = time.monotonic()
                 _print_services(args.redis_url)

@@ -27,7 +27,6 @@ from std_daq_service.protocol import (
     InvalidRequest,
     NoServiceAnswered,
     RequestBase,
-    RequestTimeout,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
@@ -89,7 +88,7 @@ class DaqDataClient:
         self.failed_hosts: dict[str, str] = {}
 
     def __enter__(self) -> DaqDataClient:
-        self.caller.open()
+        self.caller.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -167,8 +166,7 @@ class DaqDataClient:
 
     def wait(self, request_id: str, service: str, timeout: float | None = None, on_status=None) -> dict:
         """Wait for the final status of a request sent with `write_async`; its result, or raise."""
-        return self._finals([service], self.caller.wait(request_id, [service], timeout or self.timeout,
-                                                        on_status), timeout)[service]
+        return self.caller.wait(request_id, [service], timeout or self.timeout, on_status).results()[service]
 
     # streams
 
@@ -288,30 +286,4 @@ class DaqDataClient:
         return self._call([targets] if isinstance(targets, str) else targets, request, timeout, on_status)
 
     def _call(self, targets: list[str], request: RequestBase, timeout: float | None, on_status=None) -> dict:
-        timeout = timeout or self.timeout
-        result = self.caller.call(targets, request, timeout, on_status)
-        return self._finals(targets, result, timeout)
-
-    @staticmethod
-    def _finals(targets: list[str], result, timeout: float) -> dict:
-        """Each target's result; raise the first failure, or a timeout naming who did not answer."""
-        missing = result.missing()
-        if missing:
-            heard = result.received_by()
-            silent = [t for t in missing if t not in heard]
-            if silent:
-                raise NoServiceAnswered(f"{', '.join(silent)} did not answer within {timeout:g} s; is it running? "
-                                        "(std_daq list-hosts)")
-            raise RequestTimeout(f"{', '.join(missing)} did not finish within {timeout:g} s "
-                                 f"(request {result.request_id} keeps running)")
-        for target in targets:
-            final = result.finals[target]
-            if final.action != "request_success":
-                error = DaqError(f"{target}: {final.action}: {final.message}")
-                status_code = (final.result or {}).get("http_status")
-                if status_code == 404:
-                    error = UnknownTarget(str(error))
-                elif status_code == 400:
-                    error = InvalidRequest(str(error))
-                raise error
-        return {target: result.finals[target].result or {} for target in targets}
+        return self.caller.call(targets, request, timeout or self.timeout, on_status).results()

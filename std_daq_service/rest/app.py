@@ -129,19 +129,9 @@ def create_app(service_name: str, config: RestConfig, caller: SharedCaller, redi
         `single`: one target answers also as std_daq's `response`.
         """
         responses = {t: {"status": s.action, "message": s.message, **shape(s)} for t, s in result.finals.items()}
-        if not result.complete:
-            silent = [t for t in result.missing() if t not in result.received_by()]
-            code = 502 if silent else 504
-            message = (f"no answer from {', '.join(silent)}" if silent else
-                       f"{', '.join(result.missing())} did not finish within the wait; the request keeps running, "
-                       f"follow it at /requests/{request_id}")
-            return _error(message, code, request_id=request_id, responses=responses)
-        failed = [s for s in result.finals.values() if s.action != "request_success"]
-        if failed:
-            code = (failed[0].result or {}).get("http_status", 500)
-            code = code if failed[0].action == "request_fail" else 409
-            return _error(f"{failed[0].source}: {failed[0].message}", code, request_id=request_id,
-                          responses=responses)
+        error = result.error()
+        if error is not None:
+            return _error(str(error), error.http_status, request_id=request_id, responses=responses)
         payload = {"status": "ok", "request_id": request_id, "responses": responses}
         if single and len(responses) == 1:
             payload["response"] = next(iter(responses.values()))
