@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 
 from std_daq_service.broker import RequestCaller
-from std_daq_service.cli.agent_commands import _module_ids
+from std_daq_service.cli.arguments import module_ids
 from std_daq_service.client import DaqDataClient
 from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import Status
@@ -96,7 +96,7 @@ def _progress(status: Status, n_images: int | None) -> None:
 
 
 def run_write(args) -> int:
-    fields = {"output_file": args.output_file, "module_ids": _module_ids(args.module_ids),
+    fields = {"output_file": args.output_file, "module_ids": module_ids(args.module_ids),
               "data_products": [d for d in (args.data_products or "").split(",") if d],
               "sources": [s for s in (args.sources or "").split(",") if s], "n_images": args.n_images,
               "duration_seconds": args.duration, "start_time": args.start_time, "stop_time": args.stop_time,
@@ -172,7 +172,7 @@ def run_plot(args) -> int:
     with _client(args) as client:
         images = client.stream_images(args.hosts or None, stream_movie_data=viewer,
                                       update_interval_seconds=0.1 if viewer else 0,
-                                      module_ids=_module_ids(args.module_ids), stop_event=stop)
+                                      module_ids=module_ids(args.module_ids), stop_event=stop)
         for image in images:
             view.update(image)
             now = time.monotonic()
