@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from std_daq_service import __version__
-from std_daq_service.broker import Dispatcher, Handler, RequestConsumer, broker_url
+from std_daq_service.broker import Handler, RequestConsumer, broker_url
 from std_daq_service.config import ConfigStore, LivenessBeacon, ServiceConfig, connect_redis, redis_url
 from std_daq_service.protocol import DaqError
 
@@ -76,9 +76,8 @@ class ServiceRuntime:
     def serve(self, stack: ExitStack, handlers: dict[str, Handler],
               state: Callable[[], dict[str, Any]]) -> int:
         """Consume requests and keep the beacon alive until SIGTERM or SIGINT; then leave `stack`."""
-        consumer = RequestConsumer(self.broker_url, self.service_name, None)
-        dispatcher = Dispatcher(self.service_name, handlers, consumer.publish)
-        consumer.dispatcher = dispatcher
+        consumer = RequestConsumer(self.broker_url, self.service_name, handlers)
+        dispatcher = consumer.dispatcher
 
         def beacon_state() -> dict[str, Any]:
             running = dispatcher.running()

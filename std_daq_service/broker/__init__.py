@@ -1,9 +1,11 @@
 """RabbitMQ for requests and statuses: service side (consumer, dispatcher) and caller side."""
 
-from std_daq_service.broker.caller import CallResult, RequestCaller
+from std_daq_service.broker.call_result import CallResult
+from std_daq_service.broker.caller import RequestCaller
 from std_daq_service.broker.consumer import RequestConsumer
 from std_daq_service.broker.dispatcher import Dispatcher, Handler, RequestContext
 from std_daq_service.broker.shared_caller import SharedCaller
+from std_daq_service.broker.status_store import StatusStore
 from std_daq_service.broker.topology import (
     DEFAULT_BROKER_URL,
     KILL_EXCHANGE,
@@ -26,6 +28,7 @@ __all__ = [
     "RequestConsumer",
     "RequestContext",
     "STATUS_EXCHANGE",
+    "StatusStore",
     "broker_url",
     "connection_parameters",
     "declare_service_queues",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import pika
 import pika.exceptions
 
+from std_daq_service.broker.call_result import CallResult
+from std_daq_service.broker.status_store import StatusStore
 from std_daq_service.broker.topology import (
     KILL_EXCHANGE,
     REQUEST_EXCHANGE,
@@ -18,79 +18,53 @@ from std_daq_service.broker.topology import (
     connection_parameters,
     declare_exchanges,
 )
+from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.protocol import (
     PROTOCOL_VERSION,
     InvalidMessage,
+    KillRequest,
     NoServiceAnswered,
     RequestBase,
     Status,
     UnknownTarget,
     decode_status,
+    encode_request,
 )
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class CallResult:
-    """What the named services answered to one request."""
-
-    request_id: str
-    targets: list[str]
-    finals: dict[str, Status] = field(default_factory=dict)
-    history: list[Status] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return all(t in self.finals for t in self.targets)
-
-    @property
-    def ok(self) -> bool:
-        return self.complete and all(s.action == "request_success" for s in self.finals.values())
-
-    def missing(self) -> list[str]:
-        return [t for t in self.targets if t not in self.finals]
-
-    def received_by(self) -> set[str]:
-        return {s.source for s in self.history}
-
-
-class RequestCaller:
+class RequestCaller(Lifecycle):
     """Publish requests and collect their statuses on one blocking connection (one thread).
 
-    The status queue is bound when the caller opens, and a request's status history is registered
-    before the request is published, so no status of it can be missed.
+    The status queue is bound when the caller starts, and a request is registered in the status store
+    before it is published, so no status of it can be missed. Methods start the caller if needed.
 
     Args:
-        watch_all: also keep statuses of requests this caller did not send (for monitors).
         listener: called with every status received (of any request), from the thread that pumps.
+        store: where statuses are kept (a `SharedCaller` passes its own); by default one of this caller.
     """
 
-    def __init__(self, broker_url: str | None = None, name: str = "caller", watch_all: bool = False,
-                 listener: Callable[[Status], None] | None = None):
+    def __init__(self, broker_url: str | None = None, name: str = "caller",
+                 listener: Callable[[Status], None] | None = None, store: StatusStore | None = None):
         self.broker_url = broker_url
         self.name = name
-        self.watch_all = watch_all
         self.listener = listener
+        self.store = store if store is not None else StatusStore()
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
-        self._queue: str | None = None
-        self._history: dict[str, list[Status]] = {}
-        self._others: list[Status] = []
 
-    def open(self) -> RequestCaller:
-        if self._connection is None:
-            params = connection_parameters(self.broker_url, f"std_daq:{self.name}:{uuid.uuid4().hex[:6]}")
-            self._connection = pika.BlockingConnection(params)
-            self._channel = self._connection.channel()
-            self._channel.confirm_delivery()
-            declare_exchanges(self._channel)
-            self._queue = self._channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
-            self._channel.queue_bind(self._queue, STATUS_EXCHANGE, routing_key="#")
-            self._channel.basic_consume(self._queue, self._on_status, auto_ack=True)
-        return self
+    def _open(self) -> None:
+        params = connection_parameters(self.broker_url, f"std_daq:{self.name}:{uuid.uuid4().hex[:6]}")
+        self._connection = pika.BlockingConnection(params)
+        self._channel = self._connection.channel()
+        self._channel.confirm_delivery()
+        declare_exchanges(self._channel)
+        queue = self._channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+        self._channel.queue_bind(queue, STATUS_EXCHANGE, routing_key="#")
+        self._channel.basic_consume(queue, self._on_status, auto_ack=True)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None and connection.is_open:
             try:
@@ -98,11 +72,10 @@ class RequestCaller:
             except pika.exceptions.AMQPError:
                 pass  # broker gone; nothing left to close
 
-    def __enter__(self) -> RequestCaller:
-        return self.open()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    @property
+    def connection(self) -> pika.BlockingConnection | None:
+        """The open connection (for `add_callback_threadsafe`), or None."""
+        return self._connection
 
     def _on_status(self, channel, method, properties, body: bytes) -> None:
         try:
@@ -112,29 +85,15 @@ class RequestCaller:
             return
         if self.listener is not None:
             self.listener(status)
-        history = self._history.get(status.request_id)
-        if history is not None:
-            history.append(status)
-        elif self.watch_all:
-            self._others.append(status)
+        self.store.add(status)
 
     def pump(self, timeout: float) -> None:
         """Receive statuses for up to `timeout` seconds."""
-        self.open()._connection.process_data_events(time_limit=timeout)
-
-    def other_statuses(self, timeout: float) -> list[Status]:
-        """With `watch_all`: statuses of requests this caller did not send, waiting up to `timeout`."""
-        if not self._others:
-            self.pump(timeout)
-        out, self._others = self._others, []
-        return out
+        self.start()._connection.process_data_events(time_limit=timeout)
 
     def history(self, request_id: str) -> list[Status]:
         """Statuses received so far for a request this caller sent."""
-        return list(self._history.get(request_id, ()))
-
-    def forget(self, request_id: str) -> None:
-        self._history.pop(request_id, None)
+        return self.store.history(request_id) or []
 
     def publish(self, target: str, request: RequestBase | bytes, request_id: str | None = None) -> str:
         """Send a request to one service; return its request_id.
@@ -142,10 +101,10 @@ class RequestCaller:
         Raises:
             UnknownTarget: no queue is bound for `target` (the service never ran on this broker).
         """
-        self.open()
+        self.start()
         request_id = request_id or str(uuid.uuid4())
-        self._history.setdefault(request_id, [])
-        body = request if isinstance(request, bytes) else request.model_dump_json().encode()
+        self.store.register(request_id)
+        body = request if isinstance(request, bytes) else encode_request(request)
         request_type = "" if isinstance(request, bytes) else request.request_type
         try:
             self._channel.basic_publish(
@@ -171,16 +130,17 @@ class RequestCaller:
 
     def kill(self, target: str, request_id: str) -> None:
         """Ask `target` to stop request `request_id`."""
-        self.open()
+        self.start()
         try:
             self._channel.basic_publish(
                 exchange=KILL_EXCHANGE,
                 routing_key=target,
-                body=f'{{"request_id": "{request_id}"}}'.encode(),
+                body=encode_request(KillRequest(request_id=request_id)),
                 properties=pika.BasicProperties(
                     correlation_id=request_id,
                     headers={"protocol_version": PROTOCOL_VERSION},
                     delivery_mode=pika.DeliveryMode.Persistent,
+                    content_type="application/json",
                 ),
                 mandatory=True,
             )
@@ -195,29 +155,9 @@ class RequestCaller:
         on_status: Callable[[Status], None] | None = None,
         until_action: str | None = None,
     ) -> CallResult:
-        """Wait until every target sent a final status (or `until_action`, if given) or `timeout` passes.
-
-        Returns:
-            The request's whole history so far and the final status of each target that sent one.
-        """
-        result = CallResult(request_id, list(targets))
-        history = self._history.setdefault(request_id, [])
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for status in history[seen:]:
-                if status.is_final and status.source in result.targets:
-                    result.finals[status.source] = status
-                if on_status is not None:
-                    on_status(status)
-            seen = len(history)
-            reached = any(s.action == until_action for s in history) if until_action else result.complete
-            remaining = deadline - time.monotonic()
-            if reached or remaining <= 0:
-                break
-            self.pump(min(remaining, 0.2))
-        result.history = list(history)
-        return result
+        """Wait until every target sent a final status (or `until_action`, if given) or `timeout` passes."""
+        self.start()
+        return self.store.wait(request_id, targets, timeout, on_status, until_action, pump=self.pump)
 
     def call(
         self,

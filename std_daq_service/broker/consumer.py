@@ -9,7 +9,7 @@ import threading
 import pika
 import pika.exceptions
 
-from std_daq_service.broker.dispatcher import Dispatcher
+from std_daq_service.broker.dispatcher import Dispatcher, Handler
 from std_daq_service.broker.topology import (
     STATUS_EXCHANGE,
     connection_parameters,
@@ -17,7 +17,17 @@ from std_daq_service.broker.topology import (
     kill_queue,
     request_queue,
 )
-from std_daq_service.protocol import PROTOCOL_VERSION, Status, encode_status, status_routing_key
+from std_daq_service.lifecycle import BackgroundThread, Lifecycle
+from std_daq_service.protocol import (
+    PROTOCOL_VERSION,
+    InvalidRequest,
+    Request,
+    Status,
+    decode_kill,
+    decode_request,
+    encode_status,
+    status_routing_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,26 +35,26 @@ _BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 3.0)
 _OUTBOX_LIMIT = 100_000
 
 
-class RequestConsumer:
+class RequestConsumer(Lifecycle):
     """Consume a service's request and kill queues on one connection owned by one I/O thread.
 
+    The consumer builds the `Dispatcher` that runs `handlers` and publishes through this consumer's outbox.
     A request is acknowledged once its `request_received` status is confirmed by the broker, so a
     request is never lost (not acknowledged before that) and never run twice (redeliveries of an
     accepted request id are dropped). Statuses from handler threads go through an outbox that the
     I/O thread drains; while the broker is away they wait there and are sent after reconnecting.
     """
 
-    def __init__(self, broker_url: str | None, service_name: str, dispatcher: Dispatcher):
+    def __init__(self, broker_url: str | None, service_name: str, handlers: dict[str, Handler]):
         self.broker_url = broker_url
         self.service_name = service_name
-        self.dispatcher = dispatcher
+        self.dispatcher = Dispatcher(service_name, handlers, self.publish)
         self.connected = threading.Event()
+        self.reconnects = 0
         self._outbox: collections.deque[Status] = collections.deque()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
-        self.reconnects = 0
+        self._io = BackgroundThread(f"broker-{service_name}", self._run, wake=self._wake)
 
     def publish(self, status: Status) -> None:
         """Queue a status for publication (thread-safe)."""
@@ -52,40 +62,34 @@ class RequestConsumer:
             dropped = self._outbox.popleft()
             log.error("status outbox full while the broker is away; dropped %s %s", dropped.action, dropped.request_id)
         self._outbox.append(status)
+        self._call_soon(self._drain)
+
+    def _call_soon(self, callback) -> None:
         connection = self._connection
         if connection is not None:
             try:
-                connection.add_callback_threadsafe(self._drain)
+                connection.add_callback_threadsafe(callback)
             except (pika.exceptions.AMQPError, RuntimeError):
                 pass  # connection closing: the outbox is drained after reconnecting
 
-    def start(self) -> RequestConsumer:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"broker-{self.service_name}", daemon=True)
-            self._thread.start()
-        return self
+    def _wake(self) -> None:
+        self._call_soon(lambda: None)
 
-    def close(self) -> None:
+    def _open(self) -> None:
+        self._io.start()
+
+    def _release(self) -> None:
         """Stop consuming; statuses queued so far are sent first while the broker is reachable."""
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> RequestConsumer:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        self._io.close()
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         attempt = 0
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
-                self._serve()
+                self._serve(stop)
                 attempt = 0
             except pika.exceptions.AMQPError as exc:
                 self.connected.clear()
@@ -95,11 +99,11 @@ class RequestConsumer:
                         self.service_name, type(exc).__name__, delay)
                 attempt += 1
                 self.reconnects += 1
-                self._stop.wait(delay)
+                stop.wait(delay)
             finally:
                 self._close_connection()
 
-    def _serve(self) -> None:
+    def _serve(self, stop: threading.Event) -> None:
         params = connection_parameters(self.broker_url, f"std_daq:{self.service_name}")
         self._connection = pika.BlockingConnection(params)
         self._channel = self._connection.channel()
@@ -112,7 +116,7 @@ class RequestConsumer:
                  kill_queue(self.service_name))
         self.connected.set()
         self._drain()
-        while not self._stop.is_set():
+        while not stop.is_set():
             self._connection.process_data_events(time_limit=0.25)
             self._drain()
         self._drain()
@@ -160,15 +164,24 @@ class RequestConsumer:
         if version not in (None, PROTOCOL_VERSION):
             log.warning("request %s uses protocol version %s, this service speaks %s", request_id, version,
                         PROTOCOL_VERSION)
+        try:
+            request: Request | InvalidRequest = decode_request(body)
+        except InvalidRequest as exc:
+            request = exc
         self._drain()
-        self._send(self.dispatcher.received(request_id, body))
+        self._send(self.dispatcher.received(request_id, request))
         channel.basic_ack(method.delivery_tag)
-        self.dispatcher.submit(request_id, body)
+        self.dispatcher.submit(request_id, request)
 
     def _on_kill(self, channel, method, properties, body: bytes) -> None:
-        target = properties.correlation_id
         channel.basic_ack(method.delivery_tag)
-        if target:
-            self.dispatcher.kill(target)
-        else:
-            log.warning("%s: kill without correlation_id ignored: %r", self.service_name, body[:200])
+        try:
+            kill = decode_kill(body)
+        except InvalidRequest as exc:
+            log.warning("%s: kill ignored: %s: %r", self.service_name, exc, body[:200])
+            return
+        if properties.correlation_id not in (None, kill.request_id):
+            log.warning("%s: kill ignored: its body names %s, its correlation_id %s", self.service_name,
+                        kill.request_id, properties.correlation_id)
+            return
+        self.dispatcher.kill(kill.request_id)

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from std_daq_service.protocol import DaqError, InvalidRequest, Request, Status, decode_request
+from std_daq_service.protocol import DaqError, InvalidRequest, Request, Status, error_result
 
 log = logging.getLogger(__name__)
 
@@ -83,31 +83,25 @@ class Dispatcher:
         with self._lock:
             return request_id in self._seen
 
-    def received(self, request_id: str, body: bytes) -> Status:
-        """The `request_received` status for a request as it arrives."""
-        try:
-            request = decode_request(body).model_dump(mode="json")
-        except InvalidRequest:
-            request = None
+    def received(self, request_id: str, request: Request | InvalidRequest) -> Status:
+        """The `request_received` status for a request as it arrives (decoded, or why it is not a request)."""
         return Status(request_id=request_id, source=self.service_name, action="request_received",
-                      message="request received", request=request)
+                      message="request received",
+                      request=None if isinstance(request, InvalidRequest) else request.model_dump(mode="json"))
 
-    def submit(self, request_id: str, body: bytes) -> None:
-        """Validate and start a request; invalid ones are answered with request_fail at once."""
+    def submit(self, request_id: str, request: Request | InvalidRequest) -> None:
+        """Start a decoded request; one that is invalid or not handled here is answered with request_fail."""
         with self._lock:
             self._remember(self._seen, request_id)
-        try:
-            request = decode_request(body)
-            handler = self.handlers.get(request.request_type)
-            if handler is None:
-                raise InvalidRequest(
-                    f"{self.service_name} does not handle {request.request_type!r} requests; "
-                    f"it handles {', '.join(sorted(self.handlers))}"
-                )
-        except InvalidRequest as exc:
-            log.warning("request %s rejected: %s", request_id, exc)
+        handler = None if isinstance(request, InvalidRequest) else self.handlers.get(request.request_type)
+        if handler is None:
+            problem = request if isinstance(request, InvalidRequest) else InvalidRequest(
+                f"{self.service_name} does not handle {request.request_type!r} requests; "
+                f"it handles {', '.join(sorted(self.handlers))}"
+            )
+            log.warning("request %s rejected: %s", request_id, problem)
             self.publish(Status(request_id=request_id, source=self.service_name, action="request_fail",
-                                message=str(exc), result={"error": type(exc).__name__, "http_status": 400}))
+                                message=str(problem), result=error_result(problem)))
             return
         ctx = RequestContext(request_id, request, self.service_name, self.publish)
         with self._lock:
@@ -135,11 +129,11 @@ class Dispatcher:
                 ctx.status("request_success", f"{request_type} done", result)
         except DaqError as exc:
             ctx.log.warning("%s failed: %s", request_type, exc)
-            ctx.status("request_fail", str(exc), {"error": type(exc).__name__, "http_status": exc.http_status})
+            ctx.status("request_fail", str(exc), error_result(exc))
         except Exception as exc:
             ctx.log.exception("%s failed with an unexpected error", request_type)
             ctx.status("request_fail", f"internal error in {self.service_name}: {type(exc).__name__}: {exc}",
-                       {"error": type(exc).__name__, "http_status": 500})
+                       error_result(exc))
         finally:
             with self._lock:
                 self._running.pop(ctx.request_id, None)

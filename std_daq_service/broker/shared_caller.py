@@ -1,16 +1,20 @@
-"""A request caller many threads can share (the REST proxy): one connection, pumped by its own thread."""
+"""A request caller many threads can share (the REST proxy): one connection, owned by its pump thread."""
 
 from __future__ import annotations
 
-import collections
 import logging
+import queue
 import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
 
 import pika.exceptions
 
-from std_daq_service.broker.caller import CallResult, RequestCaller
+from std_daq_service.broker.call_result import CallResult
+from std_daq_service.broker.caller import RequestCaller
+from std_daq_service.broker.status_store import StatusStore
+from std_daq_service.lifecycle import BackgroundThread, Lifecycle
 from std_daq_service.protocol import RequestBase, Status
 
 log = logging.getLogger(__name__)
@@ -18,105 +22,111 @@ log = logging.getLogger(__name__)
 _PUMP_S = 0.05
 _RECONNECT_S = 1.0
 
+Job = tuple[Callable[[RequestCaller], Any], Future]
 
-class SharedCaller:
+
+class SharedCaller(Lifecycle):
     """Publish requests and kills from any thread; keep the status history of the last `keep` requests.
 
-    Every status on the exchange is kept (also of requests sent by others), so `history` answers for
-    any recent request. A waiter registers before its request is published, so it misses nothing.
+    Only the pump thread touches the pika connection: other threads hand it their publishes and wait for
+    the broker's confirm (or refusal). Every status on the exchange is kept (also of requests sent by
+    others), so `history` answers for any recent request. A request is registered before it is published,
+    so its waiter misses nothing.
     """
 
     def __init__(self, broker_url: str | None, name: str, keep: int = 2000):
-        self._caller = RequestCaller(broker_url, name, listener=self._on_status)
-        self._keep = keep
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(threading.Lock())
-        self._statuses: collections.OrderedDict[str, list[Status]] = collections.OrderedDict()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.broker_url = broker_url
+        self.name = name
+        self.store = StatusStore(keep, keep_all=True)
         self.connected = threading.Event()
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._caller: RequestCaller | None = None
+        self._pump = BackgroundThread("shared-caller", self._run)
 
-    def start(self) -> SharedCaller:
-        self._thread = threading.Thread(target=self._run, name="shared-caller", daemon=True)
-        self._thread.start()
-        return self
+    def _open(self) -> None:
+        self._pump.start()
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        with self._lock:
-            self._caller.close()
+    def _release(self) -> None:
+        self._pump.close()
 
-    def __enter__(self) -> SharedCaller:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            caller = RequestCaller(self.broker_url, self.name, store=self.store)
             try:
-                with self._lock:
-                    self._caller.pump(_PUMP_S)
+                caller.start()
+                self._caller = caller
                 self.connected.set()
-                time.sleep(0.001)  # let publishers take the lock
+                while not stop.is_set():
+                    self._run_jobs(caller)
+                    caller.pump(_PUMP_S)
             except (pika.exceptions.AMQPError, OSError) as exc:
-                self.connected.clear()
                 log.warning("broker connection lost (%r); reconnecting", exc)
-                with self._lock:
-                    self._caller.close()
-                self._stop.wait(_RECONNECT_S)
+                stop.wait(_RECONNECT_S)
+            finally:
+                self.connected.clear()
+                self._caller = None
+                caller.close()
+                self._fail_jobs(pika.exceptions.AMQPConnectionError("the broker connection closed; retry"))
 
-    def _on_status(self, status: Status) -> None:
-        with self._changed:
-            self._register(status.request_id).append(status)
-            self._changed.notify_all()
+    def _run_jobs(self, caller: RequestCaller) -> None:
+        while True:
+            try:
+                job, future = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(job(caller))
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                future.set_exception(exc)
+                raise
+            except Exception as exc:  # the submitting thread raises it (UnknownTarget, NoServiceAnswered)
+                future.set_exception(exc)
 
-    def _register(self, request_id: str) -> list[Status]:
-        history = self._statuses.get(request_id)
-        if history is None:
-            history = self._statuses[request_id] = []
-            while len(self._statuses) > self._keep:
-                old, _ = self._statuses.popitem(last=False)
-                self._caller.forget(old)
-        return history
+    def _fail_jobs(self, exc: Exception) -> None:
+        while True:
+            try:
+                _, future = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            future.set_exception(exc)
+
+    def _submit(self, job: Callable[[RequestCaller], Any]) -> Any:
+        """Run `job` on the pump thread; its result, or its exception raised here."""
+        caller = self._caller
+        if caller is None or not self.connected.is_set():
+            raise pika.exceptions.AMQPConnectionError("not connected to the broker; reconnecting")
+        future: Future = Future()
+        self._jobs.put((job, future))
+        connection = caller.connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(lambda: None)  # wake the pump now
+            except (pika.exceptions.AMQPError, RuntimeError):
+                pass  # closing: the pump fails the job
+        if self._caller is None:
+            self._fail_jobs(pika.exceptions.AMQPConnectionError("the broker connection closed; retry"))
+        return future.result()
 
     def publish(self, targets: Iterable[str], request: RequestBase, request_id: str) -> None:
         """Send one request (same id) to each target; raises UnknownTarget / NoServiceAnswered."""
-        with self._changed:
-            self._register(request_id)
-        with self._lock:
+        targets = list(targets)
+        self.store.register(request_id)
+
+        def send(caller: RequestCaller) -> None:
             for target in targets:
-                self._caller.publish(target, request, request_id)
-                self._caller.forget(request_id)  # statuses reach this object through the listener
+                caller.publish(target, request, request_id)
+
+        self._submit(send)
 
     def kill(self, target: str, request_id: str) -> None:
-        with self._lock:
-            self._caller.kill(target, request_id)
+        self._submit(lambda caller: caller.kill(target, request_id))
 
     def history(self, request_id: str) -> list[Status] | None:
-        with self._changed:
-            history = self._statuses.get(request_id)
-            return None if history is None else list(history)
+        return self.store.history(request_id)
 
     def recent(self, n: int = 50) -> list[tuple[str, list[Status]]]:
-        with self._changed:
-            items = list(self._statuses.items())[-n:]
-        return [(request_id, list(history)) for request_id, history in reversed(items)]
+        return self.store.recent(n)
 
     def wait(self, request_id: str, targets: list[str], timeout: float) -> CallResult:
         """Block until every target sent its final status or `timeout` passed."""
-        result = CallResult(request_id, list(targets))
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                history = list(self._statuses.get(request_id, ()))
-                result.finals = {s.source: s for s in history if s.is_final and s.source in targets}
-                remaining = deadline - time.monotonic()
-                if result.complete or remaining <= 0:
-                    break
-                self._changed.wait(remaining)
-        result.history = history
-        return result
+        return self.store.wait(request_id, targets, timeout)

@@ -6,16 +6,16 @@ import json
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import zmq
 
+from std_daq_service.cli.arguments import module_ids
 from std_daq_service.client import DaqDataClient
+from std_daq_service.client.discovery import load_json_arg
 from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import (
     ControlHeader,
     InitSimRequest,
-    InvalidRequest,
     RequestBase,
     StatusRequest,
     StopHpIoRequest,
@@ -23,15 +23,6 @@ from std_daq_service.protocol import (
     decode_request,
     decode_stream_message,
 )
-
-
-def _module_ids(text: str | None) -> list[int]:
-    if not text:
-        return []
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InvalidRequest(f"--module-ids takes comma-separated integers, got {text!r}") from None
 
 
 def add_commands(commands) -> None:
@@ -86,18 +77,13 @@ def _request(args, request: RequestBase) -> dict:
 
 
 def run_init(args) -> int:
-    try:
-        config = json.loads(Path(args.config_file).read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidRequest(f"{args.config_file}: cannot read a JSON object: {exc}") from exc
-    if not isinstance(config, dict):
-        raise InvalidRequest(f"{args.config_file}: must hold a JSON object")
+    config = load_json_arg(args.config_file)
     print(json.dumps(_request(args, decode_request({**config, "request_type": "init_hp_io"})), indent=2))
     return 0
 
 
 def run_init_sim(args) -> int:
-    request = InitSimRequest(source_dir=args.source_dir, module_ids=_module_ids(args.module_ids),
+    request = InitSimRequest(source_dir=args.source_dir, module_ids=module_ids(args.module_ids),
                              movie_rate_hz=args.movie_rate_hz, pulse_height_rate_hz=args.ph_rate_hz,
                              update_interval_seconds=args.update_interval, force=args.force)
     print(json.dumps(_request(args, request), indent=2))
@@ -117,7 +103,7 @@ def run_status(args) -> int:
 def run_stream(args) -> int:
     answer = _request(args, StreamRequest(stream_movie_data=not args.no_movie,
                                           stream_pulse_height_data=not args.no_pulse_height,
-                                          module_ids=_module_ids(args.module_ids)))
+                                          module_ids=module_ids(args.module_ids)))
     endpoint = answer["endpoints"]["preview" if args.preview else "data"]
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 0)

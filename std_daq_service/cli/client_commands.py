@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 
 from std_daq_service.broker import RequestCaller
-from std_daq_service.cli.agent_commands import _module_ids
+from std_daq_service.cli.arguments import module_ids
 from std_daq_service.client import DaqDataClient
 from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import Status
@@ -96,7 +96,7 @@ def _progress(status: Status, n_images: int | None) -> None:
 
 
 def run_write(args) -> int:
-    fields = {"output_file": args.output_file, "module_ids": _module_ids(args.module_ids),
+    fields = {"output_file": args.output_file, "module_ids": module_ids(args.module_ids),
               "data_products": [d for d in (args.data_products or "").split(",") if d],
               "sources": [s for s in (args.sources or "").split(",") if s], "n_images": args.n_images,
               "duration_seconds": args.duration, "start_time": args.start_time, "stop_time": args.stop_time,
@@ -139,14 +139,17 @@ def _print_services(redis_url: str | None) -> None:
 
 def run_monitor(args) -> int:
     start = last = time.monotonic()
-    with RequestCaller(args.broker_url, "std_daq-monitor", watch_all=True) as caller:
+    statuses: list[Status] = []
+    with RequestCaller(args.broker_url, "std_daq-monitor", listener=statuses.append) as caller:
         _print_services(args.redis_url)  # after the status queue is bound: what follows is all seen
         while not args.seconds or time.monotonic() - start < args.seconds:
-            for status in caller.other_statuses(0.5):
+            caller.pump(0.5)
+            for status in statuses:
                 when = datetime.fromtimestamp(status.timestamp).strftime("%H:%M:%S")
                 request_type = (status.request or {}).get("request_type", "?")
                 print(f"{when} {status.request_id[:8]} {request_type:10s} {status.source} {status.action}"
                       f"{': ' + status.message if status.message else ''}", flush=True)
+            statuses.clear()
             if time.monotonic() - last >= args.refresh_period:
                 last = time.monotonic()
                 _print_services(args.redis_url)
@@ -169,7 +172,7 @@ def run_plot(args) -> int:
     with _client(args) as client:
         images = client.stream_images(args.hosts or None, stream_movie_data=viewer,
                                       update_interval_seconds=0.1 if viewer else 0,
-                                      module_ids=_module_ids(args.module_ids), stop_event=stop)
+                                      module_ids=module_ids(args.module_ids), stop_event=stop)
         for image in images:
             view.update(image)
             now = time.monotonic()

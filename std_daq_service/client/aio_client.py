@@ -1,25 +1,28 @@
-"""`AioDaqDataClient`: the asyncio face of `DaqDataClient` (same methods, awaited)."""
+"""`AioDaqDataClient`: the asyncio face of `DaqDataClient` (same methods and signatures, awaited)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from std_daq_service.client.daq_client import DaqDataClient, Hosts
+from std_daq_service.client.calls import OnStatus
+from std_daq_service.client.daq_client import DaqDataClient
+from std_daq_service.client.discovery import Hosts
+from std_daq_service.protocol import RequestBase
 
 _END = object()
 
 
 class AioDaqDataClient:
-    """Async context manager; every request method of `DaqDataClient` is a coroutine here.
+    """Async context manager; every method of `DaqDataClient` (`CLIENT_METHODS`) is a coroutine here.
 
-    Requests run one at a time in a worker thread (the broker connection is blocking); each
-    `stream_images` iterator reads in a thread of its own, with its own connection, so streams never
-    wait for requests or for each other.
+    Requests run one at a time in a worker thread on one `DaqDataClient` (the broker connection is
+    blocking); each `stream_images` iterator reads in a thread of its own, with its own client, so streams
+    never wait for requests or for each other.
     """
 
     def __init__(self, daq_config: str | Path | dict | None = None, network_config: str | Path | dict | None = None,
@@ -38,51 +41,63 @@ class AioDaqDataClient:
             await asyncio.to_thread(self._client.close)
             self._client = None
 
-    async def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _run(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         async with self._lock:
-            return await asyncio.to_thread(getattr(self._client, method), *args, **kwargs)
+            return await asyncio.to_thread(method, *args, **kwargs)
 
     async def get_valid_daq_hosts(self) -> set[str]:
-        return await self._run("get_valid_daq_hosts")
+        return await self._run(self._client.get_valid_daq_hosts)
 
     async def ping(self, host: str, timeout: float = 5.0) -> bool:
-        return await self._run("ping", host, timeout)
+        return await self._run(self._client.ping, host, timeout)
 
-    async def reflect_services(self, hosts: Hosts = None) -> dict:
-        return await self._run("reflect_services", hosts)
+    async def reflect_services(self, hosts: Hosts = None) -> dict[str, Any]:
+        return await self._run(self._client.reflect_services, hosts)
+
+    async def default_writer(self) -> str:
+        return await self._run(self._client.default_writer)
 
     async def init_hp_io(self, hosts: Hosts, hp_io_cfg: str | Path | dict, timeout: float | None = None) -> dict:
-        return await self._run("init_hp_io", hosts, hp_io_cfg, timeout)
+        return await self._run(self._client.init_hp_io, hosts, hp_io_cfg, timeout)
 
     async def init_sim(self, hosts: Hosts = None, timeout: float | None = None, **sim: Any) -> dict:
-        return await self._run("init_sim", hosts, timeout, **sim)
+        return await self._run(self._client.init_sim, hosts, timeout, **sim)
 
     async def stop_hp_io(self, hosts: Hosts = None, timeout: float | None = None) -> dict:
-        return await self._run("stop_hp_io", hosts, timeout)
+        return await self._run(self._client.stop_hp_io, hosts, timeout)
 
     async def status(self, hosts: Hosts = None, timeout: float | None = None) -> dict:
-        return await self._run("status", hosts, timeout)
+        return await self._run(self._client.status, hosts, timeout)
 
-    async def write(self, writer: str | None = None, timeout: float | None = None, **fields: Any) -> dict:
-        return await self._run("write", writer, timeout, **fields)
+    async def write(self, writer: str | None = None, timeout: float | None = None, on_status: OnStatus = None,
+                    **fields: Any) -> dict:
+        """As `DaqDataClient.write`; `on_status` is called from the worker thread."""
+        return await self._run(self._client.write, writer, timeout, on_status, **fields)
 
     async def write_async(self, writer: str | None = None, **fields: Any) -> str:
-        return await self._run("write_async", writer, **fields)
+        return await self._run(self._client.write_async, writer, **fields)
 
     async def kill(self, request_id: str, service: str | None = None) -> None:
-        await self._run("kill", request_id, service)
+        await self._run(self._client.kill, request_id, service)
 
-    async def wait(self, request_id: str, service: str, timeout: float | None = None) -> dict:
-        return await self._run("wait", request_id, service, timeout)
+    async def wait(self, request_id: str, service: str, timeout: float | None = None,
+                   on_status: OnStatus = None) -> dict:
+        """As `DaqDataClient.wait`; `on_status` is called from the worker thread."""
+        return await self._run(self._client.wait, request_id, service, timeout, on_status)
+
+    async def request(self, targets: str | list[str], request: RequestBase, timeout: float | None = None,
+                      on_status: OnStatus = None) -> dict:
+        return await self._run(self._client.request, targets, request, timeout, on_status)
 
     async def stream_images(self, hosts: Hosts, stream_movie_data: bool = True, stream_pulse_height_data: bool = True,
                             update_interval_seconds: float = 1.0, module_ids: Iterable[int] = (),
                             wait_for_ready: bool = False, parse_pano_images: bool = True,
-                            ) -> AsyncIterator[dict[str, Any]]:
-        """Async iterator over PanoImage dicts (see `DaqDataClient.stream_images`)."""
+                            stop_event: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Async iterator over PanoImage dicts (see `DaqDataClient.stream_images`); `stop_event` is set when it
+        ends."""
         loop = asyncio.get_running_loop()
         images: asyncio.Queue = asyncio.Queue(maxsize=1000)
-        stop = threading.Event()
+        stop = stop_event if stop_event is not None else threading.Event()
 
         def put(item: Any) -> None:
             asyncio.run_coroutine_threadsafe(images.put(item), loop).result()

@@ -1,14 +1,18 @@
 """Every message of the system: requests, statuses, the ZMQ frame stream, errors, versions."""
 
 from std_daq_service.protocol.errors import (
+    ERRORS,
     Busy,
     DaqError,
     InvalidMessage,
     InvalidRequest,
     NoServiceAnswered,
+    RequestKilled,
     RequestTimeout,
     StorageError,
     UnknownTarget,
+    error_result,
+    rebuild_error,
 )
 from std_daq_service.protocol.frames import (
     CONTROL_TOPIC,
@@ -27,12 +31,14 @@ from std_daq_service.protocol.requests import (
     REQUEST_TYPES,
     InitHpIoRequest,
     InitSimRequest,
+    KillRequest,
     Request,
     RequestBase,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
     WriteRequest,
+    decode_kill,
     decode_request,
     describe_validation_error,
     encode_request,
@@ -43,7 +49,6 @@ from std_daq_service.protocol.statuses import (
     decode_status,
     encode_status,
     status_routing_key,
-    status_summary,
 )
 from std_daq_service.protocol.version import PROTOCOL_VERSION
 
@@ -52,6 +57,7 @@ __all__ = [
     "CONTROL_TOPIC",
     "ControlHeader",
     "DaqError",
+    "ERRORS",
     "FINAL_ACTIONS",
     "FrameBatch",
     "FrameBatchHeader",
@@ -59,11 +65,13 @@ __all__ = [
     "InitSimRequest",
     "InvalidMessage",
     "InvalidRequest",
+    "KillRequest",
     "NoServiceAnswered",
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
     "Request",
     "RequestBase",
+    "RequestKilled",
     "RequestTimeout",
     "SOCKET_TOPIC_PREFIX",
     "StorageError",
@@ -73,6 +81,7 @@ __all__ = [
     "StreamRequest",
     "UnknownTarget",
     "WriteRequest",
+    "decode_kill",
     "decode_request",
     "decode_status",
     "decode_stream_message",
@@ -81,9 +90,10 @@ __all__ = [
     "encode_frames",
     "encode_request",
     "encode_status",
+    "error_result",
     "file_topic_prefixes",
     "frame_topic",
     "parse_topic",
+    "rebuild_error",
     "status_routing_key",
-    "status_summary",
 ]

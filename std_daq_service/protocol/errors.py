@@ -1,6 +1,12 @@
-"""Error types shared by every service, each with the HTTP code the REST proxy answers with."""
+"""Error types shared by every service, each with the HTTP code the REST proxy answers with.
+
+One registry (`ERRORS`) serves both sides of the wire: a service puts `error_result(exc)` into its
+`request_fail` status, and a caller rebuilds the same class with `rebuild_error`.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class DaqError(Exception):
@@ -27,6 +33,12 @@ class Busy(DaqError, RuntimeError):
     http_status = 409
 
 
+class RequestKilled(DaqError, RuntimeError):
+    """The request was stopped by a kill before it finished."""
+
+    http_status = 409
+
+
 class NoServiceAnswered(DaqError, RuntimeError):
     """No service acknowledged the request."""
 
@@ -49,3 +61,31 @@ class StorageError(DaqError, OSError):
     """An output file could not be created or written (disk full, permission denied, read-only)."""
 
     http_status = 507
+
+
+ERRORS: dict[str, type[DaqError]] = {
+    cls.__name__: cls
+    for cls in (DaqError, InvalidRequest, UnknownTarget, Busy, RequestKilled, NoServiceAnswered, RequestTimeout,
+                InvalidMessage, StorageError)
+}
+"""Every error class by name: what a `request_fail` status's `result["error"]` names."""
+
+
+def error_result(exc: BaseException) -> dict[str, Any]:
+    """The `result` of a `request_fail` status for `exc`: its class name and HTTP code (500 if unexpected)."""
+    return {"error": type(exc).__name__, "http_status": exc.http_status if isinstance(exc, DaqError) else 500}
+
+
+def rebuild_error(result: dict[str, Any] | None, message: str) -> DaqError:
+    """The error a `request_fail` status reports, as the class the service raised.
+
+    An error outside the registry (an unexpected one) becomes a `DaqError` carrying the reported HTTP code.
+    """
+    result = result or {}
+    cls = ERRORS.get(result.get("error", ""))
+    if cls is not None:
+        return cls(message)
+    error = DaqError(message)
+    code = result.get("http_status")
+    error.http_status = code if isinstance(code, int) else DaqError.http_status
+    return error

@@ -214,3 +214,23 @@ def decode_request(body: bytes | str | dict) -> Request:
 def encode_request(request: RequestBase) -> bytes:
     """JSON bytes of a request, as sent on the `request` exchange."""
     return request.model_dump_json().encode()
+
+
+class KillRequest(RequestBase):
+    """Stop a running request; sent on the `kill` exchange with the target's id as correlation_id too."""
+
+    request_id: str = Field(min_length=1, max_length=200, description="The id of the request to stop.")
+
+
+def decode_kill(body: bytes | dict) -> KillRequest:
+    """Validate a kill message body.
+
+    Raises:
+        InvalidRequest: the body is not a kill (the message names the field).
+    """
+    try:
+        if isinstance(body, dict):
+            return KillRequest.model_validate(body)
+        return KillRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid kill: {describe_validation_error(exc)}") from exc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Literal
 
@@ -67,8 +66,3 @@ def decode_status(body: bytes) -> Status:
     except ValidationError as exc:
         raise InvalidMessage(f"not a status message: {exc.errors()[0]['msg']}") from exc
 
-
-def status_summary(status: Status) -> str:
-    """One line for logs and `std_daq monitor`."""
-    result = f" {json.dumps(status.result)}" if status.result else ""
-    return f"{status.source} {status.request_id[:8]} {status.action}: {status.message}{result}"

@@ -12,30 +12,32 @@ import orjson
 import pika.exceptions
 import redis
 from flask import Flask, Response, request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from std_daq_service import __version__
-from std_daq_service.broker import SharedCaller
+from std_daq_service.broker import CallResult, SharedCaller
 from std_daq_service.config import ConfigStore, RestConfig, live_services, service_kind
 from std_daq_service.protocol import (
     DaqError,
     InitHpIoRequest,
     InitSimRequest,
     InvalidRequest,
+    KillRequest,
     NoServiceAnswered,
     RequestBase,
+    Status,
     StopHpIoRequest,
     UnknownTarget,
     WriteRequest,
     describe_validation_error,
 )
-from std_daq_service.rest.openapi import openapi_document
+from std_daq_service.rest.openapi import ANY_OBJECT, TARGET_FIELDS, Route, openapi_document
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
-_TARGET_KEYS = ("targets", "writer")
+_TARGET_KINDS = {"targets": "hp_io_agent", "writer": "writer"}
 
 
 def _json(payload: dict[str, Any], code: int = 200) -> Response:
@@ -59,28 +61,181 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _model(model: type[RequestBase], body: dict[str, Any]) -> RequestBase:
-    fields = {k: v for k, v in body.items() if k not in _TARGET_KEYS and k != "request_type"}
+def _model(model: type[BaseModel], body: dict[str, Any]) -> BaseModel:
+    fields = {k: v for k, v in body.items() if k not in TARGET_FIELDS and k != "request_type"}
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid request: {describe_validation_error(exc)}") from exc
 
 
+def _seconds(ns: int | None) -> float | None:
+    return None if ns is None else ns / 1e9
+
+
+def _write_response(status: Status) -> dict[str, Any]:
+    result = status.result or {}
+    return {**result, "init_timestamp": _seconds(result.get("first_timestamp_ns")),
+            "end_timestamp": _seconds(result.get("last_timestamp_ns"))}
+
+
+class RestApi:
+    """The proxy's endpoints; each view answers one route of `ROUTES`."""
+
+    def __init__(self, service_name: str, config: RestConfig, caller: SharedCaller, redis_client: redis.Redis):
+        self.service_name = service_name
+        self.config = config
+        self.caller = caller
+        self.redis = redis_client
+        self.store = ConfigStore(redis_client)
+
+    def targets_of(self, body: dict[str, Any], key: str) -> list[str]:
+        """The services named by `body[key]`; by default the configured writers, or every live agent."""
+        kind = _TARGET_KINDS[key]
+        named = body.get(key)
+        if named is None:
+            found = (self.config.writers if key == "writer" else []) or sorted(live_services(self.redis, kind))
+            if not found:
+                raise NoServiceAnswered(f"no live {kind} service to send the request to")
+            return found
+        names = [named] if isinstance(named, str) else named
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise InvalidRequest(f"{key}: a service name or a list")
+        wrong = [n for n in names if service_kind(n) != kind]
+        if wrong:
+            raise InvalidRequest(f"not {kind} services: {', '.join(wrong)}")
+        return names
+
+    def call(self, targets: list[str], req: RequestBase) -> CallResult:
+        request_id = str(uuid.uuid4())
+        self.caller.publish(targets, req, request_id)  # its waiter exists before the request leaves
+        return self.caller.wait(request_id, targets, self.config.sync_timeout_seconds)
+
+    @staticmethod
+    def answer(result: CallResult, shape: Callable[[Status], dict[str, Any]] = lambda s: s.result or {},
+               single: bool = False) -> Response:
+        """200 if every target succeeded; else the code of the call's error (`CallResult.error`).
+
+        `single`: one target answers also as std_daq's `response`.
+        """
+        responses = {t: {"status": s.action, "message": s.message, **shape(s)} for t, s in result.finals.items()}
+        error = result.error()
+        if error is not None:
+            return _error(str(error), error.http_status, request_id=result.request_id, responses=responses)
+        payload = {"status": "ok", "request_id": result.request_id, "responses": responses}
+        if single and len(responses) == 1:
+            payload["response"] = next(iter(responses.values()))
+        return _json(payload)
+
+    def write_sync(self, req: WriteRequest, writers: list[str]) -> Response:
+        return self.answer(self.call(writers, req), _write_response, single=True)
+
+    def write_async(self, req: WriteRequest, writers: list[str]) -> Response:
+        request_id = str(uuid.uuid4())
+        self.caller.publish(writers, req, request_id)
+        return _json({"status": "ok", "request_id": request_id, "writers": writers})
+
+    def write_kill(self, req: KillRequest, writers: list[str]) -> Response:
+        for writer in writers:
+            self.caller.kill(writer, req.request_id)
+        return _json({"status": "ok", "request_id": req.request_id,
+                      "message": f"kill sent to {', '.join(writers)}"})
+
+    def agent_call(self, req: RequestBase, agents: list[str]) -> Response:
+        return self.answer(self.call(agents, req))
+
+    def services(self) -> Response:
+        return _json({"status": "ok", "services": live_services(self.redis)})
+
+    def request_history(self, request_id: str) -> Response:
+        history = self.caller.history(request_id)
+        if history is None:
+            raise UnknownTarget(f"no request {request_id} seen by this proxy (it keeps the last 2000)")
+        return _json({"status": "ok", "request_id": request_id,
+                      "statuses": [s.model_dump(mode="json") for s in history]})
+
+    def recent(self) -> Response:
+        rows = []
+        for request_id, history in self.caller.recent(50):
+            latest = {s.source: s.action for s in history}
+            first = history[0] if history else None
+            rows.append({"request_id": request_id, "request_type": (first.request or {}).get("request_type")
+                         if first else None, "services": latest})
+        return _json({"status": "ok", "requests": rows})
+
+    def get_config(self, service: str) -> Response:
+        return _json({"status": "ok", "service": service,
+                      "config": self.store.load(service).model_dump(mode="json")})
+
+    def put_config(self, body: dict[str, Any], service: str) -> Response:
+        saved = self.store.save(service, body)
+        return _json({"status": "ok", "service": service, "config": saved.model_dump(mode="json")})
+
+    def health(self) -> Response:
+        redis_ok = True
+        try:
+            self.redis.ping()
+        except redis.RedisError:
+            redis_ok = False
+        ok = redis_ok and self.caller.connected.is_set()
+        return _json({"status": "ok" if ok else "error", "service": self.service_name, "version": __version__,
+                      "broker_connected": self.caller.connected.is_set(), "redis_connected": redis_ok,
+                      "time": time.time()}, 200 if ok else 503)
+
+    def openapi(self) -> Response:
+        return _json(openapi_document(ROUTES))
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/write_sync", "Record a file and wait for the writer's final status.", RestApi.write_sync,
+          WriteRequest, "writer"),
+    Route("POST", "/write_async", "Start recording a file; answers its request_id at once.", RestApi.write_async,
+          WriteRequest, "writer"),
+    Route("POST", "/write_kill", "Stop a write; the file keeps what was written.", RestApi.write_kill,
+          KillRequest, "writer"),
+    Route("POST", "/init_hp_io", "Agents start tracking a data dir.", RestApi.agent_call, InitHpIoRequest,
+          "targets"),
+    Route("POST", "/init_sim", "Agents replay an archived run as a live one.", RestApi.agent_call, InitSimRequest,
+          "targets"),
+    Route("POST", "/stop_hp_io", "Agents stop tracking.", RestApi.agent_call, StopHpIoRequest, "targets"),
+    Route("GET", "/services", "Live services (from their liveness beacons).", RestApi.services),
+    Route("GET", "/requests/<request_id>", "Status history of a recent request.", RestApi.request_history),
+    Route("GET", "/status", "The 50 most recent requests and each service's latest status.", RestApi.recent),
+    Route("GET", "/config/<service>", "The stored configuration of a service.", RestApi.get_config),
+    Route("PUT", "/config/<service>", "Validate and store a service's configuration.", RestApi.put_config,
+          ANY_OBJECT),
+    Route("GET", "/health", "Broker and Redis reachable (200) or not (503).", RestApi.health),
+    Route("GET", "/openapi.json", "This document.", RestApi.openapi),
+)
+"""Every endpoint of the proxy; Flask's URL map and the OpenAPI document are both built from it."""
+
+
+def _view(api: RestApi, route: Route) -> Callable[..., Response]:
+    """The Flask view of a route: parse and validate the body, resolve the targets, call the route's view."""
+
+    def view(**path: str) -> Response:
+        if route.body is None:
+            return route.view(api, **path)
+        body = _body()
+        if route.body is ANY_OBJECT:
+            return route.view(api, body, **path)
+        return route.view(api, _model(route.body, body), api.targets_of(body, route.targets))
+
+    return view
+
+
 def create_app(service_name: str, config: RestConfig, caller: SharedCaller, redis_client: redis.Redis) -> Flask:
     """The Flask app of one REST proxy."""
     app = Flask("std_daq_rest")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    store = ConfigStore(redis_client)
-
-    def authorised() -> bool:
-        if not config.token or request.method in ("GET", "HEAD", "OPTIONS"):
-            return True
-        return request.headers.get("Authorization", "") == f"Bearer {config.token}"
+    api = RestApi(service_name, config, caller, redis_client)
+    for route in ROUTES:
+        app.add_url_rule(route.path, route.operation_id, _view(api, route), methods=[route.method])
 
     @app.before_request
     def _check_token():
-        if not authorised():
+        if config.token and request.method not in ("GET", "HEAD", "OPTIONS") and (
+                request.headers.get("Authorization", "") != f"Bearer {config.token}"):
             return _error("this endpoint needs 'Authorization: Bearer <token>' (the token of the REST config)", 401)
         return None
 
@@ -102,148 +257,4 @@ def create_app(service_name: str, config: RestConfig, caller: SharedCaller, redi
     def _redis_down(exc: redis.RedisError):
         return _error(f"Redis is not reachable: {exc}", 502)
 
-    def targets_of(body: dict[str, Any], kind: str, default: list[str]) -> list[str]:
-        named = body.get("targets") if kind == "hp_io_agent" else body.get("writer")
-        if named is None:
-            found = default or sorted(live_services(redis_client, kind))
-            if not found:
-                raise NoServiceAnswered(f"no live {kind} service to send the request to")
-            return found
-        names = [named] if isinstance(named, str) else named
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-            raise InvalidRequest(f"{'targets' if kind == 'hp_io_agent' else 'writer'}: a service name or a list")
-        wrong = [n for n in names if service_kind(n) != kind]
-        if wrong:
-            raise InvalidRequest(f"not {kind} services: {', '.join(wrong)}")
-        return names
-
-    def call(targets: list[str], req: RequestBase, timeout: float | None = None) -> tuple[str, Any]:
-        request_id = str(uuid.uuid4())
-        caller.publish(targets, req, request_id)  # its waiter exists before the request leaves
-        return request_id, caller.wait(request_id, targets, timeout or config.sync_timeout_seconds)
-
-    def answer(request_id: str, result, shape: Callable[[Any], dict[str, Any]] = lambda s: s.result or {},
-               single: bool = False):
-        """200 if every target succeeded; else the first failure's code; 504 if one did not finish.
-
-        `single`: one target answers also as std_daq's `response`.
-        """
-        responses = {t: {"status": s.action, "message": s.message, **shape(s)} for t, s in result.finals.items()}
-        if not result.complete:
-            silent = [t for t in result.missing() if t not in result.received_by()]
-            code = 502 if silent else 504
-            message = (f"no answer from {', '.join(silent)}" if silent else
-                       f"{', '.join(result.missing())} did not finish within the wait; the request keeps running, "
-                       f"follow it at /requests/{request_id}")
-            return _error(message, code, request_id=request_id, responses=responses)
-        failed = [s for s in result.finals.values() if s.action != "request_success"]
-        if failed:
-            code = (failed[0].result or {}).get("http_status", 500)
-            code = code if failed[0].action == "request_fail" else 409
-            return _error(f"{failed[0].source}: {failed[0].message}", code, request_id=request_id,
-                          responses=responses)
-        payload = {"status": "ok", "request_id": request_id, "responses": responses}
-        if single and len(responses) == 1:
-            payload["response"] = next(iter(responses.values()))
-        return _json(payload)
-
-    def write_response(status) -> dict[str, Any]:
-        result = status.result or {}
-        return {**result, "init_timestamp": _seconds(result.get("first_timestamp_ns")),
-                "end_timestamp": _seconds(result.get("last_timestamp_ns"))}
-
-    @app.post("/write_sync")
-    def write_sync():
-        body = _body()
-        req = _model(WriteRequest, body)
-        writers = targets_of(body, "writer", config.writers)
-        request_id, result = call(writers, req)
-        return answer(request_id, result, write_response, single=True)
-
-    @app.post("/write_async")
-    def write_async():
-        body = _body()
-        req = _model(WriteRequest, body)
-        writers = targets_of(body, "writer", config.writers)
-        request_id = str(uuid.uuid4())
-        caller.publish(writers, req, request_id)
-        return _json({"status": "ok", "request_id": request_id, "writers": writers})
-
-    @app.post("/write_kill")
-    def write_kill():
-        body = _body()
-        request_id = body.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
-            raise InvalidRequest("request_id: required (the id /write_async answered)")
-        writers = targets_of(body, "writer", config.writers)
-        for writer in writers:
-            caller.kill(writer, request_id)
-        return _json({"status": "ok", "request_id": request_id, "message": f"kill sent to {', '.join(writers)}"})
-
-    def agent_endpoint(model: type[RequestBase]):
-        def handle():
-            body = _body()
-            req = _model(model, body)
-            agents = targets_of(body, "hp_io_agent", [])
-            request_id, result = call(agents, req)
-            return answer(request_id, result)
-        return handle
-
-    for path, model in (("/init_hp_io", InitHpIoRequest), ("/init_sim", InitSimRequest),
-                        ("/stop_hp_io", StopHpIoRequest)):
-        app.add_url_rule(path, path.strip("/"), agent_endpoint(model), methods=["POST"])
-
-    @app.get("/services")
-    def services():
-        return _json({"status": "ok", "services": live_services(redis_client)})
-
-    @app.get("/requests/<request_id>")
-    def request_history(request_id: str):
-        history = caller.history(request_id)
-        if history is None:
-            raise UnknownTarget(f"no request {request_id} seen by this proxy (it keeps the last 2000)")
-        return _json({"status": "ok", "request_id": request_id,
-                      "statuses": [s.model_dump(mode="json") for s in history]})
-
-    @app.get("/status")
-    def recent():
-        rows = []
-        for request_id, history in caller.recent(50):
-            latest: dict[str, str] = {}
-            for s in history:
-                latest[s.source] = s.action
-            first = history[0] if history else None
-            rows.append({"request_id": request_id, "request_type": (first.request or {}).get("request_type")
-                         if first else None, "services": latest})
-        return _json({"status": "ok", "requests": rows})
-
-    @app.get("/config/<service>")
-    def get_config(service: str):
-        return _json({"status": "ok", "service": service, "config": store.load(service).model_dump(mode="json")})
-
-    @app.put("/config/<service>")
-    def put_config(service: str):
-        saved = store.save(service, _body())
-        return _json({"status": "ok", "service": service, "config": saved.model_dump(mode="json")})
-
-    @app.get("/health")
-    def health():
-        redis_ok = True
-        try:
-            redis_client.ping()
-        except redis.RedisError:
-            redis_ok = False
-        ok = redis_ok and caller.connected.is_set()
-        return _json({"status": "ok" if ok else "error", "service": service_name, "version": __version__,
-                      "broker_connected": caller.connected.is_set(), "redis_connected": redis_ok,
-                      "time": time.time()}, 200 if ok else 503)
-
-    @app.get("/openapi.json")
-    def openapi():
-        return _json(openapi_document(app))
-
     return app
-
-
-def _seconds(ns: int | None) -> float | None:
-    return None if ns is None else ns / 1e9

@@ -1,39 +1,26 @@
-"""The OpenAPI 3.1 document of the REST proxy, built from the app's routes and the request models."""
+"""The REST proxy's route table entry and the OpenAPI 3.1 document built from the table and the models."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask
+from pydantic import BaseModel
 
 from std_daq_service import __version__
-from std_daq_service.protocol import InitHpIoRequest, InitSimRequest, StopHpIoRequest, WriteRequest
 
-_TARGETS = {"targets": {"description": "Agent SERVICE_NAME or list; default: every live agent.",
-                        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
-_WRITER = {"writer": {"description": "Writer SERVICE_NAME or list; default: the writers of the REST config.",
-                      "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
-
-ENDPOINTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("POST", "/write_sync"): {"summary": "Record a file and wait for the writer's final status.",
-                              "body": (WriteRequest, _WRITER)},
-    ("POST", "/write_async"): {"summary": "Start recording a file; answers its request_id at once.",
-                               "body": (WriteRequest, _WRITER)},
-    ("POST", "/write_kill"): {"summary": "Stop a write; the file keeps what was written.",
-                              "body": ({"request_id": {"type": "string"}}, _WRITER)},
-    ("POST", "/init_hp_io"): {"summary": "Agents start tracking a data dir.", "body": (InitHpIoRequest, _TARGETS)},
-    ("POST", "/init_sim"): {"summary": "Agents replay an archived run as a live one.",
-                            "body": (InitSimRequest, _TARGETS)},
-    ("POST", "/stop_hp_io"): {"summary": "Agents stop tracking.", "body": (StopHpIoRequest, _TARGETS)},
-    ("GET", "/services"): {"summary": "Live services (from their liveness beacons)."},
-    ("GET", "/requests/{request_id}"): {"summary": "Status history of a recent request."},
-    ("GET", "/status"): {"summary": "The 50 most recent requests and each service's latest status."},
-    ("GET", "/config/{service}"): {"summary": "The stored configuration of a service."},
-    ("PUT", "/config/{service}"): {"summary": "Validate and store a service's configuration.",
-                                   "body": ({}, {})},
-    ("GET", "/health"): {"summary": "Broker and Redis reachable (200) or not (503)."},
-    ("GET", "/openapi.json"): {"summary": "This document."},
+TARGET_FIELDS: dict[str, dict[str, Any]] = {
+    "targets": {"description": "Agent SERVICE_NAME or list; default: every live agent.",
+                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "writer": {"description": "Writer SERVICE_NAME or list; default: the writers of the REST config.",
+               "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
 }
+"""Body fields naming the services a request goes to, besides the request's own fields."""
+
+ANY_OBJECT = dict
+"""`Route.body` of a route that takes any JSON object (validated by the route itself)."""
 
 _ERROR = {"type": "object", "required": ["status", "message"],
           "properties": {"status": {"const": "error"}, "message": {"type": "string"},
@@ -44,47 +31,67 @@ _CODES = {"400": "Bad input (the message names the field)", "401": "Token missin
           "504": "A sync call timed out; the request keeps running", "507": "Output could not be written"}
 
 
-def _body_schema(body: tuple) -> dict[str, Any]:
-    model, extra = body
-    if isinstance(model, dict):
-        schema = {"type": "object", "properties": dict(model)}
-        if model:
-            schema["required"] = list(model)
-    else:
-        schema = model.model_json_schema()
+@dataclass(frozen=True)
+class Route:
+    """One endpoint of the proxy: what Flask serves and what the OpenAPI document describes.
+
+    Args:
+        path: a Flask rule (`/requests/<request_id>`).
+        view: the function answering it.
+        body: the request model of the JSON body, `ANY_OBJECT`, or None for no body.
+        targets: the body field naming the target services (a key of `TARGET_FIELDS`).
+    """
+
+    method: str
+    path: str
+    summary: str
+    view: Callable[..., Any]
+    body: type[BaseModel] | type[dict] | None = None
+    targets: str | None = None
+
+    @property
+    def path_parameters(self) -> list[str]:
+        return re.findall(r"<(\w+)>", self.path)
+
+    @property
+    def openapi_path(self) -> str:
+        return re.sub(r"<(\w+)>", r"{\1}", self.path)
+
+    @property
+    def operation_id(self) -> str:
+        """`get_requests_request_id`: the method and the path's words."""
+        return re.sub(r"\W+", "_", f"{self.method.lower()} {self.path.strip('/')}").strip("_")
+
+    def body_schema(self) -> dict[str, Any]:
+        if self.body is ANY_OBJECT:
+            return {"type": "object", "properties": {}}
+        schema = self.body.model_json_schema()
         schema.get("properties", {}).pop("request_type", None)
-    schema.setdefault("properties", {}).update(extra)
-    if not isinstance(body[0], dict) or body[0]:
+        if self.targets is not None:
+            schema.setdefault("properties", {})[self.targets] = TARGET_FIELDS[self.targets]
         schema["additionalProperties"] = False
-    return schema
+        return schema
 
 
-def openapi_document(app: Flask) -> dict[str, Any]:
-    """Every route of `app` with its summary, body schema and answers."""
+def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
+    """Every route with its summary, body schema and answers."""
     paths: dict[str, dict[str, Any]] = {}
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            info = ENDPOINTS.get((method, path), {"summary": ""})
-            name = path.strip("/").replace("/", "_").replace("{", "").replace("}", "")
-            operation: dict[str, Any] = {
-                "summary": info["summary"],
-                "operationId": f"{method.lower()}_{name}",
-                "responses": {"200": {"description": "OK: {\"status\": \"ok\", ...}",
-                                      "content": {"application/json": {"schema": {"type": "object"}}}},
-                              **{code: {"description": text, "content": {"application/json": {"schema": _ERROR}}}
-                                 for code, text in _CODES.items()}},
-            }
-            parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                          for name in rule.arguments]
-            if parameters:
-                operation["parameters"] = parameters
-            if "body" in info:
-                operation["requestBody"] = {"required": False, "content": {
-                    "application/json": {"schema": _body_schema(info["body"])}}}
-            paths.setdefault(path, {})[method.lower()] = operation
+    for route in routes:
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.operation_id,
+            "responses": {"200": {"description": "OK: {\"status\": \"ok\", ...}",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          **{code: {"description": text, "content": {"application/json": {"schema": _ERROR}}}
+                             for code, text in _CODES.items()}},
+        }
+        if route.path_parameters:
+            operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                                       for name in route.path_parameters]
+        if route.body is not None:
+            operation["requestBody"] = {"required": False,
+                                        "content": {"application/json": {"schema": route.body_schema()}}}
+        paths.setdefault(route.openapi_path, {})[route.method.lower()] = operation
     return {"openapi": "3.1.0",
             "info": {"title": "PANOSETI std_daq REST proxy", "version": __version__},
             "paths": dict(sorted(paths.items()))}

@@ -1,12 +1,14 @@
 """Requests and statuses over the real RabbitMQ: lifecycle, kill, failure, malformed input, restarts."""
 
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import pika
 import pytest
 from conftest import close_broker_connections, wait_until
 
-from std_daq_service.broker import Dispatcher, RequestCaller, RequestConsumer, connection_parameters
+from std_daq_service.broker import RequestCaller, RequestConsumer, SharedCaller, connection_parameters
 from std_daq_service.broker.topology import REQUEST_EXCHANGE
 from std_daq_service.protocol import Busy, StatusRequest, StopHpIoRequest, UnknownTarget, WriteRequest
 
@@ -34,15 +36,13 @@ HANDLERS = {"status": handle_status, "write": handle_write, "stop_hp_io": handle
 
 @contextmanager
 def running_service(broker_url, service_name):
-    consumer = RequestConsumer(broker_url, service_name, None)
-    dispatcher = Dispatcher(service_name, HANDLERS, consumer.publish)
-    consumer.dispatcher = dispatcher
+    consumer = RequestConsumer(broker_url, service_name, HANDLERS)
     with consumer:
         assert consumer.wait_connected(10), "service did not connect to RabbitMQ"
         try:
             yield consumer
         finally:
-            dispatcher.close()
+            consumer.dispatcher.close()
 
 
 @pytest.fixture
@@ -168,3 +168,22 @@ def test_concurrent_requests_run_at_the_same_time(broker_url, service_name, call
     starts = [next(s.timestamp for s in r.history if s.action == "request_start") for r in results.values()]
     ends = [r.finals[service_name].timestamp for r in results.values()]
     assert max(starts) < min(ends), "a request started only after another had finished"
+
+
+def test_a_caller_catches_the_services_error_as_its_own_class(broker_url, service_name, caller):
+    with running_service(broker_url, service_name):
+        with pytest.raises(Busy, match="re-initialised; retry"):
+            caller.call(service_name, StopHpIoRequest(), timeout=10).results()
+
+
+def test_shared_caller_publishes_from_other_threads_and_raises_there(broker_url, service_name):
+    with running_service(broker_url, service_name), SharedCaller(broker_url, "test-shared") as shared:
+        wait_until(shared.connected.is_set, 10, message="shared caller connected")
+        ids = [str(uuid.uuid4()) for _ in range(8)]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda rid: shared.publish([service_name], StatusRequest(), rid), ids))
+            results = list(pool.map(lambda rid: shared.wait(rid, [service_name], 10), ids))
+        assert all(r.results() == {service_name: {"answer": 42}} for r in results)
+        assert [s.action for s in shared.history(ids[0])] == ["request_received", "request_start", "request_success"]
+        with pytest.raises(UnknownTarget, match="test.nobody.writer"):
+            shared.publish(["test.nobody.writer"], StatusRequest(), str(uuid.uuid4()))

@@ -13,7 +13,7 @@ from conftest import service_stack
 from test_writer import start_agent, start_writer
 
 from std_daq_service.client import AioDaqDataClient, DaqDataClient
-from std_daq_service.protocol import NoServiceAnswered, UnknownTarget
+from std_daq_service.protocol import Busy, NoServiceAnswered, UnknownTarget
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,14 @@ def test_write_through_the_client(nodes):
     with DaqDataClient() as client:
         result = client.write(writer, output_file="client.h5", n_images=50, data_products=["img16"])
     assert result["complete"] and set(result["streams"]) == {"1/img16", "5/img16"}
+
+
+def test_a_client_caller_can_except_busy(nodes):
+    (_, _, writer), _ = nodes
+    with DaqDataClient() as client:
+        client.write(writer, output_file="busy.h5", n_images=5, data_products=["img16"])
+        with pytest.raises(Busy, match="busy.h5 exists; set overwrite=true"):
+            client.write(writer, output_file="busy.h5", n_images=5, data_products=["img16"])
 
 
 def test_async_client(nodes):

@@ -126,6 +126,7 @@ def test_stop_init_sim_and_config_round_trip(rest):
      "no service named 'no.such.writer'"),
     ("post", "/write_sync", {"json": {"output_file": "../../etc/x.h5", "n_images": 1}}, 400, "'..' is not allowed"),
     ("post", "/write_kill", {"json": {}}, 400, "request_id"),
+    ("post", "/write_kill", {"json": {"request_id": "x", "force": True}}, 400, "force: unknown field"),
     ("post", "/init_hp_io", {"json": {"data_dir": "/no/such/dir", "targets": "x.writer"}}, 400,
      "not hp_io_agent services"),
     ("get", "/requests/00000000-0000-0000-0000-000000000000", {}, 404, "no request"),

@@ -7,11 +7,19 @@ from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import (
     CONTROL_TOPIC,
+    ERRORS,
+    Busy,
     ControlHeader,
+    DaqError,
     InvalidMessage,
     InvalidRequest,
+    KillRequest,
+    RequestKilled,
     Status,
+    StorageError,
+    UnknownTarget,
     WriteRequest,
+    decode_kill,
     decode_request,
     decode_status,
     decode_stream_message,
@@ -19,7 +27,9 @@ from std_daq_service.protocol import (
     encode_frames,
     encode_request,
     encode_status,
+    error_result,
     frame_topic,
+    rebuild_error,
 )
 
 
@@ -113,3 +123,34 @@ def test_control_messages_and_malformed_messages():
         decode_stream_message(good[:3] + [bytes(100)])
     with pytest.raises(InvalidMessage, match="columns part"):
         decode_stream_message([good[0], good[1], good[2][:-8], good[3]])
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b"{}", "request_id: Field required"),
+    (b'{"request_id": ""}', "request_id: String should have at least 1 character"),
+    (b'{"request_id": 7}', "request_id: Input should be a valid string"),
+    (b'{"request_id": "a", "force": true}', "force: unknown field"),
+    (b"not json", "invalid kill"),
+])
+def test_kill_body_is_validated_by_its_model(body, problem):
+    with pytest.raises(InvalidRequest, match=problem):
+        decode_kill(body)
+
+
+def test_kill_round_trip():
+    kill = KillRequest(request_id="0f8e")
+    assert decode_kill(encode_request(kill)) == kill
+
+
+@pytest.mark.parametrize("error", [Busy("busy"), UnknownTarget("nobody"), InvalidRequest("bad"), StorageError("full"),
+                                   RequestKilled("killed")])
+def test_an_error_crosses_the_wire_as_its_own_class(error):
+    rebuilt = rebuild_error(error_result(error), str(error))
+    assert type(rebuilt) is type(error) and str(rebuilt) == str(error)
+    assert rebuilt.http_status == error.http_status
+
+
+def test_an_unexpected_error_crosses_the_wire_as_a_daq_error_with_its_code():
+    rebuilt = rebuild_error(error_result(KeyError("x")), "internal error")
+    assert type(rebuilt) is DaqError and rebuilt.http_status == 500
+    assert set(ERRORS) >= {"Busy", "UnknownTarget", "InvalidRequest", "RequestTimeout", "NoServiceAnswered"}
