@@ -25,8 +25,6 @@ from std_daq_service.protocol import InvalidRequest, UnknownTarget, describe_val
 log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-CONFIG_CHANNEL = "config_changed"
-"""Redis pub/sub channel on which a stored config's SERVICE_NAME is announced."""
 
 
 def redis_url(explicit: str | None = None) -> str:
@@ -155,15 +153,14 @@ class ConfigStore:
             )
         return validate_config(service_name, raw)
 
-    def load_raw(self, service_name: str) -> dict[str, Any] | None:
-        raw = self.redis.get(f"config.{service_name}")
-        return None if raw is None else json.loads(raw)
-
     def save(self, service_name: str, data: dict[str, Any] | str | bytes) -> ServiceConfig:
-        """Validate, store, and announce on `config_changed`; nothing is stored if invalid."""
+        """Validate and store; nothing is stored if invalid.
+
+        Raises:
+            InvalidRequest: the configuration does not validate.
+        """
         config = validate_config(service_name, data)
         self.redis.set(f"config.{service_name}", config.model_dump_json(exclude_unset=True))
-        self.redis.publish(CONFIG_CHANNEL, service_name)
         return config
 
     def service_names(self) -> list[str]:
