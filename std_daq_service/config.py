@@ -20,6 +20,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from std_daq_service import __version__
+from std_daq_service.lifecycle import BackgroundThread, Lifecycle
 from std_daq_service.protocol import InvalidRequest, UnknownTarget, describe_validation_error
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,11 @@ class ConfigStore:
         return sorted(key.removeprefix("config.") for key in self.redis.scan_iter("config.*"))
 
 
-class LivenessBeacon:
+class LivenessBeacon(Lifecycle):
     """Keep `status.<SERVICE_NAME>` alive in Redis: a hash refreshed every `period_s` with a TTL.
+
+    `start()` begins the refreshes; `close()` stops them and deletes the hash. The Redis client stays its
+    owner's.
 
     Args:
         state: called at each refresh; its dict (JSON-encoded values) is merged into the hash.
@@ -190,32 +194,18 @@ class LivenessBeacon:
         self.period_s = period_s
         self.ttl_s = max(1, round(3 * period_s))
         self.start_timestamp = time.time()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundThread(f"beacon-{service_name}", self._run)
         self._healthy = True
 
-    def start(self) -> LivenessBeacon:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"beacon-{self.service_name}", daemon=True)
-            self._thread.start()
-        return self
+    def _open(self) -> None:
+        self._loop.start()
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-            try:
-                self.redis.delete(self.key)
-            except redis.RedisError:
-                pass  # Redis away at shutdown: the key expires by its TTL
-        self.redis.close()
-
-    def __enter__(self) -> LivenessBeacon:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def _release(self) -> None:
+        self._loop.close()
+        try:
+            self.redis.delete(self.key)
+        except redis.RedisError:
+            pass  # Redis away at shutdown: the key expires by its TTL
 
     def fields(self) -> dict[str, str]:
         """The hash as it is written now."""
@@ -238,7 +228,7 @@ class LivenessBeacon:
         pipe.expire(self.key, self.ttl_s)
         pipe.execute()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         while True:
             try:
                 self.beat()
@@ -249,7 +239,7 @@ class LivenessBeacon:
                 if self._healthy:
                     log.warning("cannot refresh liveness beacon %s: %s; retrying", self.key, exc)
                 self._healthy = False
-            if self._stop.wait(self.period_s):
+            if stop.wait(self.period_s):
                 return
 
 
