@@ -34,7 +34,7 @@ def redis_url(explicit: str | None = None) -> str:
 
 
 def connect_redis(url: str | None = None) -> redis.Redis:
-    """A Redis client for `url` (see `redis_url`); connects lazily, reconnects on each command."""
+    """A Redis client for `url` (see `redis_url`); it connects at its first command and reconnects after a failure."""
     return redis.Redis.from_url(redis_url(url), socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
 
 

@@ -39,6 +39,7 @@ class Checkpoint(Lifecycle):
         self.redis.close()
 
     def load(self) -> dict[str, Any]:
+        """Read the checkpoint; empty when there is none or Redis cannot be read."""
         try:
             raw = self.redis.get(self.key)
         except redis.RedisError as exc:

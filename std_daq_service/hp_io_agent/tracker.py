@@ -260,7 +260,10 @@ class Tracker(Lifecycle):
                 stop.wait(0.5)
 
     def _holding(self) -> bool:
-        """After a restart, wait (up to _RESUME_HOLD_S) until a subscriber is back and has subscribed."""
+        """After a restart, hold publishing up to _RESUME_HOLD_S, ending _SUBSCRIBE_SETTLE_S after a subscriber is back.
+
+        A fixed settle time: ZMQ tells when a subscriber connects, not when its subscriptions arrived.
+        """
         if not self._hold_until:
             return False
         self.publisher.poll_monitors()
