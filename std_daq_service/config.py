@@ -20,13 +20,12 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from std_daq_service import __version__
+from std_daq_service.lifecycle import BackgroundThread, Lifecycle
 from std_daq_service.protocol import InvalidRequest, UnknownTarget, describe_validation_error
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-CONFIG_CHANNEL = "config_changed"
-"""Redis pub/sub channel on which a stored config's SERVICE_NAME is announced."""
 
 
 def redis_url(explicit: str | None = None) -> str:
@@ -35,7 +34,7 @@ def redis_url(explicit: str | None = None) -> str:
 
 
 def connect_redis(url: str | None = None) -> redis.Redis:
-    """A Redis client for `url` (see `redis_url`); connects lazily, reconnects on each command."""
+    """A Redis client for `url` (see `redis_url`); it connects at its first command and reconnects after a failure."""
     return redis.Redis.from_url(redis_url(url), socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
 
 
@@ -155,23 +154,25 @@ class ConfigStore:
             )
         return validate_config(service_name, raw)
 
-    def load_raw(self, service_name: str) -> dict[str, Any] | None:
-        raw = self.redis.get(f"config.{service_name}")
-        return None if raw is None else json.loads(raw)
-
     def save(self, service_name: str, data: dict[str, Any] | str | bytes) -> ServiceConfig:
-        """Validate, store, and announce on `config_changed`; nothing is stored if invalid."""
+        """Validate and store; nothing is stored if invalid.
+
+        Raises:
+            InvalidRequest: the configuration does not validate.
+        """
         config = validate_config(service_name, data)
         self.redis.set(f"config.{service_name}", config.model_dump_json(exclude_unset=True))
-        self.redis.publish(CONFIG_CHANNEL, service_name)
         return config
 
     def service_names(self) -> list[str]:
         return sorted(key.removeprefix("config.") for key in self.redis.scan_iter("config.*"))
 
 
-class LivenessBeacon:
+class LivenessBeacon(Lifecycle):
     """Keep `status.<SERVICE_NAME>` alive in Redis: a hash refreshed every `period_s` with a TTL.
+
+    `start()` begins the refreshes; `close()` stops them and deletes the hash. The Redis client stays its
+    owner's.
 
     Args:
         state: called at each refresh; its dict (JSON-encoded values) is merged into the hash.
@@ -193,32 +194,18 @@ class LivenessBeacon:
         self.period_s = period_s
         self.ttl_s = max(1, round(3 * period_s))
         self.start_timestamp = time.time()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundThread(f"beacon-{service_name}", self._run)
         self._healthy = True
 
-    def start(self) -> LivenessBeacon:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"beacon-{self.service_name}", daemon=True)
-            self._thread.start()
-        return self
+    def _open(self) -> None:
+        self._loop.start()
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-            try:
-                self.redis.delete(self.key)
-            except redis.RedisError:
-                pass  # Redis away at shutdown: the key expires by its TTL
-        self.redis.close()
-
-    def __enter__(self) -> LivenessBeacon:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def _release(self) -> None:
+        self._loop.close()
+        try:
+            self.redis.delete(self.key)
+        except redis.RedisError:
+            pass  # Redis away at shutdown: the key expires by its TTL
 
     def fields(self) -> dict[str, str]:
         """The hash as it is written now."""
@@ -241,7 +228,7 @@ class LivenessBeacon:
         pipe.expire(self.key, self.ttl_s)
         pipe.execute()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         while True:
             try:
                 self.beat()
@@ -252,7 +239,7 @@ class LivenessBeacon:
                 if self._healthy:
                     log.warning("cannot refresh liveness beacon %s: %s; retrying", self.key, exc)
                 self._healthy = False
-            if self._stop.wait(self.period_s):
+            if stop.wait(self.period_s):
                 return
 
 

@@ -14,7 +14,8 @@ from std_daq_service.config import connect_redis
 
 def redis_answers(url: str) -> bool:
     try:
-        return bool(connect_redis(url).ping())
+        with connect_redis(url) as client:
+            return bool(client.ping())
     except redis.RedisError:
         return False
 

@@ -64,13 +64,16 @@ class BackgroundThread(Lifecycle):
         name: the thread's name (shown in logs and py-spy).
         target: the loop; it returns when `stop.is_set()` (it should wait on `stop`, not sleep).
         wake: called after `stop` is set, to interrupt a loop blocked elsewhere (a poll, a watcher).
+        join_timeout_s: longest wait for the loop to end at `close()` (None: until it ends); for a loop
+            that may be kept busy by others (an HTTP server finishing its open connections).
     """
 
     def __init__(self, name: str, target: Callable[[threading.Event], None],
-                 wake: Callable[[], None] | None = None):
+                 wake: Callable[[], None] | None = None, join_timeout_s: float | None = None):
         self.name = name
         self.target = target
         self.wake = wake
+        self.join_timeout_s = join_timeout_s
         self.stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -85,7 +88,7 @@ class BackgroundThread(Lifecycle):
             self.wake()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(self.join_timeout_s)
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

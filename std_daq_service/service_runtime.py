@@ -1,4 +1,8 @@
-"""What every service does at start: arguments, logging, config from Redis, beacon, broker, SIGTERM."""
+"""What every service does at start: arguments, logging, config from Redis, beacon, broker, SIGTERM.
+
+A `start.py` parses its options (`parse_options`), configures logging, enters a `ServiceRuntime` in its
+`ExitStack`, loads its configuration (`load_config`), enters its own objects and calls `serve`.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,15 @@ import sys
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
 
 import redis
 
 from std_daq_service import __version__
 from std_daq_service.broker import Handler, RequestConsumer, broker_url
 from std_daq_service.config import ConfigStore, LivenessBeacon, ServiceConfig, connect_redis, redis_url
+from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.protocol import DaqError
 
 log = logging.getLogger(__name__)
@@ -24,58 +30,111 @@ log = logging.getLogger(__name__)
 EXIT_BAD_CONFIG = 2
 _BROKER_WAIT_S = 10.0
 
+_Config = TypeVar("_Config", bound=ServiceConfig)
+_Owner = TypeVar("_Owner", bound=Lifecycle)
 
-class ServiceRuntime:
-    """Parse the common options, set up logging and load the validated configuration.
 
-    Exits with code 2 and a message on stderr when the configuration is missing or invalid.
+@dataclass(frozen=True)
+class ServiceOptions:
+    """The command-line options every service has."""
+
+    kind: str
+    service_name: str
+    redis_url: str
+    broker_url: str
+    log_level: str
+
+    @property
+    def prog(self) -> str:
+        return f"std_daq_{self.kind}"
+
+
+def parse_options(kind: str, description: str, argv: list[str] | None = None) -> ServiceOptions:
+    """Parse the common options of a service of `kind`.
+
+    Exits with code 2 and a message on stderr when SERVICE_NAME is missing or not `<site>.<node>.<kind>`.
     """
+    parser = argparse.ArgumentParser(
+        prog=f"std_daq_{kind}",
+        description=f"{description.strip()} Configuration: Redis key config.<SERVICE_NAME>.",
+    )
+    parser.add_argument("--service_name", "--service-name", default=os.environ.get("SERVICE_NAME"),
+                        help=f"<site>.<node>.{kind} (default: $SERVICE_NAME)")
+    parser.add_argument("--redis-url", default=None, help="default: $REDIS_URL or redis://127.0.0.1:6379/0")
+    parser.add_argument("--broker-url", default=None,
+                        help="default: $BROKER_URL or amqp://guest:guest@127.0.0.1:5672/%%2F")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="default: INFO")
+    parser.add_argument("--version", action="version", version=__version__)
+    args = parser.parse_args(argv)
+    if not args.service_name:
+        parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: set SERVICE_NAME or --service_name\n")
+    if not args.service_name.endswith(f".{kind}"):
+        parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: SERVICE_NAME {args.service_name!r} must end "
+                                     f"in .{kind} (<site>.<node>.{kind})\n")
+    return ServiceOptions(kind, args.service_name, redis_url(args.redis_url), broker_url(args.broker_url),
+                          args.log_level)
 
-    def __init__(self, kind: str, config_model: type[ServiceConfig], description: str,
-                 argv: list[str] | None = None):
-        parser = argparse.ArgumentParser(
-            prog=f"std_daq_{kind}",
-            description=f"{description.strip()} Configuration: Redis key config.<SERVICE_NAME>.",
-        )
-        parser.add_argument("--service_name", "--service-name", default=os.environ.get("SERVICE_NAME"),
-                            help=f"<site>.<node>.{kind} (default: $SERVICE_NAME)")
-        parser.add_argument("--redis-url", default=None, help="default: $REDIS_URL or redis://127.0.0.1:6379/0")
-        parser.add_argument("--broker-url", default=None,
-                            help="default: $BROKER_URL or amqp://guest:guest@127.0.0.1:5672/%%2F")
-        parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="default: INFO")
-        parser.add_argument("--version", action="version", version=__version__)
-        args = parser.parse_args(argv)
-        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
-        if not args.service_name:
-            parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: set SERVICE_NAME or --service_name\n")
-        if not args.service_name.endswith(f".{kind}"):
-            parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: SERVICE_NAME {args.service_name!r} must end "
-                                         f"in .{kind} (<site>.<node>.{kind})\n")
-        self.service_name: str = args.service_name
-        self.redis_url = redis_url(args.redis_url)
-        self.broker_url = broker_url(args.broker_url)
-        self.redis = connect_redis(self.redis_url)
-        try:
-            self.config = ConfigStore(self.redis).load(self.service_name)
-        except DaqError as exc:
-            parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: refusing to start: {exc}\n")
-        except redis.RedisError as exc:
-            parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: refusing to start: Redis at {self.redis_url}: {exc}\n")
-        if not isinstance(self.config, config_model):
-            parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: refusing to start: config is not a {kind} config\n")
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at `level` (pika at WARNING or above)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _exit_refusing(prog: str, reason: str) -> NoReturn:
+    sys.stderr.write(f"{prog}: refusing to start: {reason}\n")
+    sys.exit(EXIT_BAD_CONFIG)
+
+
+class ServiceRuntime(Lifecycle):
+    """Redis, configuration, beacon, broker and SIGTERM of one service; `start()` creates the Redis client."""
+
+    def __init__(self, options: ServiceOptions):
+        self.options = options
+        self.service_name = options.service_name
+        self.redis_url = options.redis_url
+        self.broker_url = options.broker_url
         self._stopped = threading.Event()
-        self._parser = parser
 
-    def refuse(self, reason: str) -> None:
+    def _open(self) -> None:
+        self.redis = connect_redis(self.redis_url)
+
+    def _release(self) -> None:
+        self.redis.close()
+
+    def load_config(self, config_model: type[_Config]) -> _Config:
+        """Read and validate `config.<SERVICE_NAME>`; exit with code 2 and a message if it is missing or invalid."""
+        try:
+            config = ConfigStore(self.redis).load(self.service_name)
+        except DaqError as exc:
+            _exit_refusing(self.options.prog, str(exc))
+        except redis.RedisError as exc:
+            _exit_refusing(self.options.prog, f"Redis at {self.redis_url}: {exc}")
+        if not isinstance(config, config_model):
+            _exit_refusing(self.options.prog, f"config is not a {self.options.kind} config")
+        self.config = config
+        return config
+
+    def refuse(self, reason: str) -> NoReturn:
         """Exit with code 2 and `reason` on stderr (the service cannot start)."""
         log.error("refusing to start: %s", reason)
-        self._parser.exit(EXIT_BAD_CONFIG, f"{self._parser.prog}: refusing to start: {reason}\n")
+        _exit_refusing(self.options.prog, reason)
+
+    def start_or_refuse(self, stack: ExitStack, owner: _Owner, reason: str,
+                        errors: type[Exception] | tuple[type[Exception], ...] = OSError) -> _Owner:
+        """Enter `owner` into `stack`; if its start raises one of `errors`, refuse to start with `reason: error`."""
+        try:
+            return stack.enter_context(owner)
+        except errors as exc:
+            self.refuse(f"{reason}: {exc}")
 
     def serve(self, stack: ExitStack, handlers: dict[str, Handler],
               state: Callable[[], dict[str, Any]]) -> int:
-        """Consume requests and keep the beacon alive until SIGTERM or SIGINT; then leave `stack`."""
+        """Consume requests and keep the beacon alive until SIGTERM or SIGINT.
+
+        The consumer and the beacon are entered into `stack`: they stop when the caller leaves it.
+        """
         consumer = RequestConsumer(self.broker_url, self.service_name, handlers)
         dispatcher = consumer.dispatcher
 

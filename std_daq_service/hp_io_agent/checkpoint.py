@@ -15,23 +15,31 @@ from typing import Any
 import redis
 
 from std_daq_service.config import redis_url
+from std_daq_service.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 0.2
 
 
-class Checkpoint:
+class Checkpoint(Lifecycle):
     """Save and load one agent's checkpoint; a Redis failure is logged and never blocks publishing long."""
 
     def __init__(self, url: str | None, service_name: str):
+        self.url = url
         self.key = f"checkpoint.{service_name}"
-        self.redis = redis.Redis.from_url(redis_url(url), socket_timeout=_TIMEOUT_S,
-                                          socket_connect_timeout=_TIMEOUT_S, decode_responses=True)
         self.state: dict[str, Any] = {}
         self.error: str | None = None
 
+    def _open(self) -> None:
+        self.redis = redis.Redis.from_url(redis_url(self.url), socket_timeout=_TIMEOUT_S,
+                                          socket_connect_timeout=_TIMEOUT_S, decode_responses=True)
+
+    def _release(self) -> None:
+        self.redis.close()
+
     def load(self) -> dict[str, Any]:
+        """Read the checkpoint; empty when there is none or Redis cannot be read."""
         try:
             raw = self.redis.get(self.key)
         except redis.RedisError as exc:
@@ -73,6 +81,3 @@ class Checkpoint:
             module_id, dp = key.split("/")
             out[(int(module_id), dp)] = position
         return out
-
-    def close(self) -> None:
-        self.redis.close()

@@ -8,6 +8,8 @@ import select
 import threading
 from pathlib import Path
 
+from std_daq_service.lifecycle import Lifecycle
+
 log = logging.getLogger(__name__)
 
 _REMEMBERED = 4096
@@ -23,8 +25,8 @@ except ImportError:  # not Linux: polling only
     INotify = None
 
 
-class FileWatcher:
-    """Watch directories (not recursively) and wait for changes with a timeout.
+class FileWatcher(Lifecycle):
+    """Watch directories (not recursively) and wait for changes with a timeout; `start()` opens inotify.
 
     `wait()` returns True when a file or directory was created, moved or deleted (a reason to look
     for new runs and files), False for only appended data or a timeout. Without inotify it sleeps
@@ -40,15 +42,18 @@ class FileWatcher:
         self.poll_interval_s = poll_interval_s
         self._inotify = None
         self._watches: dict[Path, int] = {}
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r = self._wake_w = -1
         self._lock = threading.Lock()
         self._dirs: dict[int, Path] = {}
         self._closed: dict[Path, tuple[int, int]] = {}
+
+    def _open(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
         if INotify is not None:
             try:
                 self._inotify = INotify()
             except OSError as exc:
-                log.warning("inotify unavailable (%s); polling every %.2f s", exc, poll_interval_s)
+                log.warning("inotify unavailable (%s); polling every %.2f s", exc, self.poll_interval_s)
 
     @property
     def uses_inotify(self) -> bool:
@@ -121,13 +126,13 @@ class FileWatcher:
         """Make a waiting `wait()` return at once (thread-safe)."""
         os.write(self._wake_w, b"x")
 
-    def close(self) -> None:
+    def _release(self) -> None:
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
         for fd in (self._wake_r, self._wake_w):
-            try:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass  # closed twice
         self._wake_r = self._wake_w = -1
+        self._watches.clear()
+        self._dirs.clear()

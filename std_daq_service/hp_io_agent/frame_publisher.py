@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock
+from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.pff import FrameBlock
 from std_daq_service.protocol import encode_control, encode_frames
 
@@ -41,8 +43,16 @@ def advertised_endpoint(bind: str, advertise_host: str | None) -> str:
     return f"{parts.scheme}://{host}:{parts.port}"
 
 
-class FramePublisher:
-    """Own the data and preview PUB sockets (use from one thread only).
+@dataclass
+class Subscribers:
+    """Subscribers connected now, per socket."""
+
+    data: int = 0
+    preview: int = 0
+
+
+class FramePublisher(Lifecycle):
+    """Own the data and preview PUB sockets (use from one thread only); `start()` binds them.
 
     Messages are sent without blocking: a subscriber whose queue (send_hwm messages) is full loses
     messages, never the agent or other subscribers; it sees the loss as a gap in `seq`.
@@ -50,21 +60,48 @@ class FramePublisher:
 
     def __init__(self, service_name: str, data_bind: str, preview_bind: str, send_hwm: int):
         self.service_name = service_name
-        self.context = zmq.Context.instance()
-        self.data = self.context.socket(zmq.PUB)
-        self.preview = self.context.socket(zmq.PUB)
-        for sock, bind in ((self.data, data_bind), (self.preview, preview_bind)):
-            sock.setsockopt(zmq.SNDHWM, send_hwm)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(bind)
-        self.data_endpoint = self.data.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.preview_endpoint = self.preview.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._monitors = [s.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-                          for s in (self.data, self.preview)]
-        self.subscribers = [0, 0]
+        self.data_bind = data_bind
+        self.preview_bind = preview_bind
+        self.send_hwm = send_hwm
+        self.subscribers = Subscribers()
         self.messages = 0
         self._latest: dict[tuple[int, str, str], tuple[FrameSource, FrameBlock, np.ndarray]] = {}
         self._last_preview = 0.0
+        self._sockets: list[zmq.Socket] = []
+        self._monitors: list[zmq.Socket] = []
+
+    def _open(self) -> None:
+        context = zmq.Context.instance()
+        self.data = self._bind(context, self.data_bind)
+        self.preview = self._bind(context, self.preview_bind)
+        self.data_endpoint = self.data.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.preview_endpoint = self.preview.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._data_monitor = self._monitor(self.data)
+        self._preview_monitor = self._monitor(self.preview)
+
+    def _bind(self, context: zmq.Context, bind: str) -> zmq.Socket:
+        sock = context.socket(zmq.PUB)
+        self._sockets.append(sock)
+        sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(bind)
+        return sock
+
+    def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
+        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._monitors.append(monitor)
+        return monitor
+
+    def _release(self) -> None:
+        for sock in self._sockets:
+            sock.disable_monitor()
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        for sock in self._sockets:
+            sock.close(linger=0)
+        self._monitors.clear()
+        self._sockets.clear()
+        self.subscribers = Subscribers()
 
     def publish(self, stream: StreamBlock, origin: str = "file") -> None:
         """Send a block of frames read from a file as one message."""
@@ -121,15 +158,13 @@ class FramePublisher:
 
     def poll_monitors(self) -> None:
         """Count connected subscribers from the sockets' connection events."""
-        for index, monitor in enumerate(self._monitors):
-            while monitor.poll(0):
-                event = recv_monitor_message(monitor)["event"]
-                self.subscribers[index] += 1 if event == zmq.EVENT_ACCEPTED else -1
+        self.subscribers.data += _connection_change(self._data_monitor)
+        self.subscribers.preview += _connection_change(self._preview_monitor)
 
-    def close(self) -> None:
-        for sock in (self.data, self.preview):
-            sock.disable_monitor()
-        for monitor in self._monitors:
-            monitor.close(linger=0)
-        self.data.close(linger=0)
-        self.preview.close(linger=0)
+
+def _connection_change(monitor: zmq.Socket) -> int:
+    """Connections accepted minus connections closed since the last call."""
+    change = 0
+    while monitor.poll(0):
+        change += 1 if recv_monitor_message(monitor)["event"] == zmq.EVENT_ACCEPTED else -1
+    return change

@@ -13,6 +13,7 @@ from std_daq_service.config import HpIoAgentConfig
 from std_daq_service.hp_io_agent.frame_publisher import advertised_endpoint
 from std_daq_service.hp_io_agent.simulator import DEFAULT_SOURCE, Simulator
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
+from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.pff import DATA_PRODUCTS
 from std_daq_service.protocol import (
     SOCKET_TOPIC_PREFIX,
@@ -30,8 +31,11 @@ from std_daq_service.protocol import (
 log = logging.getLogger(__name__)
 
 
-class AgentHandlers:
-    """Request handlers of one agent; inits and stops are serialised, the others run at any time."""
+class AgentHandlers(Lifecycle):
+    """Request handlers of one agent; inits and stops are serialised, the others run at any time.
+
+    Closing stops the simulator, if one runs.
+    """
 
     def __init__(self, service_name: str, config: HpIoAgentConfig, tracker: Tracker):
         self.service_name = service_name
@@ -55,7 +59,8 @@ class AgentHandlers:
             raise InvalidRequest(f"update_interval_seconds {seconds:g} is below this agent's minimum of {minimum:g} s")
 
     def _check_force(self, force: bool) -> None:
-        subscribers = self.tracker.publisher.subscribers[0] + self.tracker.publisher.subscribers[1]
+        connected = self.tracker.publisher.subscribers
+        subscribers = connected.data + connected.preview
         if self.tracker.tracking is not None and subscribers and not force:
             raise Busy(
                 f"{subscribers} consumer(s) are subscribed to the running stream of "
@@ -182,5 +187,5 @@ class AgentHandlers:
             "endpoints": self.endpoints(),
         }
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._stop_simulator()

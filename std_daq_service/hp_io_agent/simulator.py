@@ -14,6 +14,7 @@ import numpy as np
 
 import std_daq_service
 from std_daq_service.hp_io_agent.run_discovery import discover
+from std_daq_service.lifecycle import BackgroundThread, Lifecycle
 from std_daq_service.pff import (
     DATA_PRODUCTS,
     PffReader,
@@ -23,6 +24,7 @@ from std_daq_service.pff import (
     format_header,
     format_run_dir_name,
 )
+from std_daq_service.pff.timestamps import pkt_tai
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,13 @@ class _SimStream:
 def _retimed(header: dict, unix_ns: int) -> dict:
     """A header moved to `unix_ns`, WR and host clocks in agreement."""
     tv_sec, ns = divmod(unix_ns, 1_000_000_000)
-    times = {"tv_sec": tv_sec, "tv_usec": ns // 1000, "pkt_tai": (tv_sec + 37) % 1024, "pkt_nsec": ns}
+    times = {"tv_sec": tv_sec, "tv_usec": ns // 1000, "pkt_tai": pkt_tai(tv_sec), "pkt_nsec": ns}
     if "quabo_num" in header:
         return {**header, **times}
     return {key: {**value, **times} if value.get("tv_sec") else value for key, value in header.items()}
 
 
-class Simulator:
+class Simulator(Lifecycle):
     """Write a live run under `data_dir/module_<N>/obs_*.pffd/` from the frames of an archived run.
 
     Behaves as Hashpipe's output thread: all four data product files of each module are opened
@@ -60,7 +62,8 @@ class Simulator:
     configured rates with headers moved to the current time through stdio-like buffers (1 MiB
     for images, a few KiB for ph256), so readers see torn frames; after a frame takes a file past
     `max_file_size_mb` the next seqno is opened first and only then the old file closed, which
-    flushes its last buffer. The source loops forever; `close()` stops and removes what was written.
+    flushes its last buffer. The source loops forever from `start()`; `close()` stops and removes the run
+    dirs it wrote.
     """
 
     def __init__(self, source_dir: Path, data_dir: Path, module_ids: list[int], movie_rate_hz: float,
@@ -74,8 +77,7 @@ class Simulator:
         self.run_dirs: list[Path] = []
         self._streams: list[_SimStream] = []
         self._idle: list[PffWriter] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundThread("simulator", self._run)
         self.error: str | None = None
 
     def _load_source(self) -> dict[int, dict[str, tuple[list[dict], list[bytes]]]]:
@@ -93,7 +95,7 @@ class Simulator:
             raise FileNotFoundError(f"no PFF frames in {self.source_dir}")
         return by_module
 
-    def start(self) -> Simulator:
+    def _open(self) -> None:
         source = self._load_source()
         source_modules = sorted(source)
         targets = self.module_ids or source_modules
@@ -113,9 +115,7 @@ class Simulator:
                 rate = self.movie_rate_hz if data_product(dp).is_movie else self.pulse_height_rate_hz
                 self._streams.append(_SimStream(module_id, dp, headers, images, rate, writer=writer))
         log.info("simulating modules %s from %s into %s", targets, self.source_dir, self.data_dir)
-        self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
-        self._thread.start()
-        return self
+        self._loop.start()
 
     @staticmethod
     def _writer(path: Path, dp: str) -> PffWriter:
@@ -131,11 +131,11 @@ class Simulator:
         stream.writer = self._writer(path, stream.dp)
         old.close()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         start_ns = time.time_ns()
         t0 = time.monotonic()
         try:
-            while not self._stop.wait(0.002):
+            while not stop.wait(0.002):
                 elapsed = time.monotonic() - t0
                 for stream in self._streams:
                     due = int(elapsed * stream.rate_hz)
@@ -151,10 +151,15 @@ class Simulator:
             self.error = f"simulator stopped: {exc}"
             log.error(self.error)
         finally:
-            for stream in self._streams:
-                stream.writer.close()
-            for writer in self._idle:
+            self._close_files()
+
+    def _close_files(self) -> None:
+        """Close (and so flush) every file; a failed flush is logged: the simulated run is removed anyway."""
+        for writer in [s.writer for s in self._streams] + self._idle:
+            try:
                 writer.close()
+            except OSError as exc:
+                log.warning("simulated file %s: %s", writer.path, exc)
 
     def status(self) -> dict:
         return {
@@ -164,16 +169,13 @@ class Simulator:
             "error": self.error,
         }
 
-    def close(self, remove: bool = True) -> None:
-        """Stop writing; remove the simulated run dirs unless `remove` is False."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if remove:
-            for run_dir in self.run_dirs:
-                shutil.rmtree(run_dir, ignore_errors=True)
-                try:
-                    run_dir.parent.rmdir()
-                except OSError:
-                    pass  # the module dir holds other runs too
+    def _release(self) -> None:
+        """Stop writing, close the files and remove the simulated run dirs."""
+        self._loop.close()
+        self._close_files()
+        for run_dir in self.run_dirs:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            try:
+                run_dir.parent.rmdir()
+            except OSError:
+                pass  # the module dir holds other runs too

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from std_daq_service.lifecycle import BackgroundThread, Lifecycle
 from std_daq_service.pff import DATA_PRODUCTS, DataProduct, FrameBlock, FrameScanner
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,10 @@ def _in_use(path: Path) -> bool:
     return True
 
 
-class SocketHook:
+class SocketHook(Lifecycle):
     """Listen on one Unix socket per data product in a thread; frames go to `blocks`.
+
+    `start()` binds every socket (raises OSError, leaving nothing bound) and starts the thread.
 
     Args:
         path_template: socket path with a `{dp}` placeholder.
@@ -94,25 +97,19 @@ class SocketHook:
         self.counters = HookCounters()
         self._next_seq: dict[tuple[int, str], int] = {}
         self._accepted = 0
-        self._selector = selectors.DefaultSelector()
         self._listeners: list[socket.socket] = []
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_w: socket.socket | None = None
+        self._loop = BackgroundThread("socket-hook", self._run, wake=self._wake)
 
-    def start(self) -> SocketHook:
-        """Bind every socket (raises OSError, leaving nothing bound) and start the thread."""
-        try:
-            for dp, path in self.paths.items():
-                self._listeners.append(self._listen(path, DATA_PRODUCTS[dp]))
-        except OSError:
-            self.close()
-            raise
+    def _open(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._run, name="socket-hook", daemon=True)
-        self._thread.start()
+        for dp, path in self.paths.items():
+            self._listeners.append(self._listen(path, DATA_PRODUCTS[dp]))
+        self._loop.start()
         log.info("socket hook listening on %s", ", ".join(str(p) for p in self.paths.values()))
-        return self
 
     def _listen(self, path: Path, dp: DataProduct) -> socket.socket:
         if path.exists() or path.is_symlink():
@@ -133,26 +130,22 @@ class SocketHook:
         self._selector.register(listener, selectors.EVENT_READ, dp)
         return listener
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._wake_w.send(b"x")
-            self._thread.join()
-            self._thread = None
+    def _wake(self) -> None:
+        self._wake_w.send(b"x")
+
+    def _release(self) -> None:
+        self._loop.close()
         for listener in self._listeners:
             Path(listener.getsockname()).unlink(missing_ok=True)
-            listener.close()
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def __enter__(self) -> SocketHook:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        self._listeners.clear()
+        if self._selector is not None:
+            for key in list(self._selector.get_map().values()):
+                key.fileobj.close()  # the listeners, the connections and the wake socket
+            self._selector.close()
+            self._selector = None
+        if self._wake_w is not None:
+            self._wake_w.close()
+            self._wake_w = None
 
     def status(self) -> dict:
         c = self.counters
@@ -166,8 +159,8 @@ class SocketHook:
             "resyncs": c.resyncs,
         }
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             waiting = [k.data for k in self._selector.get_map().values()
                        if isinstance(k.data, _Connection) and k.data.waiting_since is not None]
             events = self._selector.select(_SETTLE_S if waiting else None)

@@ -17,7 +17,7 @@ from std_daq_service.hp_io_agent.request_handlers import AgentHandlers
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
 from std_daq_service.protocol import DaqError
-from std_daq_service.service_runtime import ServiceRuntime
+from std_daq_service.service_runtime import ServiceRuntime, configure_logging, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -29,31 +29,27 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    runtime = ServiceRuntime("hp_io_agent", HpIoAgentConfig, DESCRIPTION, argv)
-    config: HpIoAgentConfig = runtime.config
+    options = parse_options("hp_io_agent", DESCRIPTION, argv)
+    configure_logging(options.log_level)
     with ExitStack() as stack:
-        try:
-            publisher = FramePublisher(runtime.service_name, config.data_bind, config.preview_bind, config.send_hwm)
-        except zmq.ZMQError as exc:
-            runtime.refuse(f"cannot bind {config.data_bind} / {config.preview_bind}: {exc}")
-        stack.callback(publisher.close)
-        watcher = FileWatcher(config.poll_interval_seconds)
-        stack.callback(watcher.close)
+        runtime = stack.enter_context(ServiceRuntime(options))
+        config = runtime.load_config(HpIoAgentConfig)
+        publisher = runtime.start_or_refuse(
+            stack, FramePublisher(options.service_name, config.data_bind, config.preview_bind, config.send_hwm),
+            f"cannot bind {config.data_bind} / {config.preview_bind}", zmq.ZMQError,
+        )
+        watcher = stack.enter_context(FileWatcher(config.poll_interval_seconds))
         hook = None
         if config.socket_hook:
-            try:
-                hook = stack.enter_context(SocketHook(config.socket_path_template, watcher.wake))
-            except OSError as exc:
-                runtime.refuse(f"socket hook: {exc}")
-        checkpoint = Checkpoint(runtime.redis_url, runtime.service_name)
-        stack.callback(checkpoint.close)
+            hook = runtime.start_or_refuse(stack, SocketHook(config.socket_path_template, watcher.wake),
+                                           "socket hook")
+        checkpoint = stack.enter_context(Checkpoint(options.redis_url, options.service_name))
         state = checkpoint.load()
         tracker = stack.enter_context(
             Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames, hook, checkpoint,
                     config.rollover_grace_seconds)
         )
-        handlers = AgentHandlers(runtime.service_name, config, tracker)
-        stack.callback(handlers.close)
+        handlers = stack.enter_context(AgentHandlers(options.service_name, config, tracker))
         if config.data_dir:
             tracker.track(Tracking(Path(config.data_dir), set(), 1.0), "reinit", f"tracking {config.data_dir}")
         elif state.get("tracking"):

@@ -10,6 +10,7 @@ import numpy as np
 
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
 from std_daq_service.hp_io_agent.run_discovery import StreamFile, next_file
+from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.pff import FrameBlock, PffTailer, data_product
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ class StreamBlock:
     seq: np.ndarray
 
 
-class StreamTailer:
-    """Tail the current file of a stream, and move on only once it is complete.
+class StreamTailer(Lifecycle):
+    """Tail the current file of a stream, and move on only once it is complete; `start()` opens the first file.
 
     Hashpipe opens the next seqno (or a new run starts) *before* it closes the old file, whose
     last buffer (up to 1 MiB) is written by that close. So a newer file is only a reason to
@@ -55,14 +56,23 @@ class StreamTailer:
         self.rate_hz = 0.0
         self._newer: StreamFile | None = None
         self._counted = (0, 0)
+        self.file = file
         self.tailer: PffTailer | None = None
-        self._open(file, from_end and resume is None)
-        if resume is not None:
-            self.tailer.resume(resume["offset"], resume["frames_read"], resume.get("first_header"))
-            self.next_seq = resume["next_seq"]
-            log.info("resuming %s at frame %d, seq %d", file.path, self.tailer.frames_read, self.next_seq)
+        self._from_end = from_end and resume is None
+        self._resume = resume
 
-    def _open(self, file: StreamFile, from_end: bool) -> None:
+    def _open(self) -> None:
+        self._follow(self.file, self._from_end)
+        if self._resume is not None:
+            self.tailer.resume(self._resume["offset"], self._resume["frames_read"], self._resume.get("first_header"))
+            self.next_seq = self._resume["next_seq"]
+            log.info("resuming %s at frame %d, seq %d", self.file.path, self.tailer.frames_read, self.next_seq)
+
+    def _release(self) -> None:
+        if self.tailer is not None:
+            self.tailer.close()
+
+    def _follow(self, file: StreamFile, from_end: bool) -> None:
         """Follow `file` from now on; if it cannot be opened (OSError), the stream stays where it was."""
         frame_size = data_product(file.dp).frame_size
         tailer = PffTailer(file.path, file.dp, max_bytes=self.max_batch_frames * frame_size).open()
@@ -100,7 +110,7 @@ class StreamTailer:
             following = self._following()
             if following is None:
                 return None  # the run ended: nothing follows yet
-            self._open(following, from_end=False)
+            self._follow(following, from_end=False)
             if self._newer is not None and following.order >= self._newer.order:
                 self._newer = None
 
@@ -181,6 +191,3 @@ class StreamTailer:
             "file_events": list(self.tailer.events),
             "error": self.error,
         }
-
-    def close(self) -> None:
-        self.tailer.close()

@@ -22,6 +22,7 @@ from std_daq_service.hp_io_agent.run_discovery import (
 )
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock, StreamTailer
+from std_daq_service.lifecycle import BackgroundThread, Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class _Change:
     resume: dict[tuple[int, str], dict] = field(default_factory=dict)
 
 
-class Tracker:
+class Tracker(Lifecycle):
     """Run the tracking loop in its own thread; `track()`, `module_ids()` and `status()` are thread-safe.
 
     Streams that exist when tracking starts are followed from the end of their newest file (live
@@ -94,29 +95,15 @@ class Tracker:
         self._announced_runs: set[str] = set()
         self._first_scan = True
         self._pending = _Change(None, "reinit", "")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundThread("tracker", self._run, wake=watcher.wake)
         self.error: str | None = None
 
-    def start(self) -> Tracker:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tracker", daemon=True)
-            self._thread.start()
-        return self
+    def _open(self) -> None:
+        self._loop.start()
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self.watcher.wake()
-            self._thread.join()
-            self._thread = None
+    def _release(self) -> None:
+        self._loop.close()
         self._close_streams()
-
-    def __enter__(self) -> Tracker:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     @property
     def tracking(self) -> Tracking | None:
@@ -188,7 +175,7 @@ class Tracker:
 
     def _stream(self, file: StreamFile, from_end: bool, resume: dict | None = None, next_seq: int = 0) -> StreamTailer:
         return StreamTailer(file, from_end, self.max_batch_frames, self.rollover_grace_s, self.watcher,
-                            resume=resume, next_seq=next_seq)
+                            resume=resume, next_seq=next_seq).start()
 
     def _new_stream(self, key: tuple[int, str], file: StreamFile) -> StreamTailer:
         """A stream found by discovery: `file` is its newest file."""
@@ -241,9 +228,9 @@ class Tracker:
                 self.publisher.control("run_end", f"run {run} of module {module_id} ended: {reason}", run=run,
                                        module_id=module_id)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         last_discovery = 0.0
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 structure_changed = self.watcher.wait(0 if self._more else 0.05 if self._streams else 0.25)
                 if self._changed.is_set():
@@ -266,24 +253,27 @@ class Tracker:
                 if self.error != str(exc):
                     log.warning("tracking %s: %s; retrying", self._tracking and self._tracking.data_dir, exc)
                 self.error = str(exc)
-                self._stop.wait(0.5)
+                stop.wait(0.5)
             except Exception as exc:  # a bug must not end tracking silently: say it, keep the loop alive
                 log.exception("tracking loop error; retrying")
                 self.error = f"internal error: {type(exc).__name__}: {exc}"
-                self._stop.wait(0.5)
+                stop.wait(0.5)
 
     def _holding(self) -> bool:
-        """After a restart, wait (up to _RESUME_HOLD_S) until a subscriber is back and has subscribed."""
+        """After a restart, hold publishing up to _RESUME_HOLD_S, ending _SUBSCRIBE_SETTLE_S after a subscriber is back.
+
+        A fixed settle time: ZMQ tells when a subscriber connects, not when its subscriptions arrived.
+        """
         if not self._hold_until:
             return False
         self.publisher.poll_monitors()
         now = time.monotonic()
-        if self.publisher.subscribers[0] and self._hold_until - now > _SUBSCRIBE_SETTLE_S:
+        if self.publisher.subscribers.data and self._hold_until - now > _SUBSCRIBE_SETTLE_S:
             self._hold_until = now + _SUBSCRIBE_SETTLE_S
         if now < self._hold_until:
             return True
         self._hold_until = 0.0
-        log.info("publishing again after the restart, to %d subscriber(s)", self.publisher.subscribers[0])
+        log.info("publishing again after the restart, to %d subscriber(s)", self.publisher.subscribers.data)
         return False
 
     def _publish_socket_frames(self) -> None:
@@ -346,8 +336,8 @@ class Tracker:
             "run": sorted({s.file.run for _, s in streams}) if streams else None,
             "runs_ended": dict(self._ended_runs),
             "modules": modules,
-            "subscribers": self.publisher.subscribers[0],
-            "preview_subscribers": self.publisher.subscribers[1],
+            "subscribers": self.publisher.subscribers.data,
+            "preview_subscribers": self.publisher.subscribers.preview,
             "messages_published": self.publisher.messages,
             "update_interval_seconds": tracking.update_interval_s if tracking else None,
             "inotify": self.watcher.uses_inotify,

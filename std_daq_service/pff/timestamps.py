@@ -38,6 +38,11 @@ def wr_unix_ns(tv_sec, pkt_tai, pkt_nsec):
     return int(ns) if scalar else ns
 
 
+def pkt_tai(tv_sec: int) -> int:
+    """The `pkt_tai` of a WR clock in step with a host clock at `tv_sec`: the 10 low bits of TAI seconds."""
+    return (tv_sec + TAI_MINUS_UTC_S) % 1024
+
+
 def host_unix_ns(tv_sec, tv_usec):
     """Convert the DAQ host's receive time (`tv_sec`, `tv_usec`) to integer nanoseconds."""
     scalar = np.ndim(tv_sec) == 0 and np.ndim(tv_usec) == 0

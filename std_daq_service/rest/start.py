@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from contextlib import ExitStack
-
-from waitress import create_server
 
 from std_daq_service.broker import RequestContext, SharedCaller
 from std_daq_service.config import RestConfig
 from std_daq_service.protocol import StatusRequest
 from std_daq_service.rest.app import create_app
-from std_daq_service.service_runtime import ServiceRuntime
+from std_daq_service.rest.http_server import HttpServer
+from std_daq_service.service_runtime import ServiceRuntime, configure_logging, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -25,26 +23,21 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    runtime = ServiceRuntime("rest", RestConfig, DESCRIPTION, argv)
-    config: RestConfig = runtime.config
+    options = parse_options("rest", DESCRIPTION, argv)
+    configure_logging(options.log_level)
     with ExitStack() as stack:
-        caller = stack.enter_context(SharedCaller(runtime.broker_url, runtime.service_name))
-        app = create_app(runtime.service_name, config, caller, runtime.redis)
-        try:
-            server = create_server(app, host=config.host, port=config.port, threads=16)
-        except OSError as exc:
-            runtime.refuse(f"cannot listen on {config.host}:{config.port}: {exc}")
-        thread = threading.Thread(target=server.run, name="http", daemon=True)
-        thread.start()
-        stack.callback(thread.join, 10)
-        stack.callback(server.close)
-        url = f"http://{config.host}:{server.effective_port}"
-        log.info("REST proxy listening on %s", url)
+        runtime = stack.enter_context(ServiceRuntime(options))
+        config = runtime.load_config(RestConfig)
+        caller = stack.enter_context(SharedCaller(options.broker_url, options.service_name))
+        app = create_app(options.service_name, config, caller, runtime.redis)
+        server = runtime.start_or_refuse(stack, HttpServer(app, config.host, config.port),
+                                         f"cannot listen on {config.host}:{config.port}")
+        log.info("REST proxy listening on %s", server.url)
 
         def status(request: StatusRequest, ctx: RequestContext) -> dict:
-            return {"url": url, "broker_connected": caller.connected.is_set()}
+            return {"url": server.url, "broker_connected": caller.connected.is_set()}
 
-        return runtime.serve(stack, {"status": status}, lambda: {"url": url})
+        return runtime.serve(stack, {"status": status}, lambda: {"url": server.url})
 
 
 if __name__ == "__main__":

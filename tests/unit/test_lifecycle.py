@@ -66,3 +66,13 @@ def test_background_thread_runs_until_closed_and_wakes_its_loop():
     assert not worker.is_alive() and woken == [True]
     worker.close()
     assert woken == [True]
+
+
+def test_background_thread_close_waits_at_most_its_join_timeout_for_a_busy_loop():
+    release = threading.Event()
+    worker = BackgroundThread("test-busy", lambda stop: release.wait(), join_timeout_s=0.01).start()
+    busy = next(t for t in threading.enumerate() if t.name == "test-busy")
+    worker.close()
+    assert busy.is_alive() and worker.stop.is_set() and not worker.started
+    release.set()
+    busy.join()

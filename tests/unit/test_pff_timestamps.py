@@ -1,10 +1,16 @@
 import numpy as np
 
 from std_daq_service.pff import WR_INVALID, FrameBlock, data_product, format_header, host_unix_ns, wr_unix_ns
+from std_daq_service.pff.timestamps import pkt_tai
 
 
 def test_readme_example_header_gives_exact_nanoseconds():
     assert wr_unix_ns(1721882092, 529, 779007488) == 1721882092_779007488
+
+
+def test_pkt_tai_of_clocks_in_step_is_what_the_readme_example_header_holds():
+    assert pkt_tai(1721882092) == 529
+    assert wr_unix_ns(1721882092, pkt_tai(1721882092), 5) == 1721882092_000000005
 
 
 def test_host_clock_a_second_ahead_or_behind_is_corrected():

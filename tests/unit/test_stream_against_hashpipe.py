@@ -42,7 +42,7 @@ class Follower:
         self.received: dict[str, list[tuple[int, bytes]]] = {dp: [] for dp in SOURCES}
 
     def _new(self, file, position=None):
-        return StreamTailer(file, False, 100, 30.0, self.watcher, resume=position)
+        return StreamTailer(file, False, 100, 30.0, self.watcher, resume=position).start()
 
     def read(self, final: bool = False) -> None:
         self.watcher.wait(0)
@@ -68,7 +68,7 @@ class Follower:
 @given(ops=st.lists(OPS, max_size=25))
 def test_every_completed_frame_arrives_once_in_order_and_every_loss_is_a_counted_seq_gap(ops):
     directory = Path(tempfile.mkdtemp(prefix="hashpipe"))
-    watcher = FileWatcher()
+    watcher = FileWatcher().start()
     hashpipe = HashpipeFiles(directory / "module_1" / "obs_T.start_2026-12-02T00:00:00Z.runtype_sci.pffd", 1,
                              max_file_bytes=150_000).open()
     watcher.watch([hashpipe.run_dir])
