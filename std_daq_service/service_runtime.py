@@ -143,7 +143,6 @@ class ServiceRuntime(Lifecycle):
             return {**state(), "running_requests": running, "broker_connected": consumer.connected.is_set(),
                     "broker_reconnects": consumer.reconnects}
 
-        stack.callback(dispatcher.close)
         stack.enter_context(consumer)
         if not consumer.wait_connected(_BROKER_WAIT_S):  # a live beacon means its request queue exists
             log.warning("broker %s not reachable yet; serving without it and retrying", self.broker_url)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 3.0)
 _OUTBOX_LIMIT = 100_000
+_CANCEL_WAIT_S = 2.0
 
 
 class RequestConsumer(Lifecycle):
@@ -52,6 +53,8 @@ class RequestConsumer(Lifecycle):
         self.connected = threading.Event()
         self.reconnects = 0
         self._outbox: collections.deque[Status] = collections.deque()
+        self._accepting = threading.Event()
+        self._consumer_tags: list[str] = []
         self._connection: pika.BlockingConnection | None = None
         self._channel = None
         self._io = BackgroundThread(f"broker-{service_name}", self._run, wake=self._wake)
@@ -76,11 +79,40 @@ class RequestConsumer(Lifecycle):
         self._call_soon(lambda: None)
 
     def _open(self) -> None:
+        self._accepting.set()
         self._io.start()
 
     def _release(self) -> None:
-        """Stop consuming; statuses queued so far are sent first while the broker is reachable."""
+        """Stop taking requests, end the running ones, send their final statuses, then disconnect.
+
+        Requests not taken yet stay in the durable queue for the next start; the running ones are
+        cancelled and report `request_killed` (or their own end) before the connection closes.
+        """
+        self._accepting.clear()
+        cancelled = threading.Event()
+
+        def stop_consuming() -> None:  # in the I/O thread, which owns the channel
+            try:
+                self._cancel_consumers()
+            finally:
+                cancelled.set()
+
+        self._call_soon(stop_consuming)
+        if self.connected.is_set():
+            cancelled.wait(_CANCEL_WAIT_S)
+        self.dispatcher.close()
         self._io.close()
+
+    def _cancel_consumers(self) -> None:
+        """Messages delivered but not yet handled go back to the queue (pika nacks them)."""
+        tags, self._consumer_tags = self._consumer_tags, []
+        for tag in tags:
+            if self._channel is None:
+                return  # connection gone: the broker requeues what was not acknowledged
+            try:
+                self._channel.basic_cancel(tag)
+            except pika.exceptions.AMQPError:
+                return
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -110,8 +142,9 @@ class RequestConsumer(Lifecycle):
         self._channel.confirm_delivery()
         declare_service_queues(self._channel, self.service_name)
         self._channel.basic_qos(prefetch_count=50)
-        self._channel.basic_consume(request_queue(self.service_name), self._on_request)
-        self._channel.basic_consume(kill_queue(self.service_name), self._on_kill)
+        if self._accepting.is_set():
+            self._consumer_tags = [self._channel.basic_consume(request_queue(self.service_name), self._on_request),
+                                   self._channel.basic_consume(kill_queue(self.service_name), self._on_kill)]
         log.info("%s: consuming %s and %s", self.service_name, request_queue(self.service_name),
                  kill_queue(self.service_name))
         self.connected.set()
@@ -151,6 +184,9 @@ class RequestConsumer(Lifecycle):
             self._outbox.popleft()
 
     def _on_request(self, channel, method, properties, body: bytes) -> None:
+        if not self._accepting.is_set():  # delivered while closing: left for the next start
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
         request_id = properties.correlation_id
         if not request_id:
             log.warning("%s: request without correlation_id dropped: %r", self.service_name, body[:200])

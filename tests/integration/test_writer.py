@@ -241,6 +241,26 @@ def test_an_io_error_fails_the_write_and_the_writer_keeps_serving(system, caller
         assert writer.stop() == 0, writer.log()
 
 
+def test_a_writer_stopped_with_sigterm_kills_its_running_write_reports_it_and_keeps_the_file(
+        system, caller, new_service_name, redis_url, redis_client, tmp_path):
+    name = new_service_name("writer")
+    writer = start_writer(name, redis_url, redis_client, tmp_path, [(system.agent.service_name, system.endpoint)])
+    try:
+        request_id = caller.publish(name, WriteRequest(output_file="until_stopped.h5"))
+        wait_until(lambda: any(s.action == "request_progress" and s.result["streams"]
+                               for s in caller.wait(request_id, [name], 0.2).history), 15,
+                   message="progress with recorded frames")
+        writer.process.terminate()
+        final = caller.wait(request_id, [name], 15).finals.get(name)
+        assert final is not None, f"no final status after SIGTERM:\n{writer.log()}"
+        assert final.action == "request_killed", final.message
+        with h5py.File(tmp_path / "out" / "until_stopped.h5") as f:
+            assert bool(f.attrs["complete"]) is final.result["complete"] is True
+            assert sum(f[f"{m}/{dp}"].attrs["n_frames"] for m in f for dp in f[m]) == final.result["frames"]
+    finally:
+        assert writer.stop() == 0, writer.log()
+
+
 def test_one_write_records_frames_from_three_agents(redis_url, broker_url, tmp_path, caller):
     with service_stack(redis_url, broker_url) as stack:
         agents = []
