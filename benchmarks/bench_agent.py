@@ -88,7 +88,7 @@ def subscriber(endpoint: str, ready, done, results) -> None:
         message = decode_stream_message(parts)  # binary columns: no parsing of per-frame fields
         if not isinstance(message, FrameBatch):
             continue
-        seq, module_id = message.header["seq"].tolist(), message.module_id
+        seq, module_id = message.seq.tolist(), message.module_id
         gaps += seq[0] - next_seq.get(module_id, seq[0])
         next_seq[module_id] = seq[-1] + 1
         received += len(seq)

@@ -24,7 +24,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import orjson
 import zmq
 from bench_common import cpu_seconds, start_service
 
@@ -33,7 +32,7 @@ from std_daq_service import protocol
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis
 from std_daq_service.pff import PffReader, format_header
-from std_daq_service.protocol import CONTROL_TOPIC, StatusRequest, StreamRequest
+from std_daq_service.protocol import FrameBatch, StatusRequest, StreamRequest, decode_stream_message
 
 TOPIC = getattr(protocol, "SOCKET_TOPIC_PREFIX", b"") + b"img16."  # socket frames have their own topics now
 
@@ -73,11 +72,10 @@ def subscribers(endpoint: str, n: int, ready, done, results) -> None:
         for i, sock in enumerate(socks):
             if sock not in events:
                 continue
-            parts = sock.recv_multipart()
-            if parts[0] == CONTROL_TOPIC:
+            message = decode_stream_message(sock.recv_multipart())  # the columns are views: nothing parsed
+            if not isinstance(message, FrameBatch):
                 continue
-            n = orjson.loads(parts[1])["n_frames"]  # counting needs only the seq column, the second one
-            seq = np.frombuffer(parts[2], dtype="<i8", count=n, offset=8 * n).tolist()
+            seq = message.seq.tolist()
             if next_seq[i] is not None:
                 gaps[i] += seq[0] - next_seq[i]
             next_seq[i] = seq[-1] + 1

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from std_daq_service.protocol import frame_time_ns
+
 _RECENT_FRAMES = 50
 PH_WINDOWS_S = (10, 60, 600)
 
@@ -28,8 +30,8 @@ def _figure(headless: bool, **kwargs):
 
 
 def _time_text(image: dict[str, Any]) -> str:
-    ns = image.get("wr_timestamp_ns") or image.get("host_timestamp_ns")
-    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%H:%M:%S.%f")[:-3] if ns else "-"
+    ns = frame_time_ns(image["wr_timestamp_ns"], image["host_timestamp_ns"])
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
 
 
 class FrameViewer:

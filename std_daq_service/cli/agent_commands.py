@@ -124,7 +124,7 @@ def run_stream(args) -> int:
                     print(f"[{message.event}] {message.message}", flush=True)
                     continue
                 key = f"module {message.module_id:3d} {message.dp:6s}"
-                seq = message.header["seq"]
+                seq = message.seq
                 if key in next_seq and seq[0] > next_seq[key] and not args.preview:
                     gaps[key] += seq[0] - next_seq[key]
                 next_seq[key] = seq[-1] + 1

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from std_daq_service.protocol import InvalidRequest, UnknownTarget
+from std_daq_service.protocol import InvalidRequest, UnknownTarget, frame_time_ns
 
 
 def add_commands(commands) -> None:
@@ -33,6 +33,10 @@ def _text(value: Any) -> Any:
     return value
 
 
+def _frame_time(group: Any, row: int) -> int:
+    return frame_time_ns(group["wr_timestamp_ns"][row], group["host_timestamp_ns"][row])
+
+
 def describe(path: Path) -> dict[str, Any]:
     """The facts of one recorded file."""
     import h5py
@@ -48,9 +52,9 @@ def describe(path: Path) -> dict[str, Any]:
         for module in sorted(f):
             for dp, group in sorted(f[module].items()):
                 g = {k: _text(v) for k, v in group.attrs.items()}
-                first = g.get("first_wr_timestamp_ns", g.get("first_host_timestamp_ns"))
-                last = g.get("last_wr_timestamp_ns", g.get("last_host_timestamp_ns"))
-                streams.append({"module_id": g.get("module_id"), "dp": dp, "frames": group["data"].shape[0],
+                frames = group["data"].shape[0]
+                first, last = (_frame_time(group, 0), _frame_time(group, frames - 1)) if frames else (None, None)
+                streams.append({"module_id": g.get("module_id"), "dp": dp, "frames": frames,
                                 "missing_frames": g.get("missing_frames"), "source": g.get("source"),
                                 "compression": g.get("compression"), "first": _iso(first), "last": _iso(last),
                                 "seconds": None if first is None or last is None else (last - first) / 1e9})

@@ -23,34 +23,32 @@ def pano_images(batch: FrameBatch, host: str, parse: bool = True) -> list[dict[s
     `dp`, `seq`, `source` (the agent), `origin`, `run`, `wr_timestamp_ns`, `host_timestamp_ns`. Without it:
     the per-frame stream header and `image_bytes`.
     """
-    header = batch.header
     images = []
     for i in range(len(batch)):
         fields = batch.frame_fields(i)
         if not parse:
             images.append({**fields, "image_bytes": batch.images[i].tobytes(), "host": host})
             continue
-        pff = dict(fields["pff_header"])
+        pff = fields["pff_header"]
         wr = fields["wr_timestamp_ns"]
-        time_ns = wr if wr is not None else fields["host_timestamp_ns"]
-        pff["wr_unix_timestamp"] = Decimal(time_ns) / Decimal(1_000_000_000) if wr is not None else None
+        pff["wr_unix_timestamp"] = Decimal(wr) / Decimal(1_000_000_000) if wr is not None else None
         if pandas is not None:
-            pff["pandas_unix_timestamp"] = pandas.Timestamp(time_ns, unit="ns")
+            pff["pandas_unix_timestamp"] = pandas.Timestamp(int(batch.frame_times_ns[i]), unit="ns")
         images.append({
-            "type": DATA_PRODUCTS[header["dp"]].kind,
+            "type": DATA_PRODUCTS[batch.dp].kind,
             "header": pff,
-            "shape": list(header["shape"]),
-            "bytes_per_pixel": header["bytes_per_pixel"],
+            "shape": fields["shape"],
+            "bytes_per_pixel": batch.bytes_per_pixel,
             "image_array": batch.images[i],
-            "file": header["file"],
+            "file": batch.file,
             "frame_number": fields["frame_number"],
-            "module_id": header["module_id"],
-            "dp": header["dp"],
+            "module_id": batch.module_id,
+            "dp": batch.dp,
             "seq": fields["seq"],
-            "source": header["source"],
+            "source": batch.source,
             "host": host,
-            "origin": header["origin"],
-            "run": header["run"],
+            "origin": batch.origin,
+            "run": batch.run,
             "wr_timestamp_ns": wr,
             "host_timestamp_ns": fields["host_timestamp_ns"],
         })

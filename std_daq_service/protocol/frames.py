@@ -1,43 +1,64 @@
-"""The ZMQ frame stream: topics, the batch message format, and control messages.
+"""The ZMQ frame stream: topics, the batch message format, control messages, and the time of a frame.
 
-A frame message is four parts `[topic, header_json, columns, image_bytes]` and carries n >= 1
-consecutive frames of one stream (module and data product). `header_json` describes the stream and
-lists the per-frame fields as `columns` (`[name, "<i8", per-frame shape]`); `columns` holds those
-fields as little-endian arrays back to back, in that order: `frame_number`, `seq`,
-`wr_timestamp_ns` (-1 where WR time is invalid), `host_timestamp_ns`, then every number of the PFF
-header as `pff_header.<field>` (shape [4], one per quabo, for module images). `image_bytes` holds the
-n images back to back, exactly as in the file. Binary columns cost no parsing at either end, however
-many frames a message carries (JSON lists of the same numbers were the largest cost of the writer).
+This module alone knows the wire format. A frame message is four parts `[topic, header_json, columns,
+image_bytes]` and carries n >= 1 consecutive frames of one stream (module and data product). `header_json`
+(schema: `FrameBatchHeader`) describes the stream and lists the per-frame fields as `columns`
+(`[name, "<i8", per-frame shape]`); `columns` holds those fields as little-endian arrays back to back, in that
+order: `PER_FRAME_COLUMNS` (`frame_number`, `seq`, `wr_timestamp_ns` (-1 where WR time is invalid),
+`host_timestamp_ns`), then every number of the PFF header as `pff_header.<field>` (shape [4], one per quabo,
+for module images). `image_bytes` holds the n images back to back, exactly as in the file. Binary columns
+cost no parsing at either end, however many frames a message carries.
 
-A control message is two parts `[b"control.", header_json]` with `kind = "control"` and an
-`event`: `run_start`, `run_end`, `reinit`, `stop`.
+A control message is two parts `[b"control.", header_json]` (schema: `ControlHeader`) with an `event`:
+`run_start`, `run_end`, `reinit`, `stop`.
+
+Receivers that route messages before decoding them use `peek`; `decode_stream_message` gives a `FrameBatch`
+or a `ControlHeader`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from std_daq_service.pff import DATA_PRODUCTS, WR_INVALID
 from std_daq_service.protocol.errors import InvalidMessage
 from std_daq_service.protocol.version import PROTOCOL_VERSION
 
 CONTROL_TOPIC = b"control."
-ControlEvent = Literal["run_start", "run_end", "reinit", "stop"]
-_DTYPES = {"img16": "<u2", "img8": "|u1", "ph256": "<i2", "ph1024": "<i2"}
-_PER_FRAME = ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_ns")
-_NOT_PER_FRAME = ("pff_header", "n_frames", "columns")
-_PFF = "pff_header."
-_COLUMN_DTYPE = "<i8"
-
-
 SOCKET_TOPIC_PREFIX = b"socket."
 """Topics of frames from Hashpipe's socket hook begin with this: they are streams of their own."""
+ControlEvent = Literal["run_start", "run_end", "reinit", "stop"]
+PER_FRAME_COLUMNS = ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_ns")
+"""The columns every frame message carries first, in this order; the PFF header columns follow."""
+PFF_COLUMN_PREFIX = "pff_header."
+COLUMN_DTYPE = "<i8"
+_FRAME_PARTS = 4  # topic, header, columns, images
+_COLUMNS_PART = 2
+_IMAGES_PART = 3
+
+
+def frame_time_ns(wr_timestamp_ns: Any, host_timestamp_ns: Any) -> Any:
+    """The time of frames in Unix ns: White Rabbit time where it is valid, else the host's receive time.
+
+    WR time is invalid where it is negative (`WR_INVALID`, written when WR and host clocks disagree) or None
+    (a single frame's header). Works on scalars and on arrays alike: a batch's columns, or the
+    `wr_timestamp_ns` and `host_timestamp_ns` datasets of a recorded HDF5 file.
+
+    Returns:
+        An int for scalar input, else an int64 array.
+    """
+    wr = np.asarray(WR_INVALID if wr_timestamp_ns is None else wr_timestamp_ns, dtype=np.int64)
+    times = np.where(wr >= 0, wr, np.asarray(host_timestamp_ns, dtype=np.int64))
+    return int(times) if times.ndim == 0 else times
 
 
 def frame_topic(dp: str, module_id: int, origin: str = "file") -> bytes:
@@ -52,7 +73,7 @@ def frame_topic(dp: str, module_id: int, origin: str = "file") -> bytes:
 
 def file_topic_prefixes() -> list[bytes]:
     """SUB prefixes that select every file-frame stream and the control messages, but no socket frames."""
-    return [f"{dp}.".encode() for dp in _DTYPES] + [CONTROL_TOPIC]
+    return [f"{dp}.".encode() for dp in DATA_PRODUCTS] + [CONTROL_TOPIC]
 
 
 def parse_topic(topic: bytes | memoryview) -> tuple[str, int, str] | None:
@@ -62,28 +83,30 @@ def parse_topic(topic: bytes | memoryview) -> tuple[str, int, str] | None:
     fields = raw.removeprefix(SOCKET_TOPIC_PREFIX).split(b".")
     if len(fields) != 3 or fields[2] or not fields[1].isdigit():
         return None
-    if fields[0].decode(errors="replace") not in _DTYPES:
+    if fields[0].decode(errors="replace") not in DATA_PRODUCTS:
         return None
     return fields[0].decode(), int(fields[1]), origin
 
 
 class FrameBatchHeader(BaseModel):
-    """JSON header of a frame message (documentation of the wire format; decoded without pydantic)."""
+    """JSON header of a frame message (the documented schema; a unit test checks `encode_frames` against it)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["frames"] = "frames"
     protocol_version: str = PROTOCOL_VERSION
     source: str = Field(description="SERVICE_NAME of the publishing agent.")
     origin: Literal["file", "socket", "simulator"] = Field(description="Where the frames were read.")
     module_id: int
-    dp: str
-    shape: list[int]
+    dp: str = Field(description="Data product: one of pff.DATA_PRODUCTS.")
+    shape: list[int] = Field(description="Image height and width, those of the data product.")
     bytes_per_pixel: int
-    dtype: str = Field(description="numpy dtype string of the pixels, little-endian.")
+    dtype: str = Field(description="numpy dtype string of the pixels (the data product's), little-endian.")
     run: str | None = Field(description="obs_* run directory name.")
     file: str | None = Field(description="PFF file name the frames were read from.")
     seqno: int | None
     n_frames: int
-    columns: list[tuple[str, str, list[int]]] = Field(
+    columns: list[tuple[str, Literal["<i8"], list[int]]] = Field(
         description="Per-frame fields in the columns part: name, numpy dtype, shape per frame. frame_number "
         "(index in its file), seq (per stream, no gaps unless frames were lost), wr_timestamp_ns (White Rabbit "
         "Unix ns, -1 when invalid), host_timestamp_ns, pff_header.<field> ([4]: per quabo for images)."
@@ -125,10 +148,10 @@ def encode_frames(
         pff_fields: header numbers, arrays of shape (n,) or (n, 4) for module images.
         wr_timestamp_ns: -1 where WR time is invalid.
     """
-    columns = {"frame_number": frame_number, "seq": seq, "wr_timestamp_ns": wr_timestamp_ns,
-               "host_timestamp_ns": host_timestamp_ns,
-               **{f"{_PFF}{name}": values for name, values in pff_fields.items()}}
-    arrays = [np.ascontiguousarray(values, dtype=_COLUMN_DTYPE) for values in columns.values()]
+    columns = dict(zip(PER_FRAME_COLUMNS, (frame_number, seq, wr_timestamp_ns, host_timestamp_ns), strict=True))
+    columns.update({f"{PFF_COLUMN_PREFIX}{name}": values for name, values in pff_fields.items()})
+    arrays = [np.ascontiguousarray(values, dtype=COLUMN_DTYPE) for values in columns.values()]
+    pixels = DATA_PRODUCTS[dp].dtype
     header = {
         "kind": "frames",
         "protocol_version": PROTOCOL_VERSION,
@@ -137,13 +160,13 @@ def encode_frames(
         "module_id": module_id,
         "dp": dp,
         "shape": list(shape),
-        "bytes_per_pixel": np.dtype(_DTYPES[dp]).itemsize,
-        "dtype": _DTYPES[dp],
+        "bytes_per_pixel": pixels.itemsize,
+        "dtype": pixels.str,
         "run": run,
         "file": file,
         "seqno": seqno,
         "n_frames": len(frame_number),
-        "columns": [[name, _COLUMN_DTYPE, list(a.shape[1:])] for name, a in zip(columns, arrays, strict=True)],
+        "columns": [[name, COLUMN_DTYPE, list(a.shape[1:])] for name, a in zip(columns, arrays, strict=True)],
     }
     columns_part = b"".join(a.tobytes() for a in arrays)
     return [frame_topic(dp, module_id, origin), orjson.dumps(header), columns_part, image_bytes]
@@ -156,62 +179,113 @@ def encode_control(source: str, event: ControlEvent, message: str = "", **fields
 
 
 @dataclass(frozen=True)
-class FrameBatch:
-    """n decoded frames of one stream.
+class Peek:
+    """What a message is, read from its topic and part lengths without decoding it.
 
     Attributes:
-        header: the JSON header, plus the per-frame columns as arrays under `frame_number`, `seq`,
-            `wr_timestamp_ns` (-1 invalid), `host_timestamp_ns` and `pff_header` (field arrays, per
-            `quabo_<i>` sub-dict for module images, as in the PFF header).
-        images: (n, H, W) pixels, a view of the message.
-        pff_columns: PFF header numbers as (n,) or (n, 4) arrays.
+        kind: "frames" or "control"; the other fields describe frames only.
+        origin: "socket" for the socket hook's streams, else "file" (simulated frames travel as file frames).
+        n_frames: from the length of the image part.
     """
 
-    header: dict[str, Any]
-    images: np.ndarray
+    kind: Literal["frames", "control"]
+    dp: str = ""
+    module_id: int = -1
+    origin: Literal["file", "socket"] = "file"
+    n_frames: int = 0
+
+
+def peek(parts: Sequence[bytes | memoryview]) -> Peek:
+    """Route a message without decoding it: control, or the stream and frame count of a frame message.
+
+    Raises:
+        InvalidMessage: neither a control message nor a frame message of a known stream holding whole images.
+    """
+    if len(parts) == 2 and parts[0] == CONTROL_TOPIC:
+        return Peek("control")
+    stream = parse_topic(parts[0]) if len(parts) == _FRAME_PARTS else None
+    if stream is None:
+        topic = bytes(parts[0][:40]) if parts else b""
+        raise InvalidMessage(f"message with {len(parts)} parts and topic {topic!r} is no frame or control message")
+    dp, module_id, origin = stream
+    n_frames, rest = divmod(len(parts[_IMAGES_PART]), DATA_PRODUCTS[dp].image_size)
+    if rest:
+        raise InvalidMessage(f"image part of {len(parts[_IMAGES_PART])} bytes holds no whole number of {dp} images")
+    return Peek("frames", dp, module_id, origin, n_frames)
+
+
+@dataclass(frozen=True, eq=False)
+class FrameBatch:
+    """n decoded frames of one stream: the stream's fields, per-frame columns and images (views of the message).
+
+    Attributes:
+        frame_number: per frame, its index in its file.
+        seq: per frame, its number in the stream (no gaps unless frames were lost).
+        wr_timestamp_ns: per frame, White Rabbit time in Unix ns, -1 where invalid.
+        host_timestamp_ns: per frame, the host's receive time in Unix ns.
+        pff_columns: the PFF header numbers, (n,) per field, or (n, 4) per quabo for module images.
+        images: (n, H, W) pixels.
+    """
+
+    source: str
+    origin: str
+    module_id: int
+    dp: str
+    run: str | None
+    file: str | None
+    seqno: int | None
+    frame_number: np.ndarray
+    seq: np.ndarray
+    wr_timestamp_ns: np.ndarray
+    host_timestamp_ns: np.ndarray
     pff_columns: dict[str, np.ndarray]
+    images: np.ndarray
+    protocol_version: str = PROTOCOL_VERSION
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @property
-    def module_id(self) -> int:
-        return self.header["module_id"]
+    def shape(self) -> tuple[int, int]:
+        return self.images.shape[1:]
 
     @property
-    def dp(self) -> str:
-        return self.header["dp"]
+    def bytes_per_pixel(self) -> int:
+        return self.images.dtype.itemsize
+
+    @cached_property
+    def frame_times_ns(self) -> np.ndarray:
+        """Per frame, its time by the one rule of `frame_time_ns`."""
+        return frame_time_ns(self.wr_timestamp_ns, self.host_timestamp_ns)
 
     def pff_header(self, i: int) -> dict[str, Any]:
-        """The PFF header of frame `i` in its original shape (quabo_<i> sub-objects for images)."""
-        return {
-            key: {k: int(v[i]) for k, v in value.items()} if isinstance(value, dict) else int(value[i])
-            for key, value in self.header["pff_header"].items()
-        }
+        """The PFF header of frame `i` in its original shape (quabo_<i> sub-objects for module images)."""
+        columns = self.pff_columns
+        if columns and next(iter(columns.values())).ndim == 2:
+            quabos = next(iter(columns.values())).shape[1]
+            return {f"quabo_{q}": {name: int(values[i, q]) for name, values in columns.items()}
+                    for q in range(quabos)}
+        return {name: int(values[i]) for name, values in columns.items()}
 
     def frame_fields(self, i: int) -> dict[str, Any]:
-        """The per-frame header of frame `i`, as a one-frame message would carry it (WR time None if invalid)."""
-        out = {k: v for k, v in self.header.items() if k not in _PER_FRAME and k not in _NOT_PER_FRAME}
-        out.update({k: int(self.header[k][i]) for k in _PER_FRAME})
-        if out["wr_timestamp_ns"] < 0:
-            out["wr_timestamp_ns"] = None
-        out["pff_header"] = self.pff_header(i)
-        return out
+        """The header of frame `i` as a one-frame message would carry it (WR time None where invalid)."""
+        wr = int(self.wr_timestamp_ns[i])
+        return {
+            "kind": "frames", "protocol_version": self.protocol_version, "source": self.source,
+            "origin": self.origin, "module_id": self.module_id, "dp": self.dp, "shape": list(self.shape),
+            "bytes_per_pixel": self.bytes_per_pixel, "dtype": self.images.dtype.str, "run": self.run,
+            "file": self.file, "seqno": self.seqno, "frame_number": int(self.frame_number[i]),
+            "seq": int(self.seq[i]), "wr_timestamp_ns": None if wr < 0 else wr,
+            "host_timestamp_ns": int(self.host_timestamp_ns[i]), "pff_header": self.pff_header(i),
+        }
 
     def tail(self, n: int = 1) -> FrameBatch:
         """The last n frames as a batch of their own."""
         cut = slice(len(self) - n, None)
-        header = {**self.header, "n_frames": n, **{k: self.header[k][cut] for k in _PER_FRAME}}
-        pff = {name: values[cut] for name, values in self.pff_columns.items()}
-        header["pff_header"] = _pff_header(pff)
-        return FrameBatch(header, self.images[cut], pff)
-
-
-def _pff_header(pff: dict[str, np.ndarray]) -> dict[str, Any]:
-    if pff and next(iter(pff.values())).ndim == 2:
-        quabos = next(iter(pff.values())).shape[1]
-        return {f"quabo_{q}": {name: values[:, q] for name, values in pff.items()} for q in range(quabos)}
-    return dict(pff)
+        return dataclasses.replace(
+            self, frame_number=self.frame_number[cut], seq=self.seq[cut], wr_timestamp_ns=self.wr_timestamp_ns[cut],
+            host_timestamp_ns=self.host_timestamp_ns[cut], images=self.images[cut],
+            pff_columns={name: values[cut] for name, values in self.pff_columns.items()})
 
 
 def decode_stream_message(parts: Sequence[bytes | memoryview]) -> FrameBatch | ControlHeader:
@@ -225,35 +299,56 @@ def decode_stream_message(parts: Sequence[bytes | memoryview]) -> FrameBatch | C
             return ControlHeader.model_validate_json(bytes(parts[1]))
         except ValueError as exc:
             raise InvalidMessage(f"bad control message: {exc}") from exc
-    if len(parts) != 4:
-        raise InvalidMessage(f"frame message has {len(parts)} parts, expected 4")
+    return decode_frames(parts)
+
+
+def decode_frames(parts: Sequence[bytes | memoryview]) -> FrameBatch:
+    """Decode a frame message (one that `peek` found to be frames).
+
+    Raises:
+        InvalidMessage: the message does not follow the wire format of frame messages.
+    """
+    if len(parts) != _FRAME_PARTS:
+        raise InvalidMessage(f"frame message has {len(parts)} parts, expected {_FRAME_PARTS}")
     try:
         header = orjson.loads(parts[1])
         n = header["n_frames"]
-        shape = tuple(header["shape"])
-        dtype = np.dtype(header["dtype"])
+        product = DATA_PRODUCTS[header["dp"]]
+        if header["dtype"] != product.dtype.str or tuple(header["shape"]) != product.shape:
+            raise ValueError(f"{product.name} images are {product.dtype.str} {product.shape}")
         columns = [(name, kind, tuple(per_frame)) for name, kind, per_frame in header["columns"]]
-        if any(kind != _COLUMN_DTYPE for _, kind, _ in columns):
-            raise ValueError(f"columns must be {_COLUMN_DTYPE}")
+        if any(kind != COLUMN_DTYPE for _, kind, _ in columns):
+            raise ValueError(f"columns must be {COLUMN_DTYPE}")
+        topic = frame_topic(product.name, header["module_id"], header["origin"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidMessage(f"bad frame header: {exc}") from exc
+    if bytes(parts[0]) != topic:
+        raise InvalidMessage(f"topic {bytes(parts[0][:40])!r} does not match the header's stream {topic!r}")
     counts = [n * math.prod(per_frame) for _, _, per_frame in columns]
-    if 8 * sum(counts) != len(parts[2]):
-        raise InvalidMessage(f"columns part has {len(parts[2])} bytes, expected {8 * sum(counts)} for {n} frames")
-    expected = n * math.prod(shape) * dtype.itemsize
-    if len(parts[3]) != expected:
-        raise InvalidMessage(f"image part has {len(parts[3])} bytes, expected {expected} for {n} frames")
-    flat = np.frombuffer(parts[2], dtype=_COLUMN_DTYPE)  # every column is int64: one view, sliced
-    offset, pff = 0, {}
+    if 8 * sum(counts) != len(parts[_COLUMNS_PART]):
+        raise InvalidMessage(f"columns part has {len(parts[_COLUMNS_PART])} bytes, expected {8 * sum(counts)} "
+                             f"for {n} frames")
+    if len(parts[_IMAGES_PART]) != n * product.image_size:
+        raise InvalidMessage(f"image part has {len(parts[_IMAGES_PART])} bytes, expected {n * product.image_size} "
+                             f"for {n} frames")
+    flat = np.frombuffer(parts[_COLUMNS_PART], dtype=COLUMN_DTYPE)  # every column is int64: one view, sliced
+    offset, named, pff = 0, {}, {}
     for (name, _, per_frame), count in zip(columns, counts, strict=True):
         values = flat[offset : offset + count].reshape(n, *per_frame)
         offset += count
-        if name.startswith(_PFF):
-            pff[name.removeprefix(_PFF)] = values
+        if name.startswith(PFF_COLUMN_PREFIX):
+            pff[name.removeprefix(PFF_COLUMN_PREFIX)] = values
         else:
-            header[name] = values
-    if any(k not in header for k in _PER_FRAME):
-        raise InvalidMessage(f"frame message lacks a column of {', '.join(_PER_FRAME)}")
-    header["pff_header"] = _pff_header(pff)
-    images = np.frombuffer(parts[3], dtype=dtype).reshape(n, *shape)
-    return FrameBatch(header, images, pff)
+            named[name] = values
+    missing = [name for name in PER_FRAME_COLUMNS if name not in named]
+    if missing:
+        raise InvalidMessage(f"frame message lacks the column(s) {', '.join(missing)}")
+    try:
+        return FrameBatch(
+            source=header["source"], origin=header["origin"], module_id=header["module_id"], dp=product.name,
+            run=header["run"], file=header["file"], seqno=header["seqno"],
+            **{name: named[name] for name in PER_FRAME_COLUMNS}, pff_columns=pff,
+            images=np.frombuffer(parts[_IMAGES_PART], dtype=product.dtype).reshape(n, *product.shape),
+            protocol_version=header["protocol_version"])
+    except KeyError as exc:
+        raise InvalidMessage(f"bad frame header: {exc} missing") from exc

@@ -1,4 +1,4 @@
-"""One HDF5 output file: frames of each stream appended in batches, written as `.part` and renamed when closed.
+"""One HDF5 output file: frames of each stream appended in batches, written as `.part`, renamed when committed.
 
 Layout (ARCHITECTURE.md §6):
 
@@ -28,6 +28,7 @@ import hdf5plugin
 import numpy as np
 
 from std_daq_service import __version__
+from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.protocol import FrameBatch
 from std_daq_service.writer.output_paths import part_path
 
@@ -69,11 +70,6 @@ def _strings(values: list[str]) -> np.ndarray:
     return np.array(values, dtype=h5py.string_dtype())
 
 
-def _pff_arrays(batch: FrameBatch, rows: slice) -> dict[str, np.ndarray]:
-    """PFF header numbers of the rows: (n,) per field, or (n, 4) per quabo field for images."""
-    return {name: values[rows] for name, values in batch.pff_columns.items()}
-
-
 @dataclass
 class _Stream:
     """Datasets of one stream in the file, and the frames waiting to be appended."""
@@ -89,23 +85,20 @@ class _Stream:
     missing: int = 0
     next_seq: int | None = None
     first: dict[str, int] = field(default_factory=dict)
+    """Per timestamp column, its first valid (>= 0) value; `last` likewise."""
     last: dict[str, int] = field(default_factory=dict)
+    first_time: int | None = None
+    """Time (`frame_time_ns`) of the first frame; `last_time` of the last."""
+    last_time: int | None = None
     pending: list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
     pending_frames: int = 0
 
-    @property
-    def first_time(self) -> int | None:
-        return self.first.get("wr_timestamp_ns", self.first.get("host_timestamp_ns"))
 
-    @property
-    def last_time(self) -> int | None:
-        return self.last.get("wr_timestamp_ns", self.last.get("host_timestamp_ns"))
+class H5Recording(Lifecycle):
+    """One output file: `start()` creates `<path>.part`; `commit()` closes it under `path`, complete or not.
 
-
-class H5Recording:
-    """Write frames into `<path>.part`; `close()` renames it to `path`, `discard()` removes it.
-
-    Raises OSError (from h5py) when the file cannot be created or written.
+    Closing without a commit discards the file: nothing is left. `start()` and the writing methods raise
+    OSError (from h5py) when the file cannot be created or written.
     """
 
     def __init__(self, path: Path, compression: str, attrs: dict[str, Any]):
@@ -113,16 +106,25 @@ class H5Recording:
         self.part = part_path(path)
         self.compression = compression_options(compression)
         self.compression_name = compression
+        self.attrs = attrs
+        self.file: h5py.File | None = None
+        self.streams: dict[tuple[int, str], _Stream] = {}
+        self.conflicts: set[str] = set()
+        self.bytes = 0
+        self.committed = False
+
+    def _open(self) -> None:
+        self.streams, self.conflicts, self.bytes, self.committed = {}, set(), 0, False
         self.part.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
         self.file = h5py.File(self.part, "w-", libver="latest")
         self.file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
                                 "software_version": __version__, "created_utc": _utc_now(),
                                 "complete": False, "end_reason": "being written"})
+        self._set_attrs(self.attrs)
+
+    def _set_attrs(self, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():
             self.file.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
-        self.streams: dict[tuple[int, str], _Stream] = {}
-        self.conflicts: set[str] = set()
-        self.bytes = 0
 
     def append(self, source: str, batch: FrameBatch, rows: slice) -> int:
         """Queue frames `rows` of a batch for writing; returns how many were taken (0 on a conflict)."""
@@ -132,22 +134,21 @@ class H5Recording:
             self.conflicts.add(f"module {key[0]} {key[1]} is published by {stream.source} and {source}; "
                                f"recorded from {stream.source} only")
             return 0
-        header = batch.header
         images = batch.images[rows]
         n = len(images)
         if not n:
             return 0
-        if header["file"] and header["file"] not in stream.files:
-            stream.files.append(header["file"])
-        if header["run"] and header["run"] not in stream.runs:
-            stream.runs.append(header["run"])
-        file_index = stream.files.index(header["file"]) if header["file"] else -1
+        if batch.file and batch.file not in stream.files:
+            stream.files.append(batch.file)
+        if batch.run and batch.run not in stream.runs:
+            stream.runs.append(batch.run)
+        file_index = stream.files.index(batch.file) if batch.file else -1
         per_frame = {
-            "wr_timestamp_ns": header["wr_timestamp_ns"][rows],
-            "host_timestamp_ns": header["host_timestamp_ns"][rows],
-            "frame_number": header["frame_number"][rows],
-            "seq": header["seq"][rows],
-            "seqno": np.full(n, -1 if header["seqno"] is None else header["seqno"], dtype=np.int64),
+            "wr_timestamp_ns": batch.wr_timestamp_ns[rows],
+            "host_timestamp_ns": batch.host_timestamp_ns[rows],
+            "frame_number": batch.frame_number[rows],
+            "seq": batch.seq[rows],
+            "seqno": np.full(n, -1 if batch.seqno is None else batch.seqno, dtype=np.int64),
             "file_index": np.full(n, file_index, dtype=np.int32),
         }
         seq = per_frame["seq"]
@@ -160,7 +161,11 @@ class H5Recording:
             if len(valid):
                 stream.first.setdefault(name, int(valid[0]))
                 stream.last[name] = int(valid[-1])
-        stream.pending.append((images, per_frame, _pff_arrays(batch, rows)))
+        times = batch.frame_times_ns[rows]
+        if stream.first_time is None:
+            stream.first_time = int(times[0])
+        stream.last_time = int(times[-1])
+        stream.pending.append((images, per_frame, {name: values[rows] for name, values in batch.pff_columns.items()}))
         stream.pending_frames += n
         if stream.pending_frames >= FLUSH_FRAMES:
             self._flush(stream)
@@ -180,12 +185,12 @@ class H5Recording:
                                                   dtype=np.int32 if name == "file_index" else np.int64)
         header_group = group.create_group("pff_header")
         fields = {}
-        for name, values in _pff_arrays(batch, slice(0, 1)).items():
+        for name, values in batch.pff_columns.items():
             shape = values.shape[1:]
             fields[name] = header_group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
                                                        chunks=(_CHUNK_FRAMES, *shape), dtype=np.int64)
         group.attrs.update({"module_id": module_id, "dp": dp, "source": source,
-                            "origin": batch.header["origin"], "compression": self.compression_name})
+                            "origin": batch.origin, "compression": self.compression_name})
         stream = self.streams[key] = _Stream(group, source, datasets, fields)
         return stream
 
@@ -231,13 +236,17 @@ class H5Recording:
         }
 
     def time_span(self) -> tuple[int | None, int | None]:
-        """First and last frame time over every stream (WR time, or host time where WR is invalid)."""
+        """First and last frame time (`frame_time_ns`) over every stream."""
         firsts = [s.first_time for s in self.streams.values() if s.first_time is not None]
         lasts = [s.last_time for s in self.streams.values() if s.last_time is not None]
         return min(firsts, default=None), max(lasts, default=None)
 
-    def close(self, complete: bool, end_reason: str, attrs: dict[str, Any] | None = None) -> Path:
-        """Write what is queued, the attributes, close, and rename to the final name."""
+    def commit(self, complete: bool, end_reason: str, attrs: dict[str, Any] | None = None) -> Path:
+        """Write what is queued and the closing attributes, close, and rename the file to `path`.
+
+        Raises:
+            OSError: the file could not be written; it is still open (`close()` discards it).
+        """
         self.flush()
         runs: list[str] = []
         for stream in self.streams.values():
@@ -255,23 +264,29 @@ class H5Recording:
             "last_timestamp_ns": -1 if last is None else last,
             "conflicts": _strings(sorted(self.conflicts)),
         })
-        for key, value in (attrs or {}).items():
-            self.file.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
-        self.file.close()
+        self._set_attrs(attrs or {})
+        file, self.file = self.file, None
+        file.close()
         os.replace(self.part, self.path)
+        self.committed = True
+        self.close()
         return self.path
 
-    def discard(self) -> None:
-        """Close and remove the temporary file (nothing is left), whatever state the file is in."""
+    def _release(self) -> None:
+        """Discard an uncommitted file (nothing is left), whatever state it is in."""
+        if self.committed:
+            return
+        file, self.file = self.file, None
         self.streams.clear()  # drop every dataset handle before the file
         try:
-            # What HDF5 still holds in its caches is not wanted: let it go to /dev/null. Closing a file whose
-            # writes keep failing crashes the HDF5 library (h5py 3.16), so the close must not see a failure.
-            null = os.open(os.devnull, os.O_RDWR)
-            try:
-                os.dup2(null, self.file.id.get_vfd_handle())
-            finally:
-                os.close(null)
-            self.file.close()
+            if file is not None:
+                # What HDF5 still holds in its caches is not wanted: let it go to /dev/null. Closing a file whose
+                # writes keep failing crashes the HDF5 library (h5py 3.16), so the close must not see a failure.
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, file.id.get_vfd_handle())
+                finally:
+                    os.close(null)
+                file.close()
         finally:
             self.part.unlink(missing_ok=True)

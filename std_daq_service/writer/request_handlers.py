@@ -8,8 +8,8 @@ from pathlib import Path
 
 from std_daq_service.broker import Handler, RequestContext
 from std_daq_service.config import WriterConfig
-from std_daq_service.protocol import Busy, DaqError, StatusRequest, StorageError, UnknownTarget, WriteRequest
-from std_daq_service.writer.h5_recording import H5Recording, describe_hdf5_error
+from std_daq_service.protocol import Busy, StatusRequest, UnknownTarget, WriteRequest
+from std_daq_service.writer.h5_recording import H5Recording
 from std_daq_service.writer.output_paths import confined_path, stale_parts
 from std_daq_service.writer.stream_receiver import StreamReceiver
 from std_daq_service.writer.write_job import Selection, WriteJob
@@ -58,61 +58,17 @@ class WriterHandlers:
     def write(self, request: WriteRequest, ctx: RequestContext) -> dict:
         selection = self._selection(request)
         path = confined_path(self.output_root, request.output_file)
-        self._claim(path, request, ctx.request_id)
-        try:
-            return self._record(request, ctx, selection, path)
-        finally:
-            with self._lock:
-                self._writing.pop(path, None)
-
-    def _record(self, request: WriteRequest, ctx: RequestContext, selection: Selection, path: Path) -> dict:
-        compression = request.compression or self.config.compression
         attrs = {"request": request.model_dump(mode="json"), "request_id": ctx.request_id,
                  "writer": self.service_name, "sources": sorted(selection.sources),
                  "start_time_ns": request.start_time if request.start_time is not None else -1,
                  "stop_time_ns": request.stop_time if request.stop_time is not None else -1}
+        recording = H5Recording(path, request.compression or self.config.compression, attrs)
+        self._claim(path, request, ctx.request_id)
         try:
-            recording = H5Recording(path, compression, attrs)
-        except OSError as exc:
-            raise StorageError(f"cannot create {path}.part: {describe_hdf5_error(exc)}") from exc
-        job = WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds)
-        try:
-            complete, reason = job.run()
-        except DaqError:
-            self._keep_or_discard(recording, job)
-            raise
-        except OSError as exc:
-            recording.discard()
-            raise StorageError(f"writing {path} failed, nothing kept: {describe_hdf5_error(exc)}") from exc
-        except Exception:
-            self._keep_or_discard(recording, job)
-            raise
-        summary, (first, last) = recording.summary(), recording.time_span()
-        recording.close(complete, reason, {"warnings": job.warnings})
-        return {
-            "output_file": str(path),
-            "complete": complete,
-            "end_reason": reason,
-            "streams": summary,
-            "frames": sum(s["frames"] for s in summary.values()),
-            "bytes": recording.bytes,
-            "missing_frames": sum(s["missing_frames"] for s in summary.values()),
-            "first_timestamp_ns": first,
-            "last_timestamp_ns": last,
-            "warnings": job.warnings,
-        }
-
-    @staticmethod
-    def _keep_or_discard(recording: H5Recording, job: WriteJob) -> None:
-        """A failed write keeps what it recorded, marked incomplete, or leaves nothing."""
-        try:
-            if any(s["frames"] for s in recording.summary().values()):
-                recording.close(False, "failed; see the request's status", {"warnings": job.warnings})
-            else:
-                recording.discard()
-        except OSError as exc:
-            log.warning("cleaning up %s failed: %s", recording.part, exc)
-            recording.part.unlink(missing_ok=True)
+            return WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds).run()
+        finally:
+            with self._lock:
+                self._writing.pop(path, None)
 
     def status(self, request: StatusRequest, ctx: RequestContext) -> dict:
         with self._lock:

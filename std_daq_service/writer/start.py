@@ -8,7 +8,8 @@ from contextlib import ExitStack
 from std_daq_service.config import WriterConfig
 from std_daq_service.service_runtime import ServiceRuntime, configure_logging, parse_options
 from std_daq_service.writer.request_handlers import WriterHandlers, check_output_root
-from std_daq_service.writer.stream_receiver import RingBuffer, StreamReceiver
+from std_daq_service.writer.ring_buffer import RingBuffer
+from std_daq_service.writer.stream_receiver import StreamReceiver
 
 DESCRIPTION = (
     "HDF5 writer of the PANOSETI DAQ: subscribes to the frame streams of the agents in its config, keeps the "

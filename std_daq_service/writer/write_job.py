@@ -1,9 +1,12 @@
 """One write request: pick the selected frames (from the ring buffer's past and live) and record them.
 
+The job owns its recording from creating the file to committing it. A write that ends (done, killed) commits
+the file, marked complete or not; a failed write keeps what it recorded, marked incomplete, or leaves nothing.
+
 How much is recorded:
 - `n_images`: that many frames per selected stream (module and data product), then done.
-- `start_time` / `stop_time` (or `start_time` + `duration_seconds`): frames whose time (WR, or host time
-  where WR is invalid) lies in [start, stop); a start in the past is served from the ring buffer.
+- `start_time` / `stop_time` (or `start_time` + `duration_seconds`): frames whose time (`frame_time_ns`: WR, or
+  host time where WR is invalid) lies in [start, stop); a start in the past is served from the ring buffer.
 - `duration_seconds` without `start_time`: frames that arrive during that many seconds from the request.
 - none of these: until killed; the file is then complete.
 """
@@ -19,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from std_daq_service.broker import RequestContext
-from std_daq_service.protocol import InvalidMessage, RequestTimeout, WriteRequest
-from std_daq_service.writer.h5_recording import H5Recording
+from std_daq_service.protocol import DaqError, InvalidMessage, RequestTimeout, StorageError, WriteRequest
+from std_daq_service.writer.h5_recording import H5Recording, describe_hdf5_error
 from std_daq_service.writer.stream_receiver import ReceivedBatch, StreamReceiver
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,7 @@ class _PairState:
 
 
 class WriteJob:
-    """Run one write to its end: done, killed, or failed (raises)."""
+    """Run one write to its end: done, killed, or failed (raises); `recording` is not started yet."""
 
     def __init__(self, request: WriteRequest, ctx: RequestContext, receiver: StreamReceiver,
                  recording: H5Recording, selection: Selection, active_within_s: float):
@@ -125,7 +128,55 @@ class WriteJob:
             self._backlog_bytes += received.nbytes
         self.incoming.put(received)
 
-    def run(self) -> tuple[bool, str]:
+    def run(self) -> dict:
+        """Create the file, record until the end, commit; returns the request's result.
+
+        Raises:
+            StorageError: the file could not be created or written; nothing is kept.
+            DaqError: the write failed otherwise (e.g. RequestTimeout); what it recorded is kept, marked incomplete.
+        """
+        recording = self.recording
+        try:
+            recording.start()
+        except OSError as exc:
+            raise StorageError(f"cannot create {recording.part}: {describe_hdf5_error(exc)}") from exc
+        with recording:  # leaving it without a commit discards the file
+            try:
+                complete, reason = self._record()
+                summary, (first, last) = recording.summary(), recording.time_span()
+                recording.commit(complete, reason, {"warnings": self.warnings})
+            except DaqError:  # before OSError: a RequestTimeout is an OSError too
+                self._keep_or_discard()
+                raise
+            except OSError as exc:
+                raise StorageError(f"writing {recording.path} failed, nothing kept: "
+                                   f"{describe_hdf5_error(exc)}") from exc
+            except Exception:
+                self._keep_or_discard()
+                raise
+        return {
+            "output_file": str(recording.path),
+            "complete": complete,
+            "end_reason": reason,
+            "streams": summary,
+            "frames": sum(s["frames"] for s in summary.values()),
+            "bytes": recording.bytes,
+            "missing_frames": sum(s["missing_frames"] for s in summary.values()),
+            "first_timestamp_ns": first,
+            "last_timestamp_ns": last,
+            "warnings": self.warnings,
+        }
+
+    def _keep_or_discard(self) -> None:
+        """After a failure: commit what was recorded, marked incomplete; with nothing recorded, leave nothing."""
+        if not any(s["frames"] for s in self.recording.summary().values()):
+            return
+        try:
+            self.recording.commit(False, "failed; see the request's status", {"warnings": self.warnings})
+        except OSError as exc:
+            log.warning("keeping what %s recorded failed, nothing kept: %s", self.recording.path, exc)
+
+    def _record(self) -> tuple[bool, str]:
         """Record until the end; returns (complete, end_reason)."""
         handle, past = self.receiver.attach(self._offer)
         try:
@@ -164,7 +215,7 @@ class WriteJob:
         past = [b for b in past if _decodes(b)]
         if not past:
             return
-        oldest = min(int(b.frame_times[0]) for b in past)
+        oldest = min(int(b.batch.frame_times_ns[0]) for b in past)
         if self.window_start < oldest:
             self.warnings.append(
                 f"start_time lies {(oldest - self.window_start) / 1e9:.1f} s before the oldest frame in the ring "
@@ -184,7 +235,7 @@ class WriteJob:
     def _take(self, received: ReceivedBatch) -> None:
         """Record what a batch holds of the window; batches reach here decoded (see `_decodes`)."""
         batch = received.batch
-        if batch.header["origin"] == "socket":  # the same frames reach the files the agent tails
+        if batch.origin == "socket":  # the same frames reach the files the agent tails
             return
         _, module_id, dp = received.key
         state = self.pairs.get((module_id, dp))
@@ -199,7 +250,7 @@ class WriteJob:
             return
         first, stop = 0, len(batch)
         if self.window_start is not None or self.window_stop is not None:
-            times = received.frame_times
+            times = batch.frame_times_ns
             if self.window_start is not None:
                 first = int(np.searchsorted(times, self.window_start, side="left"))
             if self.window_stop is not None:

@@ -47,14 +47,12 @@ def write_frames(hashpipe: HashpipeFiles, dp: str, first: int, n: int, rate_hz: 
 def pkt_nums(batches: list[FrameBatch]) -> list[int]:
     if not batches:
         return []
-    header = batches[0].header["pff_header"]
-    key = (lambda b: b.header["pff_header"]["quabo_0"]["pkt_num"]) if "quabo_0" in header else (
-        lambda b: b.header["pff_header"]["pkt_num"])
-    return np.concatenate([key(b) for b in batches]).tolist()
+    pkt_num = np.concatenate([b.pff_columns["pkt_num"] for b in batches])
+    return (pkt_num[:, 0] if pkt_num.ndim == 2 else pkt_num).tolist()
 
 
 def seqs(batches: list[FrameBatch]) -> list[int]:
-    return np.concatenate([b.header["seq"] for b in batches]).tolist() if batches else []
+    return np.concatenate([b.seq for b in batches]).tolist() if batches else []
 
 
 def expected_images(dp: str, numbers: list[int]) -> np.ndarray:
@@ -109,7 +107,7 @@ def test_rollovers_with_hashpipes_buffers_lose_no_frame_of_the_last_buffer(agent
         assert pkt_nums(batches) == list(range(n)), f"{dp}: frames missing, repeated or out of order"
         assert seqs(batches) == list(range(n)), f"{dp}: seq is not gap-free"
         assert np.array_equal(np.concatenate([b.images for b in batches]), expected_images(dp, list(range(n))))
-    assert len({b.header["seqno"] for b in frames_of(messages, 7, "img16")}) >= 10, "the files rolled over"
+    assert len({b.seqno for b in frames_of(messages, 7, "img16")}) >= 10, "the files rolled over"
     status = ask(caller, agent.service_name, StatusRequest()).result["modules"]["7"]["img16"]
     assert status["frames_published"] == 3000 and status["frames_lost"] == 0
 
@@ -306,7 +304,7 @@ def test_snapshots_as_hashpipe_sends_them_arrive_on_their_own_topics_torn_ones_a
         on_files = receive(files, lambda ms: has_control(ms, "reinit"), 10)
     assert not [m for m in on_files if isinstance(m, FrameBatch)], "socket frames must not reach the file topics"
     batches = frames_of(messages, 9, "img16")
-    assert {b.header["origin"] for b in batches} == {"socket"}
+    assert {b.origin for b in batches} == {"socket"}
     assert pkt_nums(batches) == expected and len(expected) >= 30
     assert seqs(batches) == seq, "each torn record is a gap in seq"
     hook = ask(caller, agent.service_name, StatusRequest()).result["socket_hook"]

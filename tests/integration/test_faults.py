@@ -181,8 +181,8 @@ def test_agent_killed_and_restarted_resumes_from_its_checkpoint(new_service_name
         sock.close()
         if restarted is not None:
             assert restarted.stop() == 0, restarted.log()
-    numbers = [n for m in received for n in m.header["frame_number"]]
-    seq = [n for m in received for n in m.header["seq"]]
+    numbers = [n for m in received for n in m.frame_number]
+    seq = [n for m in received for n in m.seq]
     assert len(numbers) == len(set(numbers)), "a frame was published twice"
     assert seq == sorted(seq) and len(seq) == len(set(seq)), "seq goes on from the checkpoint"
     assert numbers[-1] == 2999 and seq[-1] - seq[0] == 2999, "every frame up to the end was read"

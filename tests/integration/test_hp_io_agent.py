@@ -41,14 +41,14 @@ def test_simulated_run_delivers_every_frame_in_order_with_source_pixels(agent, c
         source_images = reader.block().images()
         source_pkt = reader.block().fields["pkt_num"]
     img = frames_of(messages, 1, "img16")
-    seq = np.concatenate([m.header["seq"] for m in img])
+    seq = np.concatenate([m.seq for m in img])
     assert seq.tolist() == list(range(len(seq))), "seq has gaps or duplicates"
     images = np.concatenate([m.images for m in img])
     expected = source_images[np.arange(len(images)) % len(source_images)]
     assert np.array_equal(images, expected), "pixels differ from the source file"
-    pkt = np.concatenate([m.header["pff_header"]["quabo_0"]["pkt_num"] for m in img])
+    pkt = np.concatenate([m.pff_columns["pkt_num"][:, 0] for m in img])
     assert np.array_equal(pkt, source_pkt[np.arange(len(pkt)) % len(source_pkt), 0])
-    wr = np.concatenate([m.header["wr_timestamp_ns"] for m in img])
+    wr = np.concatenate([m.wr_timestamp_ns for m in img])
     assert (np.diff(wr) == 500_000).all(), "WR time is not the simulated 2 kHz clock"
     assert abs(wr[0] / 1e9 - time.time()) < 60
     controls = [m for m in messages if isinstance(m, ControlHeader)]
@@ -77,8 +77,8 @@ def test_two_preview_subscribers_both_progress(agent, caller):
         a = receive(fast, lambda ms: len(ms) >= 5, 15)
         b = receive(slow, lambda ms: len(ms) >= 3, 15)
     assert all(len(m) == 1 for m in a + b)
-    assert {m.header["origin"] for m in a + b} == {"simulator"}, "previews keep the origin of their frames"
-    frame_numbers = [m.header["frame_number"][0] for m in a]
+    assert {m.origin for m in a + b} == {"simulator"}, "previews keep the origin of their frames"
+    frame_numbers = [m.frame_number[0] for m in a]
     assert frame_numbers == sorted(frame_numbers) and frame_numbers[-1] > frame_numbers[0]
 
 
@@ -96,7 +96,7 @@ def test_a_stuck_subscriber_neither_slows_nor_starves_another(agent, caller):
                    message="both subscribers counted")
         assert ask(caller, agent.service_name, InitSimRequest(movie_rate_hz=5000)).action == "request_success"
         messages = receive(sock, lambda ms: count(ms, 1, "img16") >= 15000, 30)
-    seq = np.concatenate([m.header["seq"] for m in frames_of(messages, 1, "img16")])
+    seq = np.concatenate([m.seq for m in frames_of(messages, 1, "img16")])
     assert seq.tolist() == list(range(len(seq))), "the reading subscriber lost frames"
 
 
@@ -149,7 +149,7 @@ def test_rollover_and_a_new_run_are_followed_and_run_end_reported(agent, caller,
     raw = b"".join(m.images.tobytes() for m in frames)
     expected = b"".join(source[i * frame + 124 : (i + 1) * frame] for i in range(10, 35))
     assert raw == expected
-    seqnos = [(m.header["run"], m.header["seqno"]) for m in frames]
+    seqnos = [(m.run, m.seqno) for m in frames]
     assert seqnos[0] == (run1.name, 0) and seqnos[-1] == (run2.name, 0) and (run1.name, 1) in seqnos
     starts = [m.run for m in messages if isinstance(m, ControlHeader) and m.event == "run_start"]
     assert run2.name in starts
@@ -192,7 +192,7 @@ def test_corrupt_region_in_a_live_file_is_survived(agent, caller, tmp_path):
         messages = receive(sock, lambda ms: count(ms, 2, "ph256") >= 10, 10)
     status = ask(caller, agent.service_name, StatusRequest()).result["modules"]["2"]["ph256"]
     assert status["corrupt_bytes_skipped"] == 800
-    seq = np.concatenate([m.header["seq"] for m in frames_of(messages, 2, "ph256")])
+    seq = np.concatenate([m.seq for m in frames_of(messages, 2, "ph256")])
     assert seq.tolist() == list(range(5)) + list(range(6, 11)), "the lost frame is visible as a gap in seq"
 
 
@@ -215,8 +215,8 @@ def test_socket_hook_frames_are_published_and_garbage_is_survived(agent, caller,
             hashpipe.sendall(b"".join(records[:100]) + b"\xff" * 5000 + b"".join(records[100:]))
             messages = receive(sock, lambda ms: count(ms, 5, "img16") >= 200, 15)
     batches = frames_of(messages, 5, "img16")
-    assert {m.header["origin"] for m in batches} == {"socket"}
-    assert np.concatenate([m.header["seq"] for m in batches]).tolist() == list(range(200))
+    assert {m.origin for m in batches} == {"socket"}
+    assert np.concatenate([m.seq for m in batches]).tolist() == list(range(200))
     received = np.concatenate([m.images for m in batches])
     with PffReader(SAMPLE_IMG16) as reader:
         assert np.array_equal(received, reader.block(0, 200).images()), "pixels differ from the frames sent"

@@ -42,7 +42,7 @@ def stream_clients(data: str, preview: str, seconds: float, results) -> None:
             message = decode_stream_message(sock.recv_multipart())
             if not isinstance(message, FrameBatch):
                 continue
-            key, seq = (message.module_id, message.dp), message.header["seq"]
+            key, seq = (message.module_id, message.dp), message.seq
             if i % 2 == 0 and key in next_seq[i]:
                 gaps[i] += seq[0] - next_seq[i][key]
             next_seq[i][key] = seq[-1] + 1

@@ -1,19 +1,24 @@
 """Request validation, status and frame wire formats."""
 
+import math
+
 import numpy as np
+import orjson
 import pytest
 from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1
 
-from std_daq_service.pff import PffReader
+from std_daq_service.pff import DATA_PRODUCTS, PffReader
 from std_daq_service.protocol import (
     CONTROL_TOPIC,
     ERRORS,
     Busy,
     ControlHeader,
     DaqError,
+    FrameBatchHeader,
     InvalidMessage,
     InvalidRequest,
     KillRequest,
+    Peek,
     RequestKilled,
     Status,
     StorageError,
@@ -28,9 +33,13 @@ from std_daq_service.protocol import (
     encode_request,
     encode_status,
     error_result,
+    frame_time_ns,
     frame_topic,
+    parse_topic,
+    peek,
     rebuild_error,
 )
+from std_daq_service.protocol.frames import COLUMN_DTYPE, PER_FRAME_COLUMNS, PFF_COLUMN_PREFIX
 
 
 @pytest.mark.parametrize(
@@ -76,35 +85,90 @@ def test_status_round_trip_with_std_daq_headers():
         decode_status(b'{"request_id": 1}')
 
 
-@pytest.mark.parametrize("path", [SAMPLE_IMG16, SAMPLE_PH256_M1], ids=["img16", "ph256"])
-def test_frame_batch_round_trip_is_exact(path):
+def encoded(path, origin="file", module_id=1, first=10, n=10):
     with PffReader(path) as reader:
-        block = reader.block(10, 20)
+        block = reader.block(first, first + n)
         parts = encode_frames(
-            source="s", origin="file", module_id=1, dp=reader.dp.name, shape=reader.dp.shape, run="obs_x",
-            file=path.name, seqno=0, frame_number=block.frame_numbers, seq=np.arange(100, 110),
+            source="s", origin=origin, module_id=module_id, dp=reader.dp.name, shape=reader.dp.shape, run="obs_x",
+            file=path.name, seqno=0, frame_number=block.frame_numbers, seq=np.arange(100, 100 + n),
             wr_timestamp_ns=block.wr_timestamp_ns, host_timestamp_ns=block.host_timestamp_ns,
             pff_fields=block.fields, image_bytes=block.image_bytes,
         )
-        assert parts[0] == frame_topic(reader.dp.name, 1) == f"{reader.dp.name}.001.".encode()
-        batch = decode_stream_message(parts)
-        assert len(batch) == 10
-        assert np.array_equal(batch.images, block.images())
-        for i in range(10):
-            fields = batch.frame_fields(i)
-            assert fields["pff_header"] == block.header(i)
-            assert fields["frame_number"] == 10 + i and fields["seq"] == 100 + i
-            assert fields["wr_timestamp_ns"] == int(block.wr_timestamp_ns[i])
+    return parts, block
+
+
+def one_frame(dp="ph256", wr=-1, topic=None, **changes):
+    parts = encode_frames(
+        source="s", origin="file", module_id=254, dp=dp, shape=DATA_PRODUCTS[dp].shape, run=None, file=None,
+        seqno=None, frame_number=np.array([0]), seq=np.array([0]), wr_timestamp_ns=np.array([wr]),
+        host_timestamp_ns=np.array([5]), pff_fields={"tv_sec": np.array([1])},
+        image_bytes=bytes(DATA_PRODUCTS[dp].image_size),
+    )
+    header = {**orjson.loads(parts[1]), **changes}
+    return [topic or parts[0], orjson.dumps(header), parts[2], parts[3]]
+
+
+@pytest.mark.parametrize("path", [SAMPLE_IMG16, SAMPLE_PH256_M1], ids=["img16", "ph256"])
+def test_frame_batch_round_trip_is_exact(path):
+    parts, block = encoded(path)
+    assert parts[0] == frame_topic(block.dp.name, 1) == f"{block.dp.name}.001.".encode()
+    batch = decode_stream_message(parts)
+    assert len(batch) == 10 and (batch.module_id, batch.dp, batch.origin, batch.file) == (1, block.dp.name, "file",
+                                                                                            path.name)
+    assert np.array_equal(batch.images, block.images()) and batch.images.dtype == block.dp.dtype
+    assert batch.frame_number.tolist() == list(range(10, 20)) and batch.seq.tolist() == list(range(100, 110))
+    assert np.array_equal(batch.wr_timestamp_ns, block.wr_timestamp_ns)
+    assert np.array_equal(batch.host_timestamp_ns, block.host_timestamp_ns)
+    assert batch.pff_columns.keys() == block.fields.keys()
+    for i in range(10):
+        assert batch.pff_header(i) == block.header(i)
+        fields = batch.frame_fields(i)
+        assert fields["pff_header"] == block.header(i)
+        assert fields["frame_number"] == 10 + i and fields["seq"] == 100 + i
+        assert fields["wr_timestamp_ns"] == int(block.wr_timestamp_ns[i])
+    last = batch.tail(2)
+    assert len(last) == 2 and last.seq.tolist() == [108, 109] and last.pff_header(1) == block.header(9)
+
+
+@pytest.mark.parametrize("path", [SAMPLE_IMG16, SAMPLE_PH256_M1], ids=["img16", "ph256"])
+@pytest.mark.parametrize("origin", ["file", "socket", "simulator"])
+def test_encoded_frame_messages_follow_the_documented_schema(path, origin):
+    parts, block = encoded(path, origin, module_id=3)
+    header = orjson.loads(parts[1])
+    assert FrameBatchHeader.model_validate(header).model_dump(mode="json") == header, "no field undocumented"
+    product = DATA_PRODUCTS[header["dp"]]
+    assert (header["dtype"], header["bytes_per_pixel"], tuple(header["shape"])) == (
+        product.dtype.str, product.dtype.itemsize, product.shape)
+    names = [name for name, _, _ in header["columns"]]
+    assert names == [*PER_FRAME_COLUMNS, *(PFF_COLUMN_PREFIX + name for name in block.fields)]
+    per_quabo = [4] if block.layout.is_module_image else []
+    assert all(kind == COLUMN_DTYPE for _, kind, _ in header["columns"])
+    assert [shape for _, _, shape in header["columns"]] == [[]] * 4 + [per_quabo] * len(block.fields)
+    n = header["n_frames"]
+    assert len(parts[2]) == sum(n * math.prod(shape) * 8 for _, _, shape in header["columns"])
+    assert len(parts[3]) == n * product.image_size
+    assert parse_topic(parts[0]) == (block.dp.name, 3, "socket" if origin == "socket" else "file")
+
+
+def test_peek_routes_without_decoding():
+    parts, _ = encoded(SAMPLE_IMG16, origin="socket", module_id=7, n=5)
+    assert peek(parts) == Peek("frames", "img16", 7, "socket", 5)
+    assert peek(encode_control("s", "stop")) == Peek("control")
+    for bad in ([b"x"], [b"nope.001.", b"", b"", b""], [b"img16.001.", b"", b""], [], parts[:3] + [bytes(100)]):
+        with pytest.raises(InvalidMessage):
+            peek(bad)
+
+
+def test_frame_time_is_wr_time_where_valid_else_host_time():
+    assert frame_time_ns(np.array([7, -1, 9]), np.array([1, 2, 3])).tolist() == [7, 2, 9]
+    assert frame_time_ns(None, 5) == 5 and frame_time_ns(-1, 5) == 5 and frame_time_ns(7, 5) == 7
+    batch = decode_stream_message(one_frame(wr=-1))
+    assert batch.frame_times_ns.tolist() == [5]
 
 
 def test_invalid_wr_time_travels_as_minus_one_and_reads_as_none():
-    parts = encode_frames(
-        source="s", origin="file", module_id=254, dp="ph256", shape=(16, 16), run=None, file=None, seqno=None,
-        frame_number=np.array([0]), seq=np.array([0]), wr_timestamp_ns=np.array([-1]),
-        host_timestamp_ns=np.array([5]), pff_fields={"tv_sec": np.array([1])}, image_bytes=bytes(512),
-    )
-    batch = decode_stream_message(parts)
-    assert batch.header["wr_timestamp_ns"].tolist() == [-1] and batch.frame_fields(0)["wr_timestamp_ns"] is None
+    batch = decode_stream_message(one_frame(wr=-1))
+    assert batch.wr_timestamp_ns.tolist() == [-1] and batch.frame_fields(0)["wr_timestamp_ns"] is None
 
 
 def test_control_messages_and_malformed_messages():
@@ -114,11 +178,7 @@ def test_control_messages_and_malformed_messages():
                   [CONTROL_TOPIC, b"{}"], [b"img16.001.", b"{}", b""]):
         with pytest.raises(InvalidMessage):
             decode_stream_message(parts)
-    good = encode_frames(
-        source="s", origin="file", module_id=1, dp="ph256", shape=(16, 16), run=None, file=None, seqno=None,
-        frame_number=np.array([0]), seq=np.array([0]), wr_timestamp_ns=np.array([1]),
-        host_timestamp_ns=np.array([5]), pff_fields={"tv_sec": np.array([1])}, image_bytes=bytes(512),
-    )
+    good = one_frame(wr=1)
     with pytest.raises(InvalidMessage, match="expected 512"):
         decode_stream_message(good[:3] + [bytes(100)])
     with pytest.raises(InvalidMessage, match="columns part"):
@@ -154,3 +214,7 @@ def test_an_unexpected_error_crosses_the_wire_as_a_daq_error_with_its_code():
     rebuilt = rebuild_error(error_result(KeyError("x")), "internal error")
     assert type(rebuilt) is DaqError and rebuilt.http_status == 500
     assert set(ERRORS) >= {"Busy", "UnknownTarget", "InvalidRequest", "RequestTimeout", "NoServiceAnswered"}
+    with pytest.raises(InvalidMessage, match="does not match"):
+        decode_stream_message(one_frame(topic=b"ph256.001."))
+    with pytest.raises(InvalidMessage, match="ph256 images are <i2"):
+        decode_stream_message(one_frame(dtype="<u2"))
