@@ -102,6 +102,8 @@ class RestConfig(ServiceConfig):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(5000, ge=1, le=65535)
     writers: list[str] = Field(default_factory=list, description="Writers that write requests go to.")
+    agents: list[str] = Field(default_factory=list, description="Agents that init_hp_io, init_sim and stop_hp_io go "
+                              "to when a request names none (empty: every live agent this Redis knows).")
     token: str | None = Field(None, description="If set, mutating endpoints need 'Authorization: Bearer <token>'.")
     sync_timeout_seconds: PositiveFloat = Field(60.0, description="Longest wait of a *_sync call.")
 

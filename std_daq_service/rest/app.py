@@ -90,11 +90,12 @@ class RestApi:
         self.store = ConfigStore(redis_client)
 
     def targets_of(self, body: dict[str, Any], key: str) -> list[str]:
-        """The services named by `body[key]`; by default the configured writers, or every live agent."""
+        """The services named by `body[key]`; by default the configured writers or agents, else every live one."""
         kind = _TARGET_KINDS[key]
         named = body.get(key)
         if named is None:
-            found = (self.config.writers if key == "writer" else []) or sorted(live_services(self.redis, kind))
+            configured = self.config.writers if key == "writer" else self.config.agents
+            found = configured or sorted(live_services(self.redis, kind))
             if not found:
                 raise NoServiceAnswered(f"no live {kind} service to send the request to")
             return found

@@ -37,7 +37,8 @@ def services(tmp_path_factory, redis_url, broker_url):
                                       pulse_height_rate_hz=50)
         stack.add(agent)
         stack.add(start_writer(names[1], redis_url, stack.redis, directory, [(names[0], endpoint)]))
-        rest, url = start_rest(names[2], redis_url, stack.redis, directory, writers=["nobody.nowhere.writer"])
+        rest, url = start_rest(names[2], redis_url, stack.redis, directory, writers=["nobody.nowhere.writer"],
+                               agents=["nobody.nowhere.hp_io_agent"])  # never the live agents of other tests
         stack.add(rest)
         yield names, url
 

@@ -53,7 +53,7 @@ def rest(tmp_path_factory, redis_url, broker_url):
         stack.add(agent)
         stack.add(start_writer(writer_name, redis_url, stack.redis, directory, [(agent_name, endpoint)]))
         process, url = start_rest(stack.name("rest"), redis_url, stack.redis, directory, writers=[writer_name],
-                                  sync_timeout_seconds=20)
+                                  agents=[agent_name], sync_timeout_seconds=20)
         stack.add(process)
         yield Rest(process, url, agent_name, writer_name, directory / "out")
 
@@ -102,14 +102,14 @@ def test_write_async_then_kill(rest):
     assert (rest.output_root / "async.h5").exists()
 
 
-def test_stop_init_sim_and_config_round_trip(rest):
+def test_stop_init_sim_to_the_configured_agents_and_config_round_trip(rest):
     stop = requests.post(f"{rest.url}/stop_hp_io", json={"targets": rest.agent}, timeout=30)
     assert stop.status_code == 200 and stop.json()["responses"][rest.agent]["status"] == "request_success"
-    answer = requests.post(f"{rest.url}/init_sim", json={"targets": [rest.agent], "force": True,
-                                                         "movie_rate_hz": 500, "pulse_height_rate_hz": 100},
-                           timeout=30)
+    answer = requests.post(f"{rest.url}/init_sim", json={"force": True, "movie_rate_hz": 500,  # no targets: config
+                                                         "pulse_height_rate_hz": 100}, timeout=30)
     assert answer.status_code == 200, answer.text
-    assert answer.json()["responses"][rest.agent]["status"] == "request_success"
+    responses = answer.json()["responses"]
+    assert set(responses) == {rest.agent} and responses[rest.agent]["status"] == "request_success"
     config = requests.get(f"{rest.url}/config/{rest.writer}", timeout=5).json()["config"]
     config["max_concurrent_writes"] = 4
     put = requests.put(f"{rest.url}/config/{rest.writer}", json=config, timeout=5)
