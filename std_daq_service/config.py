@@ -226,7 +226,7 @@ class LivenessBeacon(Lifecycle):
     def beat(self) -> None:
         pipe = self.redis.pipeline()
         pipe.delete(self.key)
-        pipe.hset(self.key, mapping=self.fields())
+        pipe.hset(self.key, mapping=self.fields())  # type: ignore[arg-type]  # redis types keys as any encodable
         pipe.expire(self.key, self.ttl_s)
         pipe.execute()
 
@@ -258,7 +258,7 @@ def live_services(client: redis.Redis, kind: str | None = None) -> dict[str, dic
     return dict(sorted(services.items()))
 
 
-def _json_or_text(value: str) -> Any:
+def _json_or_text(value: str | bytes) -> Any:
     try:
         return json.loads(value)
     except ValueError:

@@ -20,6 +20,11 @@ def test_ruff_finds_nothing():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_shared_pieces_type_check():
+    result = subprocess.run([BIN / "mypy"], capture_output=True, text=True, cwd=REPO)  # files: pyproject.toml
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_client_side_imports_stay_light():
     code = ("import sys, std_daq_service.protocol, std_daq_service.broker, std_daq_service.pff, "
             "std_daq_service.client; "

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from std_daq_service.broker.call_result import CallResult
 from std_daq_service.broker.status_store import StatusStore
@@ -24,7 +25,7 @@ from std_daq_service.protocol import (
     InvalidMessage,
     KillRequest,
     NoServiceAnswered,
-    RequestBase,
+    Request,
     Status,
     UnknownTarget,
     decode_status,
@@ -52,17 +53,24 @@ class RequestCaller(Lifecycle):
         self.listener = listener
         self.store = store if store is not None else StatusStore()
         self._connection: pika.BlockingConnection | None = None
-        self._channel = None
+        self._channel: BlockingChannel | None = None
 
     def _open(self) -> None:
         params = connection_parameters(self.broker_url, f"std_daq:{self.name}:{uuid.uuid4().hex[:6]}")
         self._connection = pika.BlockingConnection(params)
-        self._channel = self._connection.channel()
-        self._channel.confirm_delivery()
-        declare_exchanges(self._channel)
-        queue = self._channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
-        self._channel.queue_bind(queue, STATUS_EXCHANGE, routing_key="#")
-        self._channel.basic_consume(queue, self._on_status, auto_ack=True)
+        channel = self._channel = self._connection.channel()
+        channel.confirm_delivery()
+        declare_exchanges(channel)
+        queue = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(queue, STATUS_EXCHANGE, routing_key="#")
+        channel.basic_consume(queue, self._on_status, auto_ack=True)
+
+    def _open_channel(self) -> BlockingChannel:
+        """The channel, connecting first if needed."""
+        self.start()
+        if self._channel is None:
+            raise NoServiceAnswered(f"no connection to the broker at {self.broker_url or 'the default URL'}")
+        return self._channel
 
     def _release(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -89,25 +97,25 @@ class RequestCaller(Lifecycle):
 
     def pump(self, timeout: float) -> None:
         """Receive statuses for up to `timeout` seconds."""
-        self.start()._connection.process_data_events(time_limit=timeout)
+        self._open_channel().connection.process_data_events(time_limit=timeout)
 
     def history(self, request_id: str) -> list[Status]:
         """Statuses received so far for a request this caller sent."""
         return self.store.history(request_id) or []
 
-    def publish(self, target: str, request: RequestBase | bytes, request_id: str | None = None) -> str:
+    def publish(self, target: str, request: Request | bytes, request_id: str | None = None) -> str:
         """Send a request to one service; return its request_id.
 
         Raises:
             UnknownTarget: no queue is bound for `target` (the service never ran on this broker).
         """
-        self.start()
+        channel = self._open_channel()
         request_id = request_id or str(uuid.uuid4())
         self.store.register(request_id)
         body = request if isinstance(request, bytes) else encode_request(request)
         request_type = "" if isinstance(request, bytes) else request.request_type
         try:
-            self._channel.basic_publish(
+            channel.basic_publish(
                 exchange=REQUEST_EXCHANGE,
                 routing_key=target,
                 body=body,
@@ -130,9 +138,9 @@ class RequestCaller(Lifecycle):
 
     def kill(self, target: str, request_id: str) -> None:
         """Ask `target` to stop request `request_id`."""
-        self.start()
+        channel = self._open_channel()
         try:
-            self._channel.basic_publish(
+            channel.basic_publish(
                 exchange=KILL_EXCHANGE,
                 routing_key=target,
                 body=encode_request(KillRequest(request_id=request_id)),
@@ -162,7 +170,7 @@ class RequestCaller(Lifecycle):
     def call(
         self,
         targets: str | Iterable[str],
-        request: RequestBase,
+        request: Request,
         timeout: float,
         on_status: Callable[[Status], None] | None = None,
     ) -> CallResult:

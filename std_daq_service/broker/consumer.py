@@ -8,6 +8,7 @@ import threading
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from std_daq_service.broker.dispatcher import Dispatcher, Handler
 from std_daq_service.broker.topology import (
@@ -56,7 +57,7 @@ class RequestConsumer(Lifecycle):
         self._accepting = threading.Event()
         self._consumer_tags: list[str] = []
         self._connection: pika.BlockingConnection | None = None
-        self._channel = None
+        self._channel: BlockingChannel | None = None
         self._io = BackgroundThread(f"broker-{service_name}", self._run, wake=self._wake)
 
     def publish(self, status: Status) -> None:
@@ -138,13 +139,13 @@ class RequestConsumer(Lifecycle):
     def _serve(self, stop: threading.Event) -> None:
         params = connection_parameters(self.broker_url, f"std_daq:{self.service_name}")
         self._connection = pika.BlockingConnection(params)
-        self._channel = self._connection.channel()
-        self._channel.confirm_delivery()
-        declare_service_queues(self._channel, self.service_name)
-        self._channel.basic_qos(prefetch_count=50)
+        channel = self._channel = self._connection.channel()
+        channel.confirm_delivery()
+        declare_service_queues(channel, self.service_name)
+        channel.basic_qos(prefetch_count=50)
         if self._accepting.is_set():
-            self._consumer_tags = [self._channel.basic_consume(request_queue(self.service_name), self._on_request),
-                                   self._channel.basic_consume(kill_queue(self.service_name), self._on_kill)]
+            self._consumer_tags = [channel.basic_consume(request_queue(self.service_name), self._on_request),
+                                   channel.basic_consume(kill_queue(self.service_name), self._on_kill)]
         log.info("%s: consuming %s and %s", self.service_name, request_queue(self.service_name),
                  kill_queue(self.service_name))
         self.connected.set()
@@ -163,9 +164,9 @@ class RequestConsumer(Lifecycle):
             except pika.exceptions.AMQPError:
                 pass  # already broken; nothing to close cleanly
 
-    def _send(self, status: Status) -> None:
+    def _send(self, channel: BlockingChannel, status: Status) -> None:
         body, headers = encode_status(status)
-        self._channel.basic_publish(
+        channel.basic_publish(
             exchange=STATUS_EXCHANGE,
             routing_key=status_routing_key(status.source, status.action),
             body=body,
@@ -179,8 +180,7 @@ class RequestConsumer(Lifecycle):
 
     def _drain(self) -> None:
         while self._outbox and self._channel is not None:
-            status = self._outbox[0]
-            self._send(status)
+            self._send(self._channel, self._outbox[0])
             self._outbox.popleft()
 
     def _on_request(self, channel, method, properties, body: bytes) -> None:
@@ -205,7 +205,7 @@ class RequestConsumer(Lifecycle):
         except InvalidRequest as exc:
             request = exc
         self._drain()
-        self._send(self.dispatcher.received(request_id, request))
+        self._send(channel, self.dispatcher.received(request_id, request))
         channel.basic_ack(method.delivery_tag)
         self.dispatcher.submit(request_id, request)
 

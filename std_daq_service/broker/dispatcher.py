@@ -93,15 +93,14 @@ class Dispatcher:
         """Start a decoded request; one that is invalid or not handled here is answered with request_fail."""
         with self._lock:
             self._remember(self._seen, request_id)
-        handler = None if isinstance(request, InvalidRequest) else self.handlers.get(request.request_type)
+        if isinstance(request, InvalidRequest):
+            self._reject(request_id, request)
+            return
+        handler = self.handlers.get(request.request_type)
         if handler is None:
-            problem = request if isinstance(request, InvalidRequest) else InvalidRequest(
+            self._reject(request_id, InvalidRequest(
                 f"{self.service_name} does not handle {request.request_type!r} requests; "
-                f"it handles {', '.join(sorted(self.handlers))}"
-            )
-            log.warning("request %s rejected: %s", request_id, problem)
-            self.publish(Status(request_id=request_id, source=self.service_name, action="request_fail",
-                                message=str(problem), result=error_result(problem)))
+                f"it handles {', '.join(sorted(self.handlers))}"))
             return
         ctx = RequestContext(request_id, request, self.service_name, self.publish)
         with self._lock:
@@ -111,6 +110,11 @@ class Dispatcher:
                                       daemon=True)
             self._running[request_id] = (ctx, thread)
         thread.start()
+
+    def _reject(self, request_id: str, problem: InvalidRequest) -> None:
+        log.warning("request %s rejected: %s", request_id, problem)
+        self.publish(Status(request_id=request_id, source=self.service_name, action="request_fail",
+                            message=str(problem), result=error_result(problem)))
 
     def _run(self, handler: Handler, ctx: RequestContext) -> None:
         request_type = ctx.request.request_type

@@ -15,7 +15,7 @@ from std_daq_service.broker.call_result import CallResult
 from std_daq_service.broker.caller import RequestCaller
 from std_daq_service.broker.status_store import StatusStore
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
-from std_daq_service.protocol import RequestBase, Status
+from std_daq_service.protocol import Request, Status
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class SharedCaller(Lifecycle):
             self._fail_jobs(pika.exceptions.AMQPConnectionError("the broker connection closed; retry"))
         return future.result()
 
-    def publish(self, targets: Iterable[str], request: RequestBase, request_id: str) -> None:
+    def publish(self, targets: Iterable[str], request: Request, request_id: str) -> None:
         """Send one request (same id) to each target; raises UnknownTarget / NoServiceAnswered."""
         targets = list(targets)
         self.store.register(request_id)

@@ -16,7 +16,7 @@ from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import (
     ControlHeader,
     InitSimRequest,
-    RequestBase,
+    Request,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
@@ -71,7 +71,7 @@ def run_list_hosts(args) -> int:
     return 0
 
 
-def _request(args, request: RequestBase) -> dict:
+def _request(args, request: Request) -> dict:
     with DaqDataClient(broker_url=args.broker_url, redis_url=args.redis_url) as client:
         return client.request(args.agent, request, args.timeout)[args.agent]
 

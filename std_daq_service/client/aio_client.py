@@ -12,7 +12,7 @@ from typing import Any
 from std_daq_service.client.calls import OnStatus
 from std_daq_service.client.daq_client import DaqDataClient
 from std_daq_service.client.discovery import Hosts
-from std_daq_service.protocol import RequestBase
+from std_daq_service.protocol import Request
 
 _END = object()
 
@@ -85,7 +85,7 @@ class AioDaqDataClient:
         """As `DaqDataClient.wait`; `on_status` is called from the worker thread."""
         return await self._run(self._client.wait, request_id, service, timeout, on_status)
 
-    async def request(self, targets: str | list[str], request: RequestBase, timeout: float | None = None,
+    async def request(self, targets: str | list[str], request: Request, timeout: float | None = None,
                       on_status: OnStatus = None) -> dict:
         return await self._run(self._client.request, targets, request, timeout, on_status)
 

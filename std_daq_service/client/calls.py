@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.lifecycle import Lifecycle
-from std_daq_service.protocol import RequestBase, Status
+from std_daq_service.protocol import Request, Status
 
 OnStatus = Callable[[Status], None] | None
 
@@ -28,7 +28,7 @@ class Calls(Lifecycle):
     def _release(self) -> None:
         self.caller.close()
 
-    def call(self, targets: list[str], request: RequestBase, timeout: float | None = None,
+    def call(self, targets: list[str], request: Request, timeout: float | None = None,
              on_status: OnStatus = None) -> dict[str, dict]:
         """Send `request` to every target and wait; each one's result.
 
@@ -37,7 +37,7 @@ class Calls(Lifecycle):
         """
         return self.caller.call(targets, request, timeout or self.timeout, on_status).results()
 
-    def publish(self, target: str, request: RequestBase) -> str:
+    def publish(self, target: str, request: Request) -> str:
         """Send `request` without waiting; its request_id."""
         return self.caller.publish(target, request)
 

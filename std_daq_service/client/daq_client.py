@@ -17,7 +17,7 @@ from std_daq_service.protocol import (
     DaqError,
     InitHpIoRequest,
     InitSimRequest,
-    RequestBase,
+    Request,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
@@ -121,7 +121,7 @@ class DaqDataClient:
         """Wait for the final status of a request sent with `write_async`; its result, or raise."""
         return self.calls.wait(request_id, service, timeout, on_status)
 
-    def request(self, targets: str | list[str], request: RequestBase, timeout: float | None = None,
+    def request(self, targets: str | list[str], request: Request, timeout: float | None = None,
                 on_status: OnStatus = None) -> dict:
         """Send any request to one or more services; each one's result, or raise the call's error."""
         return self.calls.call([targets] if isinstance(targets, str) else targets, request, timeout, on_status)

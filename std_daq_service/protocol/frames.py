@@ -34,6 +34,9 @@ from std_daq_service.protocol.errors import InvalidMessage
 from std_daq_service.protocol.version import PROTOCOL_VERSION
 
 CONTROL_TOPIC = b"control."
+TopicOrigin = Literal["file", "socket"]
+"""Which stream family a topic names: file frames (also simulated ones) or the socket hook's snapshots."""
+
 SOCKET_TOPIC_PREFIX = b"socket."
 """Topics of frames from Hashpipe's socket hook begin with this: they are streams of their own."""
 ControlEvent = Literal["run_start", "run_end", "reinit", "stop"]
@@ -76,10 +79,10 @@ def file_topic_prefixes() -> list[bytes]:
     return [f"{dp}.".encode() for dp in DATA_PRODUCTS] + [CONTROL_TOPIC]
 
 
-def parse_topic(topic: bytes | memoryview) -> tuple[str, int, str] | None:
+def parse_topic(topic: bytes | memoryview) -> tuple[str, int, TopicOrigin] | None:
     """`img16.001.` -> ("img16", 1, "file"); `socket.ph256.003.` -> ("ph256", 3, "socket"); None otherwise."""
     raw = bytes(topic)
-    origin = "socket" if raw.startswith(SOCKET_TOPIC_PREFIX) else "file"
+    origin: TopicOrigin = "socket" if raw.startswith(SOCKET_TOPIC_PREFIX) else "file"
     fields = raw.removeprefix(SOCKET_TOPIC_PREFIX).split(b".")
     if len(fields) != 3 or fields[2] or not fields[1].isdigit():
         return None
@@ -191,7 +194,7 @@ class Peek:
     kind: Literal["frames", "control"]
     dp: str = ""
     module_id: int = -1
-    origin: Literal["file", "socket"] = "file"
+    origin: TopicOrigin = "file"
     n_frames: int = 0
 
 

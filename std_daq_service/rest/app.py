@@ -25,7 +25,7 @@ from std_daq_service.protocol import (
     InvalidRequest,
     KillRequest,
     NoServiceAnswered,
-    RequestBase,
+    Request,
     Status,
     StopHpIoRequest,
     UnknownTarget,
@@ -107,7 +107,7 @@ class RestApi:
             raise InvalidRequest(f"not {kind} services: {', '.join(wrong)}")
         return names
 
-    def call(self, targets: list[str], req: RequestBase) -> CallResult:
+    def call(self, targets: list[str], req: Request) -> CallResult:
         request_id = str(uuid.uuid4())
         self.caller.publish(targets, req, request_id)  # its waiter exists before the request leaves
         return self.caller.wait(request_id, targets, self.config.sync_timeout_seconds)
@@ -142,7 +142,7 @@ class RestApi:
         return _json({"status": "ok", "request_id": req.request_id,
                       "message": f"kill sent to {', '.join(writers)}"})
 
-    def agent_call(self, req: RequestBase, agents: list[str]) -> Response:
+    def agent_call(self, req: Request, agents: list[str]) -> Response:
         return self.answer(self.call(agents, req))
 
     def services(self) -> Response:
