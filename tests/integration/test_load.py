@@ -8,7 +8,7 @@ import time
 import h5py
 import numpy as np
 from conftest import service_stack
-from test_writer import start_agent, start_writer
+from helpers.services import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.protocol import StatusRequest, StreamRequest, WriteRequest

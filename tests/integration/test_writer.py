@@ -14,10 +14,11 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle/blosc filters for rea
 import numpy as np
 import pytest
 from conftest import SAMPLE_IMG16, ServiceProcess, service_stack, wait_until
+from helpers.services import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.pff import PffReader, wr_unix_ns
-from std_daq_service.protocol import InitSimRequest, StatusRequest, StreamRequest, WriteRequest
+from std_daq_service.protocol import StatusRequest, WriteRequest
 
 
 @dataclass
@@ -26,27 +27,6 @@ class System:
     writer: ServiceProcess
     output_root: Path
     endpoint: str
-
-
-def start_agent(name: str, redis_url: str, redis_client, directory: Path, **sim) -> tuple[ServiceProcess, str]:
-    config = {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
-              "sim_data_dir": str(directory / "sim"), "min_update_interval_seconds": 0.05}
-    agent = ServiceProcess("hp_io_agent", name, config, redis_url, directory)
-    agent.wait_ready(redis_client)
-    with RequestCaller(None, "test-writer-setup") as caller:
-        endpoint = caller.call(name, StreamRequest(), 15).finals[name].result["endpoints"]["data"]
-        final = caller.call(name, InitSimRequest(**sim), 15).finals[name]
-        assert final.action == "request_success", final.message
-    return agent, endpoint
-
-
-def start_writer(name: str, redis_url: str, redis_client, directory: Path, agents: list[tuple[str, str]],
-                 preexec_fn=None, **config) -> ServiceProcess:
-    config = {"agents": [{"name": n, "data": e} for n, e in agents], "output_root": str(directory / "out"),
-              "ring_buffer_seconds": 6, **config}
-    writer = ServiceProcess("writer", name, config, redis_url, directory, preexec_fn=preexec_fn)
-    writer.wait_ready(redis_client)
-    return writer
 
 
 @pytest.fixture(scope="module")
