@@ -10,7 +10,6 @@ from std_daq_service.broker import RequestContext
 from std_daq_service.config import AgentStream
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import WriteRequest, encode_frames
-from std_daq_service.writer import write_job
 from std_daq_service.writer.h5_recording import H5Recording
 from std_daq_service.writer.stream_receiver import ReceivedBatch, RingBuffer, StreamReceiver
 from std_daq_service.writer.write_job import Selection, WriteJob
@@ -31,23 +30,20 @@ def messages(n: int, per_message: int = 100) -> list[ReceivedBatch]:
     return out
 
 
-def test_a_write_behind_its_streams_drops_counts_and_warns(tmp_path, monkeypatch):
+def test_a_write_behind_its_streams_drops_counts_and_warns(tmp_path):
     incoming = messages(6)
-    monkeypatch.setattr(write_job, "MAX_BACKLOG_BYTES", sum(m.nbytes for m in incoming[:3]) - 1)
     receiver = StreamReceiver([AgentStream(name="a.b.hp_io_agent", data="tcp://127.0.0.1:1")], RingBuffer(10, 1 << 30))
     request = WriteRequest(output_file="behind.h5", n_images=300)
     ctx = RequestContext("r1", request, "a.b.writer", publish=lambda status: None)
     recording = H5Recording(tmp_path / "behind.h5", "none", {})
     job = WriteJob(request, ctx, receiver, recording, Selection(frozenset({"a.b.hp_io_agent"}), frozenset(),
-                                                                 frozenset()), 10)
-    for received in incoming:  # six messages arrive while the write has consumed none
-        job._offer(received)
-    assert job.dropped_frames == 300, "three of six 100-frame messages fit the backlog"
-    while not job.incoming.empty():  # the write catches up with what it kept
-        job._take(job._next(None))
-    ctx.cancelled.set()
-    complete, reason = job.run()
+                                                                 frozenset()), 10,
+                   max_backlog_bytes=sum(m.nbytes for m in incoming[:3]) - 1)
+    for received in incoming:  # six messages arrive, as the receiver offers them, before the write takes any
+        job.offer(received)
+    complete, reason = job.run()  # the write catches up with what it kept
     recording.close(complete, reason)
-    assert recording.summary()["1/img16"]["frames"] == 300 and reason == "killed after 300 frames"
+    assert job.dropped_frames == 300, "three of six 100-frame messages fit the backlog"
+    assert recording.summary()["1/img16"]["frames"] == 300 and reason == "300 frames per stream recorded"
     assert job.warnings == ["the file could not keep up with the stream: 300 frames were dropped (seq gaps in the "
                             "file)"]
