@@ -1,4 +1,4 @@
-"""Fixtures for real Redis, RabbitMQ, sample data, unique service names, and leak checks."""
+"""Fixtures for real Redis, RabbitMQ, sample data, unique service names, leak checks and loopback-only addresses."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import pika
 import pika.exceptions
 import pytest
 import redis
+from helpers.child_processes import child_processes, kill
+from helpers.loopback import LoopbackGuard, config_violations, url_violation
 
 import std_daq_service
 from std_daq_service.broker import RequestCaller, connection_parameters
@@ -31,6 +33,10 @@ SAMPLE_PH256_M1 = SAMPLE_RUN / "start_2024-07-25T04_34_46Z.dp_ph256.bpp_2.module
 SAMPLE_PH256_M3 = SAMPLE_RUN / "start_2024-07-25T04_34_46Z.dp_ph256.bpp_2.module_3.seqno_0.debug_TRUNCATED.pff"
 PYPFF_PH256 = REPO / "tests/data/pypff_example/start_2025-08-02T05:31:36Z.dp_ph256.bpp_2.module_254.seqno_0.pff"
 SHARED_DATA = Path(os.environ.get("PANOSETI_DATA", REPO.parent / "shared" / "data"))
+LEAK_GRACE_S = 5
+"""How long a test's threads and child processes may take to end after its teardown."""
+
+pytest_plugins = ["pytester"]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02, message: str = "condition"):
@@ -48,6 +54,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.02, message: str =
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert url_violation(url) is None, url_violation(url)
     try:
         connect_redis(url).ping()
     except redis.RedisError as exc:
@@ -58,6 +65,7 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def broker_url() -> str:
     url = default_broker_url()
+    assert url_violation(url) is None, url_violation(url)
     try:
         pika.BlockingConnection(connection_parameters(url, "std_daq:test-check")).close()
     except pika.exceptions.AMQPError as exc:
@@ -191,17 +199,37 @@ def _close_through_management_api(api: str, name_prefix: str) -> int:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_threads():
-    """Fail a test that leaves threads running after it ends."""
-    before = set(threading.enumerate())
+def no_leaked_threads_or_processes():
+    """Fail a test that leaves threads or child processes behind (after its fixtures' teardown, with a grace).
+
+    Leaked child processes are killed, so they cannot disturb the tests after it.
+    """
+    threads, children = set(threading.enumerate()), set(child_processes())
     yield
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + LEAK_GRACE_S
     while True:
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not leaked or time.monotonic() > deadline:
+        leaked_threads = [t.name for t in threading.enumerate() if t not in threads and t.is_alive()]
+        leaked_children = {pid: name for pid, name in child_processes().items() if pid not in children}
+        if not (leaked_threads or leaked_children) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert not leaked, f"test left threads running: {[t.name for t in leaked]}"
+    kill(list(leaked_children))
+    assert not (leaked_threads or leaked_children), (
+        f"test left behind threads {leaked_threads} and child processes {leaked_children}")
+
+
+@pytest.fixture(scope="session")
+def loopback_guard() -> LoopbackGuard:
+    """The audit hook that refuses non-loopback addresses, installed once per session."""
+    return LoopbackGuard().install()
+
+
+@pytest.fixture(autouse=True)
+def only_loopback_addresses(loopback_guard):
+    """Fail a test (or its fixtures) that tried to connect, bind or send to a non-loopback address."""
+    yield
+    violations = loopback_guard.take()
+    assert not violations, f"non-loopback addresses used (refused before connecting): {violations}"
 
 
 class ServiceProcess:
@@ -212,6 +240,8 @@ class ServiceProcess:
         import json
         import sys
 
+        problems = config_violations(config)
+        assert not problems, f"config of {service_name} leaves loopback: {problems}"
         self.service_name = service_name
         self.log_path = log_dir / f"{service_name}.log"
         client = connect_redis(redis_url)

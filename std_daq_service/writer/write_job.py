@@ -33,7 +33,7 @@ _FLUSH_PERIOD_S = 0.5
 _SETTLE_S = 0.5
 _END_GRACE_S = 1.0
 MAX_BACKLOG_BYTES = 256 << 20
-"""Frames received but not yet written, per write; beyond, new frames are dropped and counted."""
+"""Default bytes of frames received but not yet written, per write; beyond, new frames are dropped and counted."""
 
 
 def _decodes(received: ReceivedBatch) -> bool:
@@ -78,15 +78,21 @@ class _PairState:
 
 
 class WriteJob:
-    """Run one write to its end: done, killed, or failed (raises); `recording` is not started yet."""
+    """Run one write to its end: done, killed, or failed (raises); `recording` is not started yet.
+
+    Args:
+        max_backlog_bytes: frames offered but not yet written beyond this are dropped and counted.
+    """
 
     def __init__(self, request: WriteRequest, ctx: RequestContext, receiver: StreamReceiver,
-                 recording: H5Recording, selection: Selection, active_within_s: float):
+                 recording: H5Recording, selection: Selection, active_within_s: float,
+                 max_backlog_bytes: int = MAX_BACKLOG_BYTES):
         self.request = request
         self.ctx = ctx
         self.receiver = receiver
         self.recording = recording
         self.selection = selection
+        self.max_backlog_bytes = max_backlog_bytes
         self.incoming: queue.SimpleQueue[ReceivedBatch] = queue.SimpleQueue()
         self.pairs: dict[Pair, _PairState] = {pair: _PairState() for pair in selection.expected}
         now_ns = time.time_ns()
@@ -116,13 +122,16 @@ class WriteJob:
         s = self.selection
         return (not s.module_ids or module_id in s.module_ids) and (not s.data_products or dp in s.data_products)
 
-    def _offer(self, received: ReceivedBatch) -> None:
-        """Called by the receiver thread for every new batch. A selected batch is decoded there, so decoding
-        overlaps with this write's HDF5 work (which releases the GIL while it compresses and writes)."""
+    def offer(self, received: ReceivedBatch) -> None:
+        """The receiver's listener: called by its thread for every new batch.
+
+        A selected batch is decoded there, so decoding overlaps with this write's HDF5 work (which releases
+        the GIL while it compresses and writes).
+        """
         if not self.selection.matches(received) or not _decodes(received):
             return
         with self._backlog_lock:
-            if self._backlog_bytes > MAX_BACKLOG_BYTES:  # the file cannot keep up: drop, count, show as gaps
+            if self._backlog_bytes > self.max_backlog_bytes:  # the file cannot keep up: drop, count, show as gaps
                 self.dropped_frames += received.n_frames
                 return
             self._backlog_bytes += received.nbytes
@@ -178,7 +187,7 @@ class WriteJob:
 
     def _record(self) -> tuple[bool, str]:
         """Record until the end; returns (complete, end_reason)."""
-        handle, past = self.receiver.attach(self._offer)
+        handle, past = self.receiver.attach(self.offer)
         try:
             if self.window_start is not None:
                 self._use_past([b for b in past if self.selection.matches(b)])

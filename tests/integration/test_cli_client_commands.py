@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO, service_stack
-from test_writer import start_agent, start_writer
+from helpers.services import start_agent, start_writer
 
 
 def cli(*args, timeout=60):

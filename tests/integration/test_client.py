@@ -10,7 +10,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 from conftest import service_stack
-from test_writer import start_agent, start_writer
+from helpers.services import start_agent, start_writer
 
 from std_daq_service.client import AioDaqDataClient, DaqDataClient
 from std_daq_service.protocol import Busy, NoServiceAnswered, UnknownTarget

@@ -13,8 +13,7 @@ import pytest
 import requests
 import zmq
 from conftest import SAMPLE_IMG16, ServiceProcess, close_broker_connections, service_stack, wait_until
-from test_rest import free_port, start_rest
-from test_writer import start_agent, start_writer
+from helpers.services import free_port, start_agent, start_rest, start_writer
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.pff import PffReader

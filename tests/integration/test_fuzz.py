@@ -7,10 +7,9 @@ import json
 import pytest
 import requests
 from conftest import REPO, service_stack
+from helpers.services import start_agent, start_rest, start_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_rest import start_rest
-from test_writer import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.protocol import REQUEST_TYPES, StatusRequest

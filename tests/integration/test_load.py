@@ -1,4 +1,10 @@
-"""Load: 20 concurrent writes and 50 stream clients at mixed rates against one agent, for a bounded time."""
+"""Load: 20 concurrent writes and 50 stream clients at mixed rates against one agent, for a bounded time.
+
+What is asserted is behaviour under load: every write succeeds with its frames in order and every missing frame
+shown (its seq gaps are the missing_frames it reports), every client progresses and sees each stream's frames in
+order, so a frame lost to a slow client is a visible seq gap. How many frames arrive is a speed: the numbers are
+printed by benchmarks/bench_load.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import time
 import h5py
 import numpy as np
 from conftest import service_stack
-from test_writer import start_agent, start_writer
+from helpers.services import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.protocol import StatusRequest, StreamRequest, WriteRequest
@@ -18,7 +24,7 @@ WRITES = 20
 
 
 def stream_clients(data: str, preview: str, seconds: float, results) -> None:
-    """In a child process: 25 full-rate and 25 preview subscribers; report (frames, seq gaps) of each."""
+    """In a child process: 25 full-rate and 25 preview subscribers; report (frames, steps back in seq) of each."""
     import zmq
 
     from std_daq_service.protocol import FrameBatch, decode_stream_message
@@ -34,7 +40,7 @@ def stream_clients(data: str, preview: str, seconds: float, results) -> None:
     poller = zmq.Poller()
     for sock in sockets:
         poller.register(sock, zmq.POLLIN)
-    frames, gaps, next_seq = [0] * CLIENTS, [0] * CLIENTS, [{} for _ in range(CLIENTS)]
+    frames, disorder, last_seq = [0] * CLIENTS, [0] * CLIENTS, [{} for _ in range(CLIENTS)]
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for sock in dict(poller.poll(100)):
@@ -43,11 +49,12 @@ def stream_clients(data: str, preview: str, seconds: float, results) -> None:
             if not isinstance(message, FrameBatch):
                 continue
             key, seq = (message.module_id, message.dp), message.seq
-            if i % 2 == 0 and key in next_seq[i]:
-                gaps[i] += seq[0] - next_seq[i][key]
-            next_seq[i][key] = seq[-1] + 1
+            previous = last_seq[i].get(key)
+            steps = np.diff(seq if previous is None else np.concatenate(([previous], seq)))
+            disorder[i] += int((steps < 1).sum())
+            last_seq[i][key] = int(seq[-1])
             frames[i] += len(message)
-    results.put((frames, gaps))
+    results.put((frames, disorder))
     for sock in sockets:
         sock.close(0)
     context.term()
@@ -71,21 +78,19 @@ def test_twenty_writes_and_fifty_clients_at_once(tmp_path, redis_url, broker_url
                                                          timeout_seconds=30)) for i in range(WRITES)]
             finals = {rid: caller.wait(rid, [names[1]], 60).finals.get(names[1]) for rid in ids}
             status = caller.call(names[0], StatusRequest(), 15).finals[names[0]].result
-            frames, gaps = results.get(timeout=60)
+            frames, disorder = results.get(timeout=60)
             clients.join(10)
-        succeeded = sum(f is not None and f.action == "request_success" for f in finals.values())
-        print(f"load: writes ok {succeeded}/{WRITES}; "
-              f"full-rate clients frames min/max {min(frames[0::2])}/{max(frames[0::2])}, gaps {max(gaps[0::2])}; "
-              f"preview clients frames min/max {min(frames[1::2])}/{max(frames[1::2])}; agent published "
-              f"{status['modules']['1']['img16']['frames_published']} img16 frames of module 1")
         failed = {rid: f and f.message for rid, f in finals.items() if f is None or f.action != "request_success"}
         assert not failed, failed
-        for i in range(WRITES):
-            with h5py.File(tmp_path / "out" / f"load_{i}.h5") as f:
+        for i, final in enumerate(finals.values()):
+            with h5py.File(final.result["output_file"]) as f:
                 assert f.attrs["complete"] and f["module_1/img16/data"].shape[0] == 4000
                 seq = f["module_1/img16/seq"][()]
-                assert np.array_equal(np.diff(seq), np.ones(3999)), f"load_{i}.h5 has gaps"
+            steps = np.diff(seq)
+            assert (steps >= 1).all(), f"write {i}: seq out of order or repeated"
+            assert int((steps - 1).sum()) == final.result["streams"]["1/img16"]["missing_frames"], \
+                f"write {i}: a frame missing from the file is not reported"
         assert min(frames) > 0, f"a client made no progress: {frames}"
-        assert max(gaps[0::2]) == 0, f"full-rate clients lost frames: {gaps[0::2]}"
+        assert not any(disorder), f"clients saw frames out of order or twice: {disorder}"
         img16 = status["modules"]["1"]["img16"]
         assert img16["corrupt_bytes_skipped"] == 0 and status["subscribers"] >= CLIENTS // 2 + 1

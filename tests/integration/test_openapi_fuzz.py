@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from conftest import service_stack
+from helpers.services import start_rest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_rest import start_rest
 
 HONEST_5XX = (502, 504)  # no service answered / a sync call timed out: documented answers, not crashes
 

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import ServiceProcess, service_stack, wait_until
-from test_writer import start_agent, start_writer
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from helpers.services import start_agent, start_rest, start_writer
 
 
 @dataclass
@@ -25,22 +18,6 @@ class Rest:
     agent: str
     writer: str
     output_root: Path
-
-
-def start_rest(name: str, redis_url: str, client, directory: Path, **config) -> tuple[ServiceProcess, str]:
-    port = free_port()
-    process = ServiceProcess("rest", name, {"host": "127.0.0.1", "port": port, **config}, redis_url, directory)
-    process.wait_ready(client)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _answers(url), 10, message="REST proxy answering")
-    return process, url
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 @pytest.fixture(scope="module")

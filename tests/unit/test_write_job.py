@@ -13,7 +13,6 @@ from std_daq_service.broker import RequestContext
 from std_daq_service.config import AgentStream
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import RequestTimeout, StorageError, WriteRequest, encode_frames, peek
-from std_daq_service.writer import write_job
 from std_daq_service.writer.h5_recording import H5Recording
 from std_daq_service.writer.ring_buffer import RingBuffer
 from std_daq_service.writer.stream_receiver import ReceivedBatch, StreamReceiver
@@ -37,19 +36,20 @@ def messages(n: int, per_message: int = 100) -> list[ReceivedBatch]:
     return out
 
 
-def job(tmp_path, request: WriteRequest, name: str = "x.h5") -> WriteJob:
+def job(tmp_path, request: WriteRequest, name: str = "x.h5", **options) -> WriteJob:
     receiver = StreamReceiver([AgentStream(name=AGENT, data="tcp://127.0.0.1:1")], RingBuffer(10, 1 << 30))
     ctx = RequestContext("r1", request, "a.b.writer", publish=lambda status: None)
     selection = Selection(frozenset({AGENT}), frozenset(request.module_ids), frozenset(request.data_products))
-    return WriteJob(request, ctx, receiver, H5Recording(tmp_path / name, "none", {}), selection, 10)
+    return WriteJob(request, ctx, receiver, H5Recording(tmp_path / name, "none", {}), selection, 10,
+                    **options)
 
 
-def test_a_write_behind_its_streams_drops_counts_and_warns(tmp_path, monkeypatch):
+def test_a_write_behind_its_streams_drops_counts_and_warns(tmp_path):
     incoming = messages(6)
-    monkeypatch.setattr(write_job, "MAX_BACKLOG_BYTES", sum(m.nbytes for m in incoming[:3]) - 1)
-    writing = job(tmp_path, WriteRequest(output_file="behind.h5", n_images=300))
+    writing = job(tmp_path, WriteRequest(output_file="behind.h5", n_images=300),
+                  max_backlog_bytes=sum(m.nbytes for m in incoming[:3]) - 1)
     for received in incoming:  # six messages arrive before the write consumes any
-        writing._offer(received)
+        writing.offer(received)
     assert writing.dropped_frames == 300, "three of six 100-frame messages fit the backlog"
     result = writing.run()  # the write catches up with what it kept
     assert result["frames"] == 300 and result["end_reason"] == "300 frames per stream recorded"
@@ -83,7 +83,7 @@ def test_a_failed_write_keeps_what_it_recorded_marked_incomplete(tmp_path):
     request = WriteRequest(output_file="x.h5", n_images=200, module_ids=[1, 2], data_products=["img16"],
                            timeout_seconds=0.2)
     failing = job(tmp_path, request)
-    failing._offer(messages(1)[0])
+    failing.offer(messages(1)[0])
     with pytest.raises(RequestTimeout, match="module 2 img16"):
         failing.run()
     assert [p.name for p in tmp_path.iterdir()] == ["x.h5"]
@@ -102,7 +102,7 @@ def test_a_file_that_cannot_be_committed_fails_the_write_and_leaves_no_part_file
     (tmp_path / "x.h5").mkdir()  # the rename onto the final name fails
     (tmp_path / "x.h5" / "keep").touch()
     writing = job(tmp_path, WriteRequest(output_file="x.h5", n_images=100, overwrite=True))
-    writing._offer(messages(1)[0])
+    writing.offer(messages(1)[0])
     with pytest.raises(StorageError, match="nothing kept"):
         writing.run()
     assert [p.name for p in tmp_path.iterdir()] == ["x.h5"] and (tmp_path / "x.h5").is_dir()
