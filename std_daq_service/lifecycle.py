@@ -84,11 +84,13 @@ class BackgroundThread(Lifecycle):
 
     def _release(self) -> None:
         self.stop.set()
-        if self.wake is not None:
-            self.wake()
         thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self.join_timeout_s)
+        try:
+            if self.wake is not None:
+                self.wake()
+        finally:  # a wake that fails (its target already closed) must not leave the thread running
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(self.join_timeout_s)
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

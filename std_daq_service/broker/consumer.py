@@ -210,14 +210,18 @@ class RequestConsumer(Lifecycle):
         self.dispatcher.submit(request_id, request)
 
     def _on_kill(self, channel, method, properties, body: bytes) -> None:
+        """The correlation_id names the request to stop (std-daq's rule); a body, if valid, must agree."""
         channel.basic_ack(method.delivery_tag)
+        target = properties.correlation_id
         try:
-            kill = decode_kill(body)
+            named = decode_kill(body).request_id
         except InvalidRequest as exc:
-            log.warning("%s: kill ignored: %s: %r", self.service_name, exc, body[:200])
+            named = None
+            if not target:
+                log.warning("%s: kill ignored: no correlation_id and %s: %r", self.service_name, exc, body[:200])
+                return
+        if target and named and named != target:
+            log.warning("%s: kill ignored: its body names %s, its correlation_id %s", self.service_name, named,
+                        target)
             return
-        if properties.correlation_id not in (None, kill.request_id):
-            log.warning("%s: kill ignored: its body names %s, its correlation_id %s", self.service_name,
-                        kill.request_id, properties.correlation_id)
-            return
-        self.dispatcher.kill(kill.request_id)
+        self.dispatcher.kill(target or named)

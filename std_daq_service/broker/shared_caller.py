@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -60,20 +60,27 @@ class SharedCaller(Lifecycle):
                     self._run_jobs(caller)
                     caller.pump(_PUMP_S)
             except (pika.exceptions.AMQPError, OSError) as exc:
+                self._disconnect(caller)  # before the pause: no one is told "connected" meanwhile
                 log.warning("broker connection lost (%r); reconnecting", exc)
                 stop.wait(_RECONNECT_S)
             finally:
-                self.connected.clear()
-                self._caller = None
-                caller.close()
-                self._fail_jobs(pika.exceptions.AMQPConnectionError("the broker connection closed; retry"))
+                self._disconnect(caller)
 
-    def _run_jobs(self, caller: RequestCaller) -> None:
+    def _disconnect(self, caller: RequestCaller) -> None:
+        self.connected.clear()
+        self._caller = None
+        caller.close()
+        self._fail_jobs(pika.exceptions.AMQPConnectionError("the broker connection closed; retry"))
+
+    def _take_jobs(self) -> Iterator[Job]:
         while True:
             try:
-                job, future = self._jobs.get_nowait()
+                yield self._jobs.get_nowait()
             except queue.Empty:
                 return
+
+    def _run_jobs(self, caller: RequestCaller) -> None:
+        for job, future in self._take_jobs():
             try:
                 future.set_result(job(caller))
             except (pika.exceptions.AMQPError, OSError) as exc:
@@ -83,11 +90,7 @@ class SharedCaller(Lifecycle):
                 future.set_exception(exc)
 
     def _fail_jobs(self, exc: Exception) -> None:
-        while True:
-            try:
-                _, future = self._jobs.get_nowait()
-            except queue.Empty:
-                return
+        for _, future in self._take_jobs():
             future.set_exception(exc)
 
     def _submit(self, job: Callable[[RequestCaller], Any]) -> Any:

@@ -14,7 +14,7 @@ _WAIT_SLICE_S = 0.2
 
 
 class StatusStore:
-    """Thread-safe status history of the last `keep` requests (the least recently used are dropped).
+    """Thread-safe status history of the `keep` most recently active requests (the others are dropped).
 
     Args:
         keep: how many requests to remember.
@@ -34,10 +34,9 @@ class StatusStore:
 
     def add(self, status: Status) -> None:
         with self._changed:
-            history = self._statuses.get(status.request_id)
-            if history is None and not self.keep_all:
+            if status.request_id not in self._statuses and not self.keep_all:
                 return
-            (history if history is not None else self._entry(status.request_id)).append(status)
+            self._entry(status.request_id).append(status)
             self._changed.notify_all()
 
     def history(self, request_id: str) -> list[Status] | None:
@@ -73,7 +72,7 @@ class StatusStore:
         seen = 0
         while True:
             with self._changed:
-                history = list(self._entry(request_id))
+                history = list(self._entry(request_id, touch=False))
             for status in history[seen:]:
                 if on_status is not None:
                     on_status(status)
@@ -87,16 +86,16 @@ class StatusStore:
                 pump(min(remaining, _WAIT_SLICE_S))
                 continue
             with self._changed:
-                if len(self._entry(request_id)) == seen:
+                if len(self._entry(request_id, touch=False)) == seen:
                     self._changed.wait(remaining)
 
-    def _entry(self, request_id: str) -> list[Status]:
-        """The request's history, registered and marked most recently used (holding the lock)."""
+    def _entry(self, request_id: str, touch: bool = True) -> list[Status]:
+        """The request's history, registered if new; `touch` marks it most recently active (holding the lock)."""
         history = self._statuses.get(request_id)
         if history is None:
             history = self._statuses[request_id] = []
             while len(self._statuses) > self.keep:
                 self._statuses.popitem(last=False)
-        else:
+        elif touch:
             self._statuses.move_to_end(request_id)
         return history

@@ -123,8 +123,9 @@ class FileWatcher(Lifecycle):
         return self._closed.get(path) == (size, mtime_ns)
 
     def wake(self) -> None:
-        """Make a waiting `wait()` return at once (thread-safe)."""
-        os.write(self._wake_w, b"x")
+        """Make a waiting `wait()` return at once (thread-safe); nothing once closed."""
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
 
     def _release(self) -> None:
         if self._inotify is not None:

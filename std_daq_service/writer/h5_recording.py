@@ -16,6 +16,7 @@ Layout (ARCHITECTURE.md §6):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from std_daq_service import __version__
 from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.protocol import FrameBatch
 from std_daq_service.writer.output_paths import part_path
+
+log = logging.getLogger(__name__)
 
 FORMAT = "panoseti-std-daq-h5"
 FORMAT_VERSION = "1"
@@ -265,8 +268,8 @@ class H5Recording(Lifecycle):
             "conflicts": _strings(sorted(self.conflicts)),
         })
         self._set_attrs(attrs or {})
-        file, self.file = self.file, None
-        file.close()
+        self.file.close()  # if this fails the file is still ours: close() discards it
+        self.file = None
         os.replace(self.part, self.path)
         self.committed = True
         self.close()
@@ -279,7 +282,7 @@ class H5Recording(Lifecycle):
         file, self.file = self.file, None
         self.streams.clear()  # drop every dataset handle before the file
         try:
-            if file is not None:
+            if file is not None and file.id.valid:
                 # What HDF5 still holds in its caches is not wanted: let it go to /dev/null. Closing a file whose
                 # writes keep failing crashes the HDF5 library (h5py 3.16), so the close must not see a failure.
                 null = os.open(os.devnull, os.O_RDWR)
@@ -288,5 +291,7 @@ class H5Recording(Lifecycle):
                 finally:
                     os.close(null)
                 file.close()
+        except (OSError, RuntimeError) as exc:  # the file goes anyway; the caller's own error is the one to see
+            log.warning("discarding %s: %s", self.part, exc)
         finally:
             self.part.unlink(missing_ok=True)

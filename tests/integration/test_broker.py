@@ -10,7 +10,7 @@ from conftest import close_broker_connections, wait_until
 
 from std_daq_service.broker import RequestCaller, RequestConsumer, SharedCaller, connection_parameters
 from std_daq_service.broker.dispatcher import PROGRESS_PERIOD_S
-from std_daq_service.broker.topology import REQUEST_EXCHANGE
+from std_daq_service.broker.topology import KILL_EXCHANGE, REQUEST_EXCHANGE
 from std_daq_service.protocol import Busy, StatusRequest, StopHpIoRequest, UnknownTarget, WriteRequest
 
 
@@ -123,6 +123,21 @@ def test_malformed_requests_fail_readably_and_the_service_keeps_serving(broker_u
         assert result.finals[service_name].action == "request_fail"
         assert reason in result.finals[service_name].message
         assert caller.call(service_name, StatusRequest(), timeout=10).ok
+
+
+@pytest.mark.parametrize("body", [b"", b"stop it", b'{"request_id": "the same", "reason": "operator"}'])
+def test_a_kill_named_by_its_correlation_id_alone_stops_the_request(broker_url, service_name, caller, body):
+    with running_service(broker_url, service_name):
+        request_id = caller.publish(service_name, WriteRequest(output_file="x.h5"))
+        assert caller.wait(request_id, [service_name], 10, until_action="request_progress").finals == {}
+        connection = pika.BlockingConnection(connection_parameters(broker_url, "test-raw-kill"))
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(KILL_EXCHANGE, service_name, body.replace(b"the same", request_id.encode()),
+                              pika.BasicProperties(correlation_id=request_id), mandatory=True)
+        connection.close()
+        result = caller.wait(request_id, [service_name], 10)
+    assert result.finals[service_name].action == "request_killed"
 
 
 def test_unroutable_request_is_an_immediate_error(caller):

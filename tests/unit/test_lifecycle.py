@@ -76,3 +76,17 @@ def test_background_thread_close_waits_at_most_its_join_timeout_for_a_busy_loop(
     assert busy.is_alive() and worker.stop.is_set() and not worker.started
     release.set()
     busy.join()
+
+
+def test_a_failing_wake_still_stops_and_joins_the_thread():
+    def loop(stop: threading.Event) -> None:
+        stop.wait()
+
+    def wake() -> None:
+        raise OSError("the watcher is already closed")
+
+    worker = BackgroundThread("test-failing-wake", loop, wake=wake)
+    worker.start()
+    with pytest.raises(OSError, match="already closed"):
+        worker.close()
+    assert not worker.is_alive()
