@@ -224,4 +224,4 @@ class RequestConsumer(Lifecycle):
             log.warning("%s: kill ignored: its body names %s, its correlation_id %s", self.service_name, named,
                         target)
             return
-        self.dispatcher.kill(target or named)
+        self.dispatcher.kill(str(target or named))
