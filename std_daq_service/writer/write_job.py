@@ -154,13 +154,10 @@ class WriteJob:
                 complete, reason = self._record()
                 summary, (first, last) = recording.summary(), recording.time_span()
                 recording.commit(complete, reason, {"warnings": self.warnings})
-            except DaqError:  # before OSError: a RequestTimeout is an OSError too
-                self._keep_or_discard()
-                raise
-            except OSError as exc:
-                raise StorageError(f"writing {recording.path} failed, nothing kept: "
-                                   f"{describe_hdf5_error(exc)}") from exc
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, OSError) and not isinstance(exc, DaqError):  # a RequestTimeout is an OSError too
+                    raise StorageError(f"writing {recording.path} failed, nothing kept: "
+                                       f"{describe_hdf5_error(exc)}") from exc
                 self._keep_or_discard()
                 raise
         return {
