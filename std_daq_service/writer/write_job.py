@@ -241,8 +241,6 @@ class WriteJob:
     def _take(self, received: ReceivedBatch) -> None:
         """Record what a batch holds of the window; batches reach here decoded (see `_decodes`)."""
         batch = received.batch
-        if batch.origin == "socket":  # the same frames reach the files the agent tails
-            return
         _, module_id, dp = received.key
         state = self.pairs.get((module_id, dp))
         if state is None:
