@@ -132,7 +132,7 @@ class WriteJob:
             return
         with self._backlog_lock:
             if self._backlog_bytes > self.max_backlog_bytes:  # the file cannot keep up: drop, count, show as gaps
-                self.dropped_frames += received.n_frames
+                self.dropped_frames += received.peeked.n_frames
                 return
             self._backlog_bytes += received.nbytes
         self.incoming.put(received)
