@@ -1,4 +1,5 @@
-"""What the benchmarks share: services started as subprocesses, and their CPU time from /proc."""
+"""What the benchmarks share: services started as subprocesses, their CPU time from /proc, and the stream
+clients of the load run (tests/integration/test_load.py uses them too)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import zmq
+
+from std_daq_service.protocol import FrameBatch, decode_stream_message
 
 
 def cpu_seconds(pid: int) -> float:
@@ -29,3 +35,31 @@ def start_service(kind: str, name: str, config: dict, redis) -> subprocess.Popen
             raise RuntimeError(f"{name} did not start")
         time.sleep(0.1)
     return process
+
+
+def mixed_subscribers(data: str, preview: str, n: int, seconds: float,
+                      on_batch: Callable[[int, FrameBatch], None]) -> None:
+    """Run `n` subscribers for `seconds` and call `on_batch(i, batch)` for every frame message subscriber i gets.
+
+    Even ones subscribe to `data`, odd ones to `preview`; the first two of every four take img16 only.
+    """
+    context = zmq.Context()
+    sockets = []
+    for i in range(n):
+        sock = context.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(data if i % 2 == 0 else preview)
+        sock.setsockopt(zmq.SUBSCRIBE, b"img16." if i % 4 < 2 else b"")
+        sockets.append(sock)
+    poller = zmq.Poller()
+    for sock in sockets:
+        poller.register(sock, zmq.POLLIN)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for sock in dict(poller.poll(100)):
+            message = decode_stream_message(sock.recv_multipart())
+            if isinstance(message, FrameBatch):
+                on_batch(sockets.index(sock), message)
+    for sock in sockets:
+        sock.close(0)
+    context.term()

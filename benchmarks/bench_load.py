@@ -18,8 +18,7 @@ import tempfile
 import time
 import uuid
 
-import zmq
-from bench_common import start_service
+from bench_common import mixed_subscribers, start_service
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis
@@ -29,40 +28,22 @@ from std_daq_service.protocol import (
     StatusRequest,
     StreamRequest,
     WriteRequest,
-    decode_stream_message,
 )
 
 
 def clients(data: str, preview: str, n: int, seconds: float, results) -> None:
     """Run in a child process: `n` subscribers; report (frames, seq gaps) of each."""
-    context = zmq.Context()
-    sockets = []
-    for i in range(n):
-        sock = context.socket(zmq.SUB)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(data if i % 2 == 0 else preview)
-        sock.setsockopt(zmq.SUBSCRIBE, b"img16." if i % 4 < 2 else b"")
-        sockets.append(sock)
-    poller = zmq.Poller()
-    for sock in sockets:
-        poller.register(sock, zmq.POLLIN)
     frames, gaps, next_seq = [0] * n, [0] * n, [{} for _ in range(n)]
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for sock in dict(poller.poll(100)):
-            i = sockets.index(sock)
-            message = decode_stream_message(sock.recv_multipart())
-            if not isinstance(message, FrameBatch):
-                continue
-            key, seq = (message.module_id, message.dp), message.header["seq"]
-            if i % 2 == 0 and key in next_seq[i]:
-                gaps[i] += int(seq[0]) - next_seq[i][key]
-            next_seq[i][key] = int(seq[-1]) + 1
-            frames[i] += len(message)
+
+    def count(i: int, batch: FrameBatch) -> None:
+        key = (batch.module_id, batch.dp)
+        if i % 2 == 0 and key in next_seq[i]:
+            gaps[i] += int(batch.seq[0]) - next_seq[i][key]
+        next_seq[i][key] = int(batch.seq[-1]) + 1
+        frames[i] += len(batch)
+
+    mixed_subscribers(data, preview, n, seconds, count)
     results.put((frames, gaps))
-    for sock in sockets:
-        sock.close(0)
-    context.term()
 
 
 def main() -> None:

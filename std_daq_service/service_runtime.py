@@ -1,7 +1,7 @@
 """What every service does at start: arguments, logging, config from Redis, beacon, broker, SIGTERM.
 
-A `start.py` parses its options (`parse_options`), configures logging, enters a `ServiceRuntime` in its
-`ExitStack`, loads its configuration (`load_config`), enters its own objects and calls `serve`.
+A `start.py` enters `ServiceRuntime.boot` (options, logging, Redis, configuration), enters its own objects
+into the stack it yields and calls `serve`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -82,23 +82,30 @@ def configure_logging(level: str) -> None:
     logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _exit_refusing(prog: str, reason: str) -> NoReturn:
-    sys.stderr.write(f"{prog}: refusing to start: {reason}\n")
-    sys.exit(EXIT_BAD_CONFIG)
-
-
 class ServiceRuntime(Lifecycle):
     """Redis, configuration, beacon, broker and SIGTERM of one service; `start()` creates the Redis client."""
 
     def __init__(self, options: ServiceOptions):
         self.options = options
-        self.service_name = options.service_name
-        self.redis_url = options.redis_url
-        self.broker_url = options.broker_url
         self._stopped = threading.Event()
 
+    @classmethod
+    @contextmanager
+    def boot(cls, kind: str, description: str, config_model: type[_Config],
+             argv: list[str] | None = None) -> Iterator[tuple[ServiceRuntime, ExitStack, _Config]]:
+        """Parse the options, configure logging, connect Redis and load the config (or exit with code 2).
+
+        Yields the runtime, the stack the service enters its owners into (closed on leaving, the runtime
+        last) and the validated config.
+        """
+        options = parse_options(kind, description, argv)
+        configure_logging(options.log_level)
+        with ExitStack() as stack:
+            runtime = stack.enter_context(cls(options))
+            yield runtime, stack, runtime.load_config(config_model)
+
     def _open(self) -> None:
-        self.redis = connect_redis(self.redis_url)
+        self.redis = connect_redis(self.options.redis_url)
 
     def _release(self) -> None:
         self.redis.close()
@@ -106,20 +113,20 @@ class ServiceRuntime(Lifecycle):
     def load_config(self, config_model: type[_Config]) -> _Config:
         """Read and validate `config.<SERVICE_NAME>`; exit with code 2 and a message if it is missing or invalid."""
         try:
-            config = ConfigStore(self.redis).load(self.service_name)
+            config = ConfigStore(self.redis).load(self.options.service_name)
         except DaqError as exc:
-            _exit_refusing(self.options.prog, str(exc))
+            self.refuse(str(exc))
         except redis.RedisError as exc:
-            _exit_refusing(self.options.prog, f"Redis at {self.redis_url}: {exc}")
+            self.refuse(f"Redis at {self.options.redis_url}: {exc}")
         if not isinstance(config, config_model):
-            _exit_refusing(self.options.prog, f"config is not a {self.options.kind} config")
+            self.refuse(f"config is not a {self.options.kind} config")
         self.config = config
         return config
 
     def refuse(self, reason: str) -> NoReturn:
         """Exit with code 2 and `reason` on stderr (the service cannot start)."""
-        log.error("refusing to start: %s", reason)
-        _exit_refusing(self.options.prog, reason)
+        sys.stderr.write(f"{self.options.prog}: refusing to start: {reason}\n")
+        sys.exit(EXIT_BAD_CONFIG)
 
     def start_or_refuse(self, stack: ExitStack, owner: _Owner, reason: str,
                         errors: type[Exception] | tuple[type[Exception], ...] = OSError) -> _Owner:
@@ -135,7 +142,8 @@ class ServiceRuntime(Lifecycle):
 
         The consumer and the beacon are entered into `stack`: they stop when the caller leaves it.
         """
-        consumer = RequestConsumer(self.broker_url, self.service_name, handlers)
+        name = self.options.service_name
+        consumer = RequestConsumer(self.options.broker_url, name, handlers)
         dispatcher = consumer.dispatcher
 
         def beacon_state() -> dict[str, Any]:
@@ -145,11 +153,11 @@ class ServiceRuntime(Lifecycle):
 
         stack.enter_context(consumer)
         if not consumer.wait_connected(_BROKER_WAIT_S):  # a live beacon means its request queue exists
-            log.warning("broker %s not reachable yet; serving without it and retrying", self.broker_url)
-        stack.enter_context(LivenessBeacon(self.redis, self.service_name, self.config, beacon_state))
+            log.warning("broker %s not reachable yet; serving without it and retrying", self.options.broker_url)
+        stack.enter_context(LivenessBeacon(self.redis, name, self.config, beacon_state))
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopped.set())
-        log.info("%s %s started (pid %d)", self.service_name, __version__, os.getpid())
+        log.info("%s %s started (pid %d)", name, __version__, os.getpid())
         self._stopped.wait()
-        log.info("%s stopping", self.service_name)
+        log.info("%s stopping", name)
         return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from std_daq_service.protocol import (
@@ -28,35 +28,26 @@ class CallResult:
     targets: list[str]
     history: list[Status]
     timeout: float
+    finals: dict[str, Status] = field(init=False)
+    """The final status of each target that sent one."""
 
-    @property
-    def finals(self) -> dict[str, Status]:
-        """The final status of each target that sent one."""
-        return {s.source: s for s in self.history if s.is_final and s.source in self.targets}
+    def __post_init__(self) -> None:
+        self.finals = {s.source: s for s in self.history if s.is_final and s.source in self.targets}
 
     @property
     def complete(self) -> bool:
-        return not self.missing()
+        return all(t in self.finals for t in self.targets)
 
     @property
     def ok(self) -> bool:
         return self.error() is None
 
-    def missing(self) -> list[str]:
-        """Targets without a final status."""
-        finals = self.finals
-        return [t for t in self.targets if t not in finals]
-
-    def received_by(self) -> set[str]:
-        return {s.source for s in self.history}
-
     def error_of(self, target: str) -> DaqError | None:
         """What went wrong for one target, or None if it succeeded."""
         final = self.finals.get(target)
         if final is None:
-            if target in self.received_by():
-                return self._timeout([target])
-            return self._silent([target])
+            heard = any(s.source == target for s in self.history)
+            return self._timeout([target]) if heard else self._silent([target])
         if final.action == "request_fail":
             return rebuild_error(final.result, f"{target}: {final.message}")
         if final.action == "request_killed":
@@ -65,8 +56,8 @@ class CallResult:
 
     def error(self) -> DaqError | None:
         """The error of the whole call: silent targets first, then slow ones, then the first failure."""
-        missing = self.missing()
-        heard = self.received_by()
+        missing = [t for t in self.targets if t not in self.finals]
+        heard = {s.source for s in self.history}
         silent = [t for t in missing if t not in heard]
         if silent:
             return self._silent(silent)
@@ -83,8 +74,7 @@ class CallResult:
         error = self.error()
         if error is not None:
             raise error
-        finals = self.finals
-        return {target: finals[target].result or {} for target in self.targets}
+        return {target: self.finals[target].result or {} for target in self.targets}
 
     def _silent(self, targets: list[str]) -> NoServiceAnswered:
         return NoServiceAnswered(f"no answer from {', '.join(targets)} within {self.timeout:g} s; is it running? "

@@ -99,10 +99,6 @@ class RequestCaller(Lifecycle):
         """Receive statuses for up to `timeout` seconds."""
         self._open_channel().connection.process_data_events(time_limit=timeout)
 
-    def history(self, request_id: str) -> list[Status]:
-        """Statuses received so far for a request this caller sent."""
-        return self.store.history(request_id) or []
-
     def publish(self, target: str, request: Request | bytes, request_id: str | None = None) -> str:
         """Send a request to one service; return its request_id.
 

@@ -33,10 +33,6 @@ def _text(value: Any) -> Any:
     return value
 
 
-def _frame_time(group: Any, row: int) -> int:
-    return frame_time_ns(group["wr_timestamp_ns"][row], group["host_timestamp_ns"][row])
-
-
 def describe(path: Path) -> dict[str, Any]:
     """The facts of one recorded file."""
     import h5py
@@ -53,7 +49,9 @@ def describe(path: Path) -> dict[str, Any]:
             for dp, group in sorted(f[module].items()):
                 g = {k: _text(v) for k, v in group.attrs.items()}
                 frames = group["data"].shape[0]
-                first, last = (_frame_time(group, 0), _frame_time(group, frames - 1)) if frames else (None, None)
+                wr, host, first, last = group["wr_timestamp_ns"], group["host_timestamp_ns"], None, None
+                if frames:
+                    first, last = frame_time_ns(wr[0], host[0]), frame_time_ns(wr[-1], host[-1])
                 streams.append({"module_id": g.get("module_id"), "dp": dp, "frames": frames,
                                 "missing_frames": g.get("missing_frames"), "source": g.get("source"),
                                 "compression": g.get("compression"), "first": _iso(first), "last": _iso(last),

@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from std_daq_service.client.calls import OnStatus
-from std_daq_service.client.daq_client import DaqDataClient
+from std_daq_service.client.daq_client import DaqDataClient, OnStatus
 from std_daq_service.client.discovery import Hosts
 from std_daq_service.protocol import Request
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from std_daq_service.client.calls import Calls, OnStatus
+from std_daq_service.broker import RequestCaller
 from std_daq_service.client.discovery import Discovery, Hosts, load_json_arg
 from std_daq_service.client.frame_stream import Subscription
 from std_daq_service.client.image_stream import stream_images
@@ -18,6 +18,7 @@ from std_daq_service.protocol import (
     InitHpIoRequest,
     InitSimRequest,
     Request,
+    Status,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
@@ -27,6 +28,8 @@ from std_daq_service.protocol import (
 CLIENT_METHODS = ("get_valid_daq_hosts", "ping", "reflect_services", "init_hp_io", "init_sim", "stop_hp_io",
                   "status", "write", "write_async", "kill", "wait", "stream_images", "default_writer", "request")
 """The public methods of `DaqDataClient`; `AioDaqDataClient` has each with the same signature (tested)."""
+
+OnStatus = Callable[[Status], None] | None
 
 
 class DaqDataClient:
@@ -47,19 +50,24 @@ class DaqDataClient:
         self.redis = connect_redis(redis_url or network.get("redis_url"))
         self.timeout = timeout
         self.discovery = Discovery(self.redis, self.daq_config)
-        self.calls = Calls(self.broker_url, timeout)
+        self.caller = RequestCaller(self.broker_url, "std_daq-client")
         self.failed_hosts: dict[str, str] = {}
 
     def __enter__(self) -> DaqDataClient:
-        self.calls.start()
+        self.caller.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
 
     def close(self) -> None:
-        self.calls.close()
+        self.caller.close()
         self.redis.close()
+
+    def _call(self, targets: list[str], request: Request, timeout: float | None = None,
+              on_status: OnStatus = None) -> dict[str, dict]:
+        """Send `request` to every target and wait; each one's result, or the call's `DaqError` raised."""
+        return self.caller.call(targets, request, timeout or self.timeout, on_status).results()
 
     # discovery
 
@@ -70,7 +78,7 @@ class DaqDataClient:
     def ping(self, host: str, timeout: float = 5.0) -> bool:
         """True if `host` answers a status request within `timeout` seconds."""
         try:
-            self.calls.call([host], StatusRequest(), timeout)
+            self._call([host], StatusRequest(), timeout)
         except DaqError:
             return False
         return True
@@ -88,18 +96,18 @@ class DaqDataClient:
     def init_hp_io(self, hosts: Hosts, hp_io_cfg: str | Path | dict, timeout: float | None = None) -> dict:
         """Start tracking a data dir on each host (panoseti's hp_io_config.json fields)."""
         request = InitHpIoRequest.model_validate(load_json_arg(hp_io_cfg))
-        return self.calls.call(self.discovery.resolve(hosts), request, timeout)
+        return self._call(self.discovery.resolve(hosts), request, timeout)
 
     def init_sim(self, hosts: Hosts = None, timeout: float | None = None, **sim: Any) -> dict:
         """Replay an archived run as a live one on each host (`InitSimRequest` fields as keywords)."""
-        return self.calls.call(self.discovery.resolve(hosts), InitSimRequest(**sim), timeout)
+        return self._call(self.discovery.resolve(hosts), InitSimRequest(**sim), timeout)
 
     def stop_hp_io(self, hosts: Hosts = None, timeout: float | None = None) -> dict:
-        return self.calls.call(self.discovery.resolve(hosts), StopHpIoRequest(), timeout)
+        return self._call(self.discovery.resolve(hosts), StopHpIoRequest(), timeout)
 
     def status(self, hosts: Hosts = None, timeout: float | None = None) -> dict:
         """The `status` result of each service named (agents or writers)."""
-        return self.calls.call(self.discovery.resolve(hosts), StatusRequest(), timeout)
+        return self._call(self.discovery.resolve(hosts), StatusRequest(), timeout)
 
     # writers
 
@@ -107,24 +115,24 @@ class DaqDataClient:
               **fields: Any) -> dict:
         """Record a file and wait for it; returns the writer's result (`output_file`, frames, ...)."""
         writer = writer or self.default_writer()
-        return self.calls.call([writer], WriteRequest(**fields), timeout, on_status)[writer]
+        return self._call([writer], WriteRequest(**fields), timeout, on_status)[writer]
 
     def write_async(self, writer: str | None = None, **fields: Any) -> str:
         """Start a write; returns its request_id (follow it with `wait` or the REST proxy)."""
-        return self.calls.publish(writer or self.default_writer(), WriteRequest(**fields))
+        return self.caller.publish(writer or self.default_writer(), WriteRequest(**fields))
 
     def kill(self, request_id: str, service: str | None = None) -> None:
         """Stop a running request (a write, by default on the configured writer)."""
-        self.calls.kill(service or self.default_writer(), request_id)
+        self.caller.kill(service or self.default_writer(), request_id)
 
     def wait(self, request_id: str, service: str, timeout: float | None = None, on_status: OnStatus = None) -> dict:
         """Wait for the final status of a request sent with `write_async`; its result, or raise."""
-        return self.calls.wait(request_id, service, timeout, on_status)
+        return self.caller.wait(request_id, [service], timeout or self.timeout, on_status).results()[service]
 
     def request(self, targets: str | list[str], request: Request, timeout: float | None = None,
                 on_status: OnStatus = None) -> dict:
         """Send any request to one or more services; each one's result, or raise the call's error."""
-        return self.calls.call([targets] if isinstance(targets, str) else targets, request, timeout, on_status)
+        return self._call([targets] if isinstance(targets, str) else targets, request, timeout, on_status)
 
     # streams
 
@@ -152,8 +160,8 @@ class DaqDataClient:
         deadline = time.monotonic() + (self.timeout if wait_for_ready else 0)
         while True:
             try:
-                answers = self.calls.call(hosts, request)
-                statuses = self.calls.call(hosts, StatusRequest())
+                answers = self._call(hosts, request)
+                statuses = self._call(hosts, StatusRequest())
                 break
             except DaqError:
                 if time.monotonic() >= deadline:

@@ -67,37 +67,27 @@ class FramePublisher(Lifecycle):
         self.messages = 0
         self._latest: dict[tuple[int, str, str], tuple[FrameSource, FrameBlock, np.ndarray]] = {}
         self._last_preview = 0.0
-        self._sockets: list[zmq.Socket] = []
-        self._monitors: list[zmq.Socket] = []
+        self._sockets: dict[str, zmq.Socket] = {}  # "data", "preview"
+        self._monitors: dict[str, zmq.Socket] = {}
 
     def _open(self) -> None:
         context = zmq.Context.instance()
-        self.data = self._bind(context, self.data_bind)
-        self.preview = self._bind(context, self.preview_bind)
-        self.data_endpoint = self.data.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.preview_endpoint = self.preview.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._data_monitor = self._monitor(self.data)
-        self._preview_monitor = self._monitor(self.preview)
-
-    def _bind(self, context: zmq.Context, bind: str) -> zmq.Socket:
-        sock = context.socket(zmq.PUB)
-        self._sockets.append(sock)
-        sock.setsockopt(zmq.SNDHWM, self.send_hwm)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(bind)
-        return sock
-
-    def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
-        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self._monitors.append(monitor)
-        return monitor
+        for name, bind in (("data", self.data_bind), ("preview", self.preview_bind)):
+            sock = self._sockets[name] = context.socket(zmq.PUB)
+            sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(bind)
+        for name, sock in self._sockets.items():
+            self._monitors[name] = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.data_endpoint = self._sockets["data"].getsockopt_string(zmq.LAST_ENDPOINT)
+        self.preview_endpoint = self._sockets["preview"].getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _release(self) -> None:
-        for sock in self._sockets:
+        for sock in self._sockets.values():
             sock.disable_monitor()
-        for monitor in self._monitors:
+        for monitor in self._monitors.values():
             monitor.close(linger=0)
-        for sock in self._sockets:
+        for sock in self._sockets.values():
             sock.close(linger=0)
         self._monitors.clear()
         self._sockets.clear()
@@ -111,7 +101,7 @@ class FramePublisher(Lifecycle):
 
     def publish_frames(self, source: FrameSource, block: FrameBlock, seq: np.ndarray) -> None:
         """Send a block of frames of one stream as one message and remember its last frame for the preview."""
-        self._send(self.data, self._encode(source, block, seq))
+        self._send("data", self._encode(source, block, seq))
         self._latest[(source.module_id, source.dp, source.origin)] = (source, block, seq)
 
     def _encode(self, source: FrameSource, block: FrameBlock, seq: np.ndarray) -> list[bytes]:
@@ -132,9 +122,9 @@ class FramePublisher(Lifecycle):
             image_bytes=block.image_bytes,
         )
 
-    def _send(self, sock: zmq.Socket, parts: list[bytes]) -> None:
+    def _send(self, socket_name: str, parts: list[bytes]) -> None:
         try:
-            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts[-1]) < 65536)
+            self._sockets[socket_name].send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts[-1]) < 65536)
             self.messages += 1
         except zmq.Again:
             pass  # a PUB socket drops for a full subscriber rather than block; its subscriber sees a seq gap
@@ -146,20 +136,20 @@ class FramePublisher(Lifecycle):
             return
         self._last_preview = now
         for source, block, seq in self._latest.values():
-            self._send(self.preview, self._encode(source, block[len(block) - 1 :], seq[-1:]))
+            self._send("preview", self._encode(source, block[len(block) - 1 :], seq[-1:]))
         self._latest.clear()
 
     def control(self, event: str, message: str, **fields) -> None:
         """Announce a run start or end, a re-initialisation or a stop on both sockets."""
         log.info("stream control %s: %s", event, message)
         parts = encode_control(self.service_name, event, message, **fields)
-        self._send(self.data, parts)
-        self._send(self.preview, parts)
+        self._send("data", parts)
+        self._send("preview", parts)
 
     def poll_monitors(self) -> None:
         """Count connected subscribers from the sockets' connection events."""
-        self.subscribers.data += _connection_change(self._data_monitor)
-        self.subscribers.preview += _connection_change(self._preview_monitor)
+        self.subscribers.data += _connection_change(self._monitors["data"])
+        self.subscribers.preview += _connection_change(self._monitors["preview"])
 
 
 def _connection_change(monitor: zmq.Socket) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 import zmq
@@ -17,7 +16,7 @@ from std_daq_service.hp_io_agent.request_handlers import AgentHandlers
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
 from std_daq_service.protocol import DaqError
-from std_daq_service.service_runtime import ServiceRuntime, configure_logging, parse_options
+from std_daq_service.service_runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +28,8 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_options("hp_io_agent", DESCRIPTION, argv)
-    configure_logging(options.log_level)
-    with ExitStack() as stack:
-        runtime = stack.enter_context(ServiceRuntime(options))
-        config = runtime.load_config(HpIoAgentConfig)
+    with ServiceRuntime.boot("hp_io_agent", DESCRIPTION, HpIoAgentConfig, argv) as (runtime, stack, config):
+        options = runtime.options
         publisher = runtime.start_or_refuse(
             stack, FramePublisher(options.service_name, config.data_bind, config.preview_bind, config.send_hwm),
             f"cannot bind {config.data_bind} / {config.preview_bind}", zmq.ZMQError,

@@ -1,18 +1,29 @@
 """Error types shared by every service, each with the HTTP code the REST proxy answers with.
 
-One registry (`ERRORS`) serves both sides of the wire: a service puts `error_result(exc)` into its
-`request_fail` status, and a caller rebuilds the same class with `rebuild_error`.
+One registry (`ERRORS`, filled by every `DaqError` subclass as it is defined) serves both sides of the wire: a
+service puts `error_result(exc)` into its `request_fail` status, and a caller rebuilds the same class with
+`rebuild_error`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+ERRORS: dict[str, type[DaqError]] = {}
+"""Every error class by name: what a `request_fail` status's `result["error"]` names."""
+
 
 class DaqError(Exception):
     """Base of every error this project raises on purpose; the message says what to do."""
 
     http_status = 500
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ERRORS[cls.__name__] = cls
+
+
+ERRORS[DaqError.__name__] = DaqError
 
 
 class InvalidRequest(DaqError, ValueError):
@@ -61,14 +72,6 @@ class StorageError(DaqError, OSError):
     """An output file could not be created or written (disk full, permission denied, read-only)."""
 
     http_status = 507
-
-
-ERRORS: dict[str, type[DaqError]] = {
-    cls.__name__: cls
-    for cls in (DaqError, InvalidRequest, UnknownTarget, Busy, RequestKilled, NoServiceAnswered, RequestTimeout,
-                InvalidMessage, StorageError)
-}
-"""Every error class by name: what a `request_fail` status's `result["error"]` names."""
 
 
 def error_result(exc: BaseException) -> dict[str, Any]:

@@ -37,7 +37,6 @@ from std_daq_service.rest.openapi import ANY_OBJECT, TARGET_FIELDS, Route, opena
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
-_TARGET_KINDS = {"targets": "hp_io_agent", "writer": "writer"}
 
 
 def _json(payload: dict[str, Any], code: int = 200) -> Response:
@@ -91,11 +90,11 @@ class RestApi:
 
     def targets_of(self, body: dict[str, Any], key: str) -> list[str]:
         """The services named by `body[key]`; by default the configured writers or agents, else every live one."""
-        kind = _TARGET_KINDS[key]
+        field = TARGET_FIELDS[key]
+        kind = field.kind
         named = body.get(key)
         if named is None:
-            configured = self.config.writers if key == "writer" else self.config.agents
-            found = configured or sorted(live_services(self.redis, kind))
+            found = getattr(self.config, field.config_attribute) or sorted(live_services(self.redis, kind))
             if not found:
                 raise NoServiceAnswered(f"no live {kind} service to send the request to")
             return found

@@ -22,19 +22,15 @@ class HttpServer(Lifecycle):
         self.port = port
         self.threads = threads
         self.url: str | None = None
-        self._server = None
         self._loop: BackgroundThread | None = None
 
     def _open(self) -> None:
-        server = self._server = create_server(self.app, host=self.host, port=self.port, threads=self.threads)
+        server = create_server(self.app, host=self.host, port=self.port, threads=self.threads)
         self.url = f"http://{self.host}:{server.effective_port}"
-        self._loop = BackgroundThread("http", lambda stop: server.run(), join_timeout_s=_CLOSE_WAIT_S)
-        self._loop.start()
+        self._loop = BackgroundThread("http", lambda stop: server.run(), wake=server.close,
+                                      join_timeout_s=_CLOSE_WAIT_S).start()
 
     def _release(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
         if self._loop is not None:
             self._loop.close()
             self._loop = None

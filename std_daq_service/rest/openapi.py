@@ -5,23 +5,35 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
 from std_daq_service import __version__
 
-TARGET_FIELDS: dict[str, dict[str, Any]] = {
-    "targets": {"description": "Agent SERVICE_NAME or list; default: every live agent.",
-                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-    "writer": {"description": "Writer SERVICE_NAME or list; default: the writers of the REST config.",
-               "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+
+class TargetField(NamedTuple):
+    """A body field naming the services a request goes to, besides the request's own fields.
+
+    `config_attribute` is the `RestConfig` list used when the body names none (empty: every live service).
+    """
+
+    kind: str
+    config_attribute: str
+    description: str
+
+
+TARGET_FIELDS = {
+    "targets": TargetField("hp_io_agent", "agents", "Agent SERVICE_NAME or list; default: the agents of the REST "
+                                                    "config, else every live agent."),
+    "writer": TargetField("writer", "writers", "Writer SERVICE_NAME or list; default: the writers of the REST "
+                                               "config, else every live writer."),
 }
-"""Body fields naming the services a request goes to, besides the request's own fields."""
 
 ANY_OBJECT = dict
 """`Route.body` of a route that takes any JSON object (validated by the route itself)."""
 
+_NAMES = {"type": "array", "items": {"type": "string"}}
 _ERROR = {"type": "object", "required": ["status", "message"],
           "properties": {"status": {"const": "error"}, "message": {"type": "string"},
                          "request_id": {"type": "string"}}}
@@ -68,7 +80,8 @@ class Route:
         schema = self.body.model_json_schema()
         schema.get("properties", {}).pop("request_type", None)
         if self.targets is not None:
-            schema.setdefault("properties", {})[self.targets] = TARGET_FIELDS[self.targets]
+            schema.setdefault("properties", {})[self.targets] = {"description": TARGET_FIELDS[self.targets].description,
+                                                                  "anyOf": [{"type": "string"}, _NAMES]}
         schema["additionalProperties"] = False
         return schema
 

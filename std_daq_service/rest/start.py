@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import ExitStack
 
 from std_daq_service.broker import RequestContext, SharedCaller
 from std_daq_service.config import RestConfig
 from std_daq_service.protocol import StatusRequest
 from std_daq_service.rest.app import create_app
 from std_daq_service.rest.http_server import HttpServer
-from std_daq_service.service_runtime import ServiceRuntime, configure_logging, parse_options
+from std_daq_service.service_runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +22,8 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_options("rest", DESCRIPTION, argv)
-    configure_logging(options.log_level)
-    with ExitStack() as stack:
-        runtime = stack.enter_context(ServiceRuntime(options))
-        config = runtime.load_config(RestConfig)
+    with ServiceRuntime.boot("rest", DESCRIPTION, RestConfig, argv) as (runtime, stack, config):
+        options = runtime.options
         caller = stack.enter_context(SharedCaller(options.broker_url, options.service_name))
         app = create_app(options.service_name, config, caller, runtime.redis)
         server = runtime.start_or_refuse(stack, HttpServer(app, config.host, config.port),

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack
 
 from std_daq_service.config import WriterConfig
-from std_daq_service.service_runtime import ServiceRuntime, configure_logging, parse_options
+from std_daq_service.service_runtime import ServiceRuntime
 from std_daq_service.writer.request_handlers import WriterHandlers, check_output_root
 from std_daq_service.writer.ring_buffer import RingBuffer
 from std_daq_service.writer.stream_receiver import StreamReceiver
@@ -19,17 +18,13 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_options("writer", DESCRIPTION, argv)
-    configure_logging(options.log_level)
-    with ExitStack() as stack:
-        runtime = stack.enter_context(ServiceRuntime(options))
-        config = runtime.load_config(WriterConfig)
+    with ServiceRuntime.boot("writer", DESCRIPTION, WriterConfig, argv) as (runtime, stack, config):
         problem = check_output_root(config)
         if problem:
             runtime.refuse(problem)
         ring = RingBuffer(config.ring_buffer_seconds, config.ring_buffer_bytes)
         receiver = stack.enter_context(StreamReceiver(config.agents, ring))
-        handlers = WriterHandlers(runtime.service_name, config, receiver)
+        handlers = WriterHandlers(runtime.options.service_name, config, receiver)
         return runtime.serve(stack, handlers.handlers(), handlers.beacon_state)
 
 

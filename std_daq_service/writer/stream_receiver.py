@@ -56,10 +56,6 @@ class ReceivedBatch:
     def nbytes(self) -> int:
         return sum(len(part) for part in self.parts)
 
-    @property
-    def n_frames(self) -> int:
-        return self.peeked.n_frames
-
     @cached_property
     def batch(self) -> FrameBatch:
         """The decoded message (raises InvalidMessage)."""
@@ -189,7 +185,7 @@ class StreamReceiver(Lifecycle):
             state = self.streams.get(received.key)
             if state is None:
                 state = self.streams[received.key] = StreamState()
-            state.frames += received.n_frames
+            state.frames += received.peeked.n_frames
             state.messages += 1
             state.last_arrival = received.arrival_monotonic
             self.ring.add(received)

@@ -132,7 +132,7 @@ class WriteJob:
             return
         with self._backlog_lock:
             if self._backlog_bytes > self.max_backlog_bytes:  # the file cannot keep up: drop, count, show as gaps
-                self.dropped_frames += received.n_frames
+                self.dropped_frames += received.peeked.n_frames
                 return
             self._backlog_bytes += received.nbytes
         self.incoming.put(received)
@@ -154,13 +154,10 @@ class WriteJob:
                 complete, reason = self._record()
                 summary, (first, last) = recording.summary(), recording.time_span()
                 recording.commit(complete, reason, {"warnings": self.warnings})
-            except DaqError:  # before OSError: a RequestTimeout is an OSError too
-                self._keep_or_discard()
-                raise
-            except OSError as exc:
-                raise StorageError(f"writing {recording.path} failed, nothing kept: "
-                                   f"{describe_hdf5_error(exc)}") from exc
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, OSError) and not isinstance(exc, DaqError):  # a RequestTimeout is an OSError too
+                    raise StorageError(f"writing {recording.path} failed, nothing kept: "
+                                       f"{describe_hdf5_error(exc)}") from exc
                 self._keep_or_discard()
                 raise
         return {
@@ -244,8 +241,6 @@ class WriteJob:
     def _take(self, received: ReceivedBatch) -> None:
         """Record what a batch holds of the window; batches reach here decoded (see `_decodes`)."""
         batch = received.batch
-        if batch.origin == "socket":  # the same frames reach the files the agent tails
-            return
         _, module_id, dp = received.key
         state = self.pairs.get((module_id, dp))
         if state is None:

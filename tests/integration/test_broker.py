@@ -180,7 +180,7 @@ def test_redelivered_request_is_not_run_twice(broker_url, service_name, caller):
         # on the channel that carries all its statuses: a status of the copy would arrive before the marker's
         marker = caller.call(service_name, StatusRequest(), timeout=10)
     assert marker.ok
-    assert caller.history(first.request_id) == first.history, "the redelivered request produced new statuses"
+    assert caller.store.history(first.request_id) == first.history, "the redelivered request produced new statuses"
 
 
 def test_concurrent_requests_run_at_the_same_time(broker_url, service_name, caller):

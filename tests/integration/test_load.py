@@ -9,15 +9,15 @@ printed by benchmarks/bench_load.py.
 from __future__ import annotations
 
 import multiprocessing
-import time
 
 import h5py
 import numpy as np
+from bench_common import mixed_subscribers
 from conftest import service_stack
 from helpers.services import start_agent, start_writer
 
 from std_daq_service.broker import RequestCaller
-from std_daq_service.protocol import StatusRequest, StreamRequest, WriteRequest
+from std_daq_service.protocol import FrameBatch, StatusRequest, StreamRequest, WriteRequest
 
 CLIENTS = 50
 WRITES = 20
@@ -25,39 +25,18 @@ WRITES = 20
 
 def stream_clients(data: str, preview: str, seconds: float, results) -> None:
     """In a child process: 25 full-rate and 25 preview subscribers; report (frames, steps back in seq) of each."""
-    import zmq
-
-    from std_daq_service.protocol import FrameBatch, decode_stream_message
-
-    context = zmq.Context()
-    sockets = []
-    for i in range(CLIENTS):
-        sock = context.socket(zmq.SUB)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(data if i % 2 == 0 else preview)
-        sock.setsockopt(zmq.SUBSCRIBE, b"img16." if i % 4 < 2 else b"")
-        sockets.append(sock)
-    poller = zmq.Poller()
-    for sock in sockets:
-        poller.register(sock, zmq.POLLIN)
     frames, disorder, last_seq = [0] * CLIENTS, [0] * CLIENTS, [{} for _ in range(CLIENTS)]
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for sock in dict(poller.poll(100)):
-            i = sockets.index(sock)
-            message = decode_stream_message(sock.recv_multipart())
-            if not isinstance(message, FrameBatch):
-                continue
-            key, seq = (message.module_id, message.dp), message.seq
-            previous = last_seq[i].get(key)
-            steps = np.diff(seq if previous is None else np.concatenate(([previous], seq)))
-            disorder[i] += int((steps < 1).sum())
-            last_seq[i][key] = int(seq[-1])
-            frames[i] += len(message)
+
+    def count(i: int, batch: FrameBatch) -> None:
+        key, seq = (batch.module_id, batch.dp), batch.seq
+        previous = last_seq[i].get(key)
+        steps = np.diff(seq if previous is None else np.concatenate(([previous], seq)))
+        disorder[i] += int((steps < 1).sum())
+        last_seq[i][key] = int(seq[-1])
+        frames[i] += len(batch)
+
+    mixed_subscribers(data, preview, CLIENTS, seconds, count)
     results.put((frames, disorder))
-    for sock in sockets:
-        sock.close(0)
-    context.term()
 
 
 def test_twenty_writes_and_fifty_clients_at_once(tmp_path, redis_url, broker_url):

@@ -210,6 +210,14 @@ def test_an_error_crosses_the_wire_as_its_own_class(error):
     assert rebuilt.http_status == error.http_status
 
 
+def test_a_new_error_class_registers_itself_and_crosses_the_wire_as_its_own_class():
+    class DiskAsleep(DaqError):
+        http_status = 503
+
+    rebuilt = rebuild_error(error_result(DiskAsleep("spinning up")), "spinning up")
+    assert type(rebuilt) is DiskAsleep and rebuilt.http_status == 503
+
+
 def test_an_unexpected_error_crosses_the_wire_as_a_daq_error_with_its_code():
     rebuilt = rebuild_error(error_result(KeyError("x")), "internal error")
     assert type(rebuilt) is DaqError and rebuilt.http_status == 500
