@@ -16,7 +16,7 @@ setup(
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_namespace_packages(include=["std_daq_service", "std_daq_service.*"]),
     package_data={"": ["*.pff", "*.json", "*.md", "recording_ended"]},
     install_requires=[

@@ -32,8 +32,11 @@ make_venv() {
     if [ -x "$PY" ] && "$PY" -c "import pip" 2>/dev/null; then return; fi
     say "creating virtualenv $VENV"
     rm -rf "$VENV"
-    if ! python3 -m venv "$VENV" 2>/dev/null; then
+    # Debian's python3 lacks ensurepip until python3-venv is installed: venv then fails with a long message that
+    # reads like the end of the setup; it is expected, and answered by installing python3-venv
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
         rm -rf "$VENV"
+        say "python3 -m venv needs Debian's python3-venv package; installing it"
         apt_install python3-venv || die "python3 -m venv failed; install python3-venv (apt-get install python3-venv)"
         python3 -m venv "$VENV"
     fi
@@ -42,12 +45,14 @@ make_venv() {
 install_package() {
     local stamp=$VENV/.installed
     local digest
-    digest=$(cat setup.py pyproject.toml setup_dev_env.sh | sha256sum | cut -d' ' -f1)
+    digest=$(cat setup.py pyproject.toml constraints.txt setup_dev_env.sh | sha256sum | cut -d' ' -f1)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then return; fi
     say "installing std_daq_service with its test and plot extras into $VENV"
     local log=$VENV/pip-install.log
-    "$PY" -m pip install -q --upgrade pip >"$log" 2>&1 || true
-    "$PY" -m pip install -q -e ".[test,plot]" >>"$log" 2>&1 || { cat "$log" >&2; die "pip install failed (log above)"; }
+    "$PY" -m pip install -q -c constraints.txt --upgrade pip >"$log" 2>&1 || true
+    # constraints.txt pins the tested version of every dependency (the Docker image installs the same set)
+    "$PY" -m pip install -q -c constraints.txt -e ".[test,plot]" >>"$log" 2>&1 || {
+        cat "$log" >&2; die "pip install failed (log above)"; }
     # PANOSETI's own PFF reader, to compare readings in the tests; its plotting and zarr dependencies are not needed
     "$PY" -m pip install -q --no-deps "pypff==1.0.4" >>"$log" 2>&1 || { cat "$log" >&2; die "pip install pypff failed"; }
     echo "$digest" > "$stamp"
