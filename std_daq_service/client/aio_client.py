@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,40 @@ from std_daq_service.protocol import Request
 _END = object()
 
 
+class ImageStream:
+    """What `AioDaqDataClient.stream_images` returns: an async iterator of PanoImage dicts.
+
+    Awaiting it gives itself, since panoseti_grpc's README shows both `client.stream_images(...)` and
+    `await client.stream_images(...)` before the `async for`.
+    """
+
+    def __init__(self, images: AsyncIterator[dict[str, Any]]):
+        self._images = images
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._images
+
+    def __await__(self) -> Generator[Any, None, ImageStream]:
+        return self._itself().__await__()
+
+    async def _itself(self) -> ImageStream:
+        return self
+
+
 class AioDaqDataClient:
     """Async context manager; every method of `DaqDataClient` (`CLIENT_METHODS`) is a coroutine here.
 
     Requests run one at a time in a worker thread on one `DaqDataClient` (the broker connection is
     blocking); each `stream_images` iterator reads in a thread of its own, with its own client, so streams
-    never wait for requests or for each other.
+    never wait for requests or for each other. Setting `stop_event` (as in panoseti_grpc) ends every stream of
+    this client; `options` are `DaqDataClient`'s keywords.
     """
 
     def __init__(self, daq_config: str | Path | dict | None = None, network_config: str | Path | dict | None = None,
-                 **options: Any):
+                 *, stop_event: asyncio.Event | None = None, **options: Any):
         self._args = (daq_config, network_config)
         self._options = options
+        self._stop_event = stop_event
         self._client: DaqDataClient | None = None
         self._lock = asyncio.Lock()
 
@@ -56,11 +78,12 @@ class AioDaqDataClient:
     async def default_writer(self) -> str:
         return await self._run(self._client.default_writer)
 
-    async def init_hp_io(self, hosts: Hosts, hp_io_cfg: str | Path | dict, timeout: float | None = None) -> dict:
+    async def init_hp_io(self, hosts: Hosts, hp_io_cfg: str | Path | dict, timeout: float | None = None) -> bool:
         return await self._run(self._client.init_hp_io, hosts, hp_io_cfg, timeout)
 
-    async def init_sim(self, hosts: Hosts = None, timeout: float | None = None, **sim: Any) -> dict:
-        return await self._run(self._client.init_sim, hosts, timeout, **sim)
+    async def init_sim(self, hosts: Hosts = None, hp_io_cfg: str | Path | dict | None = None,
+                       timeout: float | None = None, **sim: Any) -> bool:
+        return await self._run(self._client.init_sim, hosts, hp_io_cfg, timeout, **sim)
 
     async def stop_hp_io(self, hosts: Hosts = None, timeout: float | None = None) -> dict:
         return await self._run(self._client.stop_hp_io, hosts, timeout)
@@ -88,12 +111,18 @@ class AioDaqDataClient:
                       on_status: OnStatus = None) -> dict:
         return await self._run(self._client.request, targets, request, timeout, on_status)
 
-    async def stream_images(self, hosts: Hosts, stream_movie_data: bool = True, stream_pulse_height_data: bool = True,
-                            update_interval_seconds: float = 1.0, module_ids: Iterable[int] = (),
-                            wait_for_ready: bool = False, parse_pano_images: bool = True,
-                            stop_event: threading.Event | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Async iterator over PanoImage dicts (see `DaqDataClient.stream_images`); `stop_event` is set when it
-        ends."""
+    def stream_images(self, hosts: Hosts, stream_movie_data: bool = True, stream_pulse_height_data: bool = True,
+                      update_interval_seconds: float = 1.0, module_ids: Iterable[int] = (),
+                      wait_for_ready: bool = False, parse_pano_images: bool = True,
+                      stop_event: threading.Event | None = None) -> ImageStream:
+        """Async iterator over PanoImage dicts (see `DaqDataClient.stream_images`), awaitable too; `stop_event`
+        is set when it ends. It ends when the client's `stop_event` is set."""
+        return ImageStream(self._images(hosts, stream_movie_data, stream_pulse_height_data, update_interval_seconds,
+                                        module_ids, wait_for_ready, parse_pano_images, stop_event))
+
+    async def _images(self, hosts: Hosts, stream_movie_data: bool, stream_pulse_height_data: bool,
+                      update_interval_seconds: float, module_ids: Iterable[int], wait_for_ready: bool,
+                      parse_pano_images: bool, stop_event: threading.Event | None) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         images: asyncio.Queue = asyncio.Queue(maxsize=1000)
         stop = stop_event if stop_event is not None else threading.Event()
@@ -115,16 +144,21 @@ class AioDaqDataClient:
 
         reader = threading.Thread(target=read, name="aio-stream", daemon=True)
         reader.start()
+        client_stop = asyncio.ensure_future(self._stop_event.wait()) if self._stop_event is not None else None
+        if client_stop is not None:
+            client_stop.add_done_callback(lambda _: stop.set())  # the reader ends, then _END comes
         try:
             while True:
                 item = await images.get()
-                if item is _END:
+                if item is _END or (self._stop_event is not None and self._stop_event.is_set()):
                     return
                 if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
             stop.set()
+            if client_stop is not None:
+                client_stop.cancel()
             while not images.empty():
                 images.get_nowait()
             await asyncio.to_thread(reader.join, 5)

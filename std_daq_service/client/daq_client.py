@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,19 +16,21 @@ from std_daq_service.client.image_stream import stream_images
 from std_daq_service.config import connect_redis
 from std_daq_service.protocol import (
     DaqError,
-    InitHpIoRequest,
-    InitSimRequest,
+    InvalidRequest,
     Request,
     Status,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
     WriteRequest,
+    decode_request,
 )
+
+log = logging.getLogger(__name__)
 
 CLIENT_METHODS = ("get_valid_daq_hosts", "ping", "reflect_services", "init_hp_io", "init_sim", "stop_hp_io",
                   "status", "write", "write_async", "kill", "wait", "stream_images", "default_writer", "request")
-"""The public methods of `DaqDataClient`; `AioDaqDataClient` has each with the same signature (tested)."""
+"""The public methods of `DaqDataClient`; `AioDaqDataClient` has each with the same signature, awaited (tested)."""
 
 OnStatus = Callable[[Status], None] | None
 
@@ -76,9 +79,10 @@ class DaqDataClient:
         return self.discovery.valid_daq_hosts()
 
     def ping(self, host: str, timeout: float = 5.0) -> bool:
-        """True if `host` answers a status request within `timeout` seconds."""
+        """True if `host` (a SERVICE_NAME, or a host name or address standing for the agents on it) answers a
+        status request within `timeout` seconds."""
         try:
-            self._call([host], StatusRequest(), timeout)
+            self._call(self.discovery.resolve(host), StatusRequest(), timeout)
         except DaqError:
             return False
         return True
@@ -93,14 +97,48 @@ class DaqDataClient:
 
     # agents
 
-    def init_hp_io(self, hosts: Hosts, hp_io_cfg: str | Path | dict, timeout: float | None = None) -> dict:
-        """Start tracking a data dir on each host (panoseti's hp_io_config.json fields)."""
-        request = InitHpIoRequest.model_validate(load_json_arg(hp_io_cfg))
-        return self._call(self.discovery.resolve(hosts), request, timeout)
+    def init_hp_io(self, hosts: Hosts, hp_io_cfg: str | Path | dict, timeout: float | None = None) -> bool:
+        """Start tracking a data dir on each host (panoseti's hp_io_config.json, a path or a dict).
 
-    def init_sim(self, hosts: Hosts = None, timeout: float | None = None, **sim: Any) -> dict:
-        """Replay an archived run as a live one on each host (`InitSimRequest` fields as keywords)."""
-        return self._call(self.discovery.resolve(hosts), InitSimRequest(**sim), timeout)
+        Returns:
+            True if every host succeeded; each failure is logged with its reason, as in panoseti_grpc.
+
+        Raises:
+            InvalidRequest: `hp_io_cfg` is unreadable or a field is wrong (nothing was sent).
+            UnknownTarget: no live agent on a host address, or a SERVICE_NAME that never ran.
+            NoServiceAnswered: `hosts` empty or None and no agent is live.
+        """
+        request = decode_request({**load_json_arg(hp_io_cfg), "request_type": "init_hp_io"})
+        return self._succeeded_everywhere(hosts, request, timeout)
+
+    def init_sim(self, hosts: Hosts = None, hp_io_cfg: str | Path | dict | None = None,
+                 timeout: float | None = None, **sim: Any) -> bool:
+        """Replay an archived run as a live one on each host.
+
+        `hp_io_cfg` is panoseti's simulate config (`simulate_daq` must be true; its `module_ids`, `force` and
+        `update_interval_seconds` are used); `sim` takes `InitSimRequest` fields as keywords. Returns and
+        raises as `init_hp_io`.
+        """
+        fields: dict[str, Any] = {}
+        if hp_io_cfg is not None:
+            config = decode_request({**load_json_arg(hp_io_cfg), "request_type": "init_hp_io"})
+            if not config.simulate_daq:
+                raise InvalidRequest("init_sim: hp_io_cfg must have simulate_daq: true (or call init_hp_io)")
+            fields = config.model_dump(include={"module_ids", "force", "update_interval_seconds"})
+        request = decode_request({**fields, **sim, "request_type": "init_sim"})
+        return self._succeeded_everywhere(hosts, request, timeout)
+
+    def _succeeded_everywhere(self, hosts: Hosts, request: Request, timeout: float | None) -> bool:
+        """Send `request` to every host and wait; True if all succeeded, each outcome logged."""
+        targets = self.discovery.resolve(hosts)
+        outcome = self.caller.call(targets, request, timeout or self.timeout)
+        for target in targets:
+            error = outcome.error_of(target)
+            if error is None:
+                log.info("%s on %s succeeded: %s", request.request_type, target, outcome.finals[target].result)
+            else:
+                log.error("%s failed on %s", request.request_type, error)
+        return outcome.ok
 
     def stop_hp_io(self, hosts: Hosts = None, timeout: float | None = None) -> dict:
         return self._call(self.discovery.resolve(hosts), StopHpIoRequest(), timeout)
@@ -155,8 +193,7 @@ class DaqDataClient:
     def _subscribe(self, hosts: list[str], movie: bool, pulse_height: bool, interval: float,
                    module_ids: list[int], wait_for_ready: bool) -> list[Subscription]:
         request = StreamRequest(stream_movie_data=movie, stream_pulse_height_data=pulse_height,
-                                update_interval_seconds=interval if interval > 0 else 1.0,  # 0: every frame
-                                module_ids=module_ids)
+                                update_interval_seconds=interval, module_ids=module_ids)
         deadline = time.monotonic() + (self.timeout if wait_for_ready else 0)
         while True:
             try:

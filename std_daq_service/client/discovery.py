@@ -64,15 +64,16 @@ class Discovery:
         return set(live)
 
     def resolve(self, hosts: Hosts) -> list[str]:
-        """SERVICE_NAMEs meant by `hosts`: names as given, a host address as the agents on it, None as every
-        valid agent."""
-        if hosts is None:
+        """SERVICE_NAMEs meant by `hosts`: names as given, a host address as the agents on it, None or empty
+        (as in panoseti) as every valid agent."""
+        given = [] if not hosts else [hosts] if isinstance(hosts, str) else list(hosts)
+        if not given:
             found = sorted(self.valid_daq_hosts())
             if not found:
                 raise NoServiceAnswered("no live agents (std_daq list-hosts)")
             return found
         names = []
-        for host in [hosts] if isinstance(hosts, str) else list(hosts):
+        for host in given:
             if service_kind(host) in CONFIG_MODELS:  # a SERVICE_NAME
                 names.append(host)
                 continue

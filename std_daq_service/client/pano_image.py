@@ -5,12 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+
 from std_daq_service.pff import DATA_PRODUCTS
 from std_daq_service.protocol import FrameBatch
 
 try:
     import pandas
-except ImportError:  # pandas is optional: only `pandas_unix_timestamp` needs it
+except ImportError:  # the client stays light: without pandas the same instant is a numpy datetime64[ns]
     pandas = None
 
 
@@ -18,10 +20,11 @@ def pano_images(batch: FrameBatch, host: str, parse: bool = True) -> list[dict[s
     """One dict per frame of a batch.
 
     With `parse` (panoseti_grpc's `parse_pano_images`): `type` (MOVIE or PULSE_HEIGHT), `header` (the PFF
-    header, plus `wr_unix_timestamp` as a Decimal of seconds and `pandas_unix_timestamp` when pandas is
-    installed), `shape`, `bytes_per_pixel`, `image_array`, `file`, `frame_number`, `module_id`; and ours:
-    `dp`, `seq`, `source` (the agent), `origin`, `run`, `wr_timestamp_ns`, `host_timestamp_ns`. Without it:
-    the per-frame stream header and `image_bytes`.
+    header, plus `wr_unix_timestamp` as a Decimal of seconds and `pandas_unix_timestamp`, the frame's time as
+    a `pandas.Timestamp`, or as a `numpy.datetime64[ns]` where pandas is not installed), `shape`,
+    `bytes_per_pixel`, `image_array`, `file`, `frame_number`, `module_id`; and ours: `dp`, `seq`, `source` (the
+    agent), `origin`, `run`, `wr_timestamp_ns`, `host_timestamp_ns`. Without it: the per-frame stream header and
+    `image_bytes`.
     """
     images = []
     for i in range(len(batch)):
@@ -32,8 +35,9 @@ def pano_images(batch: FrameBatch, host: str, parse: bool = True) -> list[dict[s
         pff = fields["pff_header"]
         wr = fields["wr_timestamp_ns"]
         pff["wr_unix_timestamp"] = Decimal(wr) / Decimal(1_000_000_000) if wr is not None else None
-        if pandas is not None:
-            pff["pandas_unix_timestamp"] = pandas.Timestamp(int(batch.frame_times_ns[i]), unit="ns")
+        time_ns = int(batch.frame_times_ns[i])
+        pff["pandas_unix_timestamp"] = (pandas.Timestamp(time_ns, unit="ns") if pandas is not None
+                                        else np.datetime64(time_ns, "ns"))
         images.append({
             "type": DATA_PRODUCTS[batch.dp].kind,
             "header": pff,

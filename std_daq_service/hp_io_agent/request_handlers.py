@@ -53,10 +53,14 @@ class AgentHandlers(Lifecycle):
             "stream": self.stream,
         }
 
-    def _check_interval(self, seconds: float) -> None:
+    def _preview_interval(self, seconds: float) -> tuple[float, dict[str, str]]:
+        """The preview period to use, raised to the configured minimum, and a note for the result if it was."""
         minimum = self.config.min_update_interval_seconds
-        if seconds < minimum:
-            raise InvalidRequest(f"update_interval_seconds {seconds:g} is below this agent's minimum of {minimum:g} s")
+        if seconds >= minimum:
+            return seconds, {}
+        note = f"update_interval_seconds {seconds:g} is below this agent's minimum; using {minimum:g} s"
+        log.warning("%s: %s", self.service_name, note)
+        return minimum, {"note": note}
 
     def _check_force(self, force: bool) -> None:
         connected = self.tracker.publisher.subscribers
@@ -85,23 +89,24 @@ class AgentHandlers(Lifecycle):
         if request.simulate_daq:
             return self.init_sim(InitSimRequest(module_ids=request.module_ids, force=request.force,
                                                 update_interval_seconds=request.update_interval_seconds), ctx)
-        self._check_interval(request.update_interval_seconds)
+        interval, note = self._preview_interval(request.update_interval_seconds)
         data_dir = Path(request.data_dir)
         if not data_dir.is_dir():
             raise UnknownTarget(f"data_dir '{data_dir}' does not exist on {self.service_name}")
         with self._exclusive():
             self._check_force(request.force)
             self._stop_simulator()
-            tracking = Tracking(data_dir, set(request.module_ids), request.update_interval_seconds)
+            tracking = Tracking(data_dir, set(request.module_ids), interval)
             self.tracker.track(tracking, "reinit", f"now tracking {data_dir}")
-        return {"data_dir": str(data_dir), "module_ids": request.module_ids}
+        return {"data_dir": str(data_dir), "module_ids": request.module_ids, "update_interval_seconds": interval,
+                **note}
 
     def _sim_source(self, request: InitSimRequest) -> Path:
         """The archived run to replay: the request's, else the config's, else the embedded excerpt."""
         return Path(request.source_dir or self.config.sim_source_dir or DEFAULT_SOURCE)
 
     def init_sim(self, request: InitSimRequest, ctx: RequestContext) -> dict:
-        self._check_interval(request.update_interval_seconds)
+        interval, note = self._preview_interval(request.update_interval_seconds)
         source = self._sim_source(request)
         if not source.is_dir():
             raise UnknownTarget(f"simulation source_dir '{source}' does not exist on {self.service_name}")
@@ -113,9 +118,10 @@ class AgentHandlers(Lifecycle):
                 data_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise InvalidRequest(f"cannot create sim_data_dir '{data_dir}': {exc.strerror}") from exc
-            tracking = Tracking(data_dir, set(request.module_ids), request.update_interval_seconds, "simulator")
+            tracking = Tracking(data_dir, set(request.module_ids), interval, "simulator")
             simulator = self._simulate(request, source, tracking, f"now tracking a simulated run in {data_dir}")
-        return {"data_dir": str(data_dir), "source_dir": str(source), "run_dirs": [str(d) for d in simulator.run_dirs]}
+        return {"data_dir": str(data_dir), "source_dir": str(source), "run_dirs": [str(d) for d in simulator.run_dirs],
+                "update_interval_seconds": interval, **note}
 
     def _simulate(self, request: InitSimRequest, source: Path, tracking: Tracking, message: str,
                   resume: dict | None = None) -> Simulator:
@@ -162,7 +168,7 @@ class AgentHandlers(Lifecycle):
         }
 
     def stream(self, request: StreamRequest, ctx: RequestContext) -> dict:
-        self._check_interval(request.update_interval_seconds)
+        """Where to subscribe; any `update_interval_seconds` is fine, as clients throttle their own copy."""
         tracked = self.tracker.module_ids()
         unknown = sorted(set(request.module_ids) - tracked)
         if unknown and self.tracker.tracking is not None:

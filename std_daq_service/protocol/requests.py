@@ -35,16 +35,30 @@ class InitHpIoRequest(RequestBase):
     """Start tracking the PFF runs Hashpipe writes under `data_dir` (panoseti's hp_io_config.json)."""
 
     request_type: Literal["init_hp_io"] = "init_hp_io"
-    data_dir: str = Field(
+    data_dir: str | None = Field(
+        None,
         min_length=1,
-        description="Directory with module_<N>/obs_*.pffd run dirs, or one archived (flat) run dir.",
+        description="Directory with module_<N>/obs_*.pffd run dirs, or one archived (flat) run dir; "
+        "required unless simulate_daq.",
     )
     update_interval_seconds: PositiveFloat = Field(
-        1.0, le=3600, description="Preview period: latest frame per module and product this often."
+        1.0,
+        le=3600,
+        description="Preview period: latest frame per module and product this often; raised to the agent's "
+        "min_update_interval_seconds if below it (the result says so).",
     )
     force: bool = Field(False, description="Re-initialise even while consumers are subscribed.")
     module_ids: list[ModuleId] = Field(default_factory=list, description="Empty means all modules.")
     simulate_daq: bool = Field(False, description="Track the simulator's output instead of data_dir.")
+    comments: str | list[str] | None = Field(
+        None, description="Ignored: the free-text note panoseti's hp_io_config.json files carry."
+    )
+
+    @model_validator(mode="after")
+    def _data_dir_unless_simulated(self) -> InitHpIoRequest:
+        if self.data_dir is None and not self.simulate_daq:
+            raise ValueError("data_dir is required unless simulate_daq is true")
+        return self
 
 
 class InitSimRequest(RequestBase):
@@ -87,7 +101,9 @@ class StreamRequest(RequestBase):
     request_type: Literal["stream"] = "stream"
     stream_movie_data: bool = Field(True, description="Include image (movie) data products.")
     stream_pulse_height_data: bool = Field(True, description="Include pulse-height data products.")
-    update_interval_seconds: PositiveFloat = Field(1.0, le=3600, description="Wanted preview period.")
+    update_interval_seconds: float = Field(
+        1.0, ge=0, le=3600, description="Wanted period of the latest frames; 0: every frame, as fast as they come."
+    )
     module_ids: list[ModuleId] = Field(default_factory=list, description="Empty means all modules.")
 
     @model_validator(mode="after")

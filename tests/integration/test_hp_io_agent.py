@@ -100,11 +100,16 @@ def test_a_stuck_subscriber_neither_slows_nor_starves_another(agent, caller):
     assert seq.tolist() == list(range(len(seq))), "the reading subscriber lost frames"
 
 
-def test_init_with_missing_dir_or_too_short_interval_fails_with_the_reason(agent, caller):
+def test_init_with_missing_dir_fails_with_the_reason(agent, caller):
     final = ask(caller, agent.service_name, InitHpIoRequest(data_dir="/no/such/dir"))
     assert final.action == "request_fail" and "data_dir '/no/such/dir' does not exist" in final.message
-    final = ask(caller, agent.service_name, InitHpIoRequest(data_dir="/tmp", update_interval_seconds=0.01))
-    assert final.action == "request_fail" and "minimum of 0.05" in final.message
+
+
+def test_a_too_short_interval_is_raised_to_the_minimum_and_a_stream_may_ask_for_every_frame(agent, caller):
+    final = ask(caller, agent.service_name, InitHpIoRequest(data_dir="/tmp", update_interval_seconds=0.001))
+    assert final.action == "request_success" and final.result["update_interval_seconds"] == 0.05
+    assert final.result["note"] == "update_interval_seconds 0.001 is below this agent's minimum; using 0.05 s"
+    assert ask(caller, agent.service_name, StreamRequest(update_interval_seconds=0)).action == "request_success"
 
 
 def test_force_is_needed_while_consumers_are_subscribed_and_they_are_told(agent, caller, tmp_path):

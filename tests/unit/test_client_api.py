@@ -1,5 +1,6 @@
-"""The sync and asyncio clients offer the same methods with the same signatures."""
+"""The sync and asyncio clients offer the same methods with the same signatures, in panoseti_grpc's order."""
 
+import asyncio
 import inspect
 
 import pytest
@@ -18,4 +19,24 @@ def test_the_method_table_lists_every_public_method_of_the_sync_client():
 def test_sync_and_async_signatures_are_equal(name):
     sync, aio = getattr(DaqDataClient, name), getattr(AioDaqDataClient, name)
     assert inspect.signature(aio).parameters == inspect.signature(sync).parameters
-    assert inspect.iscoroutinefunction(aio) or inspect.isasyncgenfunction(aio)
+    if name == "stream_images":  # an async iterator that may also be awaited, as panoseti's README does both
+        assert inspect.signature(aio).return_annotation == "ImageStream"
+    else:
+        assert inspect.iscoroutinefunction(aio)
+
+
+@pytest.mark.parametrize("client", [DaqDataClient, AioDaqDataClient])
+def test_panoseti_positional_order_binds_the_config_and_the_timeout(client):
+    hosts, config = ["lick.daq1.hp_io_agent"], {"simulate_daq": True}
+    assert inspect.signature(client.init_sim).bind(None, hosts, config).arguments["hp_io_cfg"] is config
+    bound = inspect.signature(client.init_hp_io).bind(None, hosts, config, 10.0).arguments
+    assert bound["hp_io_cfg"] is config and bound["timeout"] == 10.0
+    bound = inspect.signature(client.init_sim).bind(None, hosts, config, timeout=5.0).arguments
+    assert bound["timeout"] == 5.0
+    assert inspect.signature(client.init_sim).return_annotation == "bool"
+    assert inspect.signature(client.init_hp_io).return_annotation == "bool"
+
+
+def test_the_async_client_takes_panoseti_stop_event():
+    assert inspect.signature(AioDaqDataClient).bind({}, {}, stop_event=asyncio.Event())
+

@@ -56,13 +56,24 @@ from std_daq_service.protocol.frames import COLUMN_DTYPE, PER_FRAME_COLUMNS, PFF
         (b'{"request_type": "write", "output_file": "a\\u0000b"}', "NUL"),
         (b'{"request_type": "write", "output_file": "a", "start_time": "yesterday"}', "ISO 8601"),
         (b'{"request_type": "stream", "stream_movie_data": false, "stream_pulse_height_data": false}', "at least one"),
-        (b'{"request_type": "init_hp_io"}', "data_dir: Field required"),
+        (b'{"request_type": "init_hp_io"}', "data_dir is required unless simulate_daq"),
         (b'{"request_type": "init_hp_io", "data_dir": "/x", "module_ids": [999]}', "module_ids.0"),
+        (b'{"request_type": "init_hp_io", "data_dir": "/x", "comment": "typo"}', "comment: unknown field"),
+        (b'{"request_type": "stream", "update_interval_seconds": -1}', "update_interval_seconds"),
     ],
 )
 def test_bad_requests_are_rejected_naming_the_problem(body, expected):
     with pytest.raises(InvalidRequest, match=expected):
         decode_request(body)
+
+
+def test_panoseti_hp_io_configs_and_a_zero_stream_interval_are_accepted():
+    lick = {"data_dir": "/mnt/data10", "update_interval_seconds": 0.1, "force": True, "simulate_daq": False,
+            "module_ids": [], "comments": "Default Lick observatory config for daq1"}
+    assert decode_request({**lick, "request_type": "init_hp_io"}).data_dir == "/mnt/data10"
+    simulate = {"update_interval_seconds": 0.001, "simulate_daq": True, "comments": "no data_dir needed"}
+    assert decode_request({**simulate, "request_type": "init_hp_io"}).update_interval_seconds == 0.001
+    assert decode_request({"request_type": "stream", "update_interval_seconds": 0}).update_interval_seconds == 0
 
 
 def test_write_request_times_accept_iso_and_ns_and_round_trip():
