@@ -10,7 +10,10 @@ $COMPOSE up -d --wait redis rabbitmq
 trap '$COMPOSE down' EXIT
 NETWORK=$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}' "$($COMPOSE ps -q redis)")
 # the broker is closed from its side through the management API (no rabbitmqctl in the image)
+# the image holds no tests: the checkout's are mounted
 docker run --rm --network "$NETWORK" \
+    -v "$PWD/tests:/opt/std_daq/tests:ro" -v "$PWD/benchmarks:/opt/std_daq/benchmarks:ro" \
     -e REDIS_URL=redis://redis:6379/0 -e BROKER_URL=amqp://guest:guest@rabbitmq:5672/%2F \
     -e RABBITMQ_API_URL=http://rabbitmq:15672 \
-    --entrypoint sh std_daq:test -c "cd /opt/std_daq && python -m pytest -q $*"
+    --entrypoint sh std_daq:test \
+    -c "cd /tmp && python -m pytest -q -p no:cacheprovider --rootdir /opt/std_daq ${*:-/opt/std_daq/tests}"

@@ -166,6 +166,15 @@ class ConfigStore:
         self.redis.set(f"config.{service_name}", config.model_dump_json(exclude_unset=True))
         return config
 
+    def seed(self, service_name: str, data: dict[str, Any] | str | bytes) -> bool:
+        """Validate, and store only if no configuration is stored yet; returns whether it was stored.
+
+        Raises:
+            InvalidRequest: the configuration does not validate (also when one is stored already).
+        """
+        config = validate_config(service_name, data)
+        return bool(self.redis.set(f"config.{service_name}", config.model_dump_json(exclude_unset=True), nx=True))
+
     def service_names(self) -> list[str]:
         return sorted(key.removeprefix("config.") for key in self.redis.scan_iter("config.*"))
 
@@ -245,6 +254,12 @@ class LivenessBeacon(Lifecycle):
                 return
 
 
+def service_beacon(client: redis.Redis, service_name: str) -> dict[str, Any] | None:
+    """The liveness hash of a service whose beacon is alive, else None."""
+    raw = client.hgetall(f"status.{service_name}")
+    return {str(k): _json_or_text(v) for k, v in raw.items()} if raw else None
+
+
 def live_services(client: redis.Redis, kind: str | None = None) -> dict[str, dict[str, Any]]:
     """Liveness hashes of the services whose beacon is alive, by SERVICE_NAME (optionally of one kind)."""
     services = {}
@@ -252,9 +267,9 @@ def live_services(client: redis.Redis, kind: str | None = None) -> dict[str, dic
         name = key.removeprefix("status.")
         if kind is not None and service_kind(name) != kind:
             continue
-        raw = client.hgetall(key)
-        if raw:
-            services[name] = {k: _json_or_text(v) for k, v in raw.items()}
+        found = service_beacon(client, name)
+        if found:
+            services[name] = found
     return dict(sorted(services.items()))
 
 

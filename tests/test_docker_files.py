@@ -59,3 +59,52 @@ def test_entrypoint_refuses_unknown_services_and_a_missing_service_name():
     assert unknown.returncode == 2 and "unknown service 'bogus'" in unknown.stderr
     missing = subprocess.run(["sh", entrypoint, "writer"], capture_output=True, text=True, env={"PATH": "/usr/bin"})
     assert missing.returncode == 2 and "set SERVICE_NAME" in missing.stderr
+
+
+def test_the_image_installs_pinned_dependencies_before_the_code_and_ships_no_tests():
+    lines = [line.strip() for line in (DOCKER / "Dockerfile").read_text().splitlines()]
+    install_deps = next(i for i, line in enumerate(lines) if "-c constraints.txt" in line)
+    copy_code = lines.index("COPY std_daq_service ./std_daq_service")
+    assert install_deps < copy_code, "a change of the code alone must not reinstall the dependencies"
+    assert not any(line.startswith("COPY tests") for line in lines)
+    assert any("std_daq health" in line for line in lines), "the healthcheck reads the beacon, sends no request"
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "tests", "run"} <= ignored
+
+
+def test_every_image_tag_is_pinned():
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    external = [s["image"] for s in compose["services"].values() if not s["image"].startswith("std_daq")]
+    base = re.search(r"ARG BASE_IMAGE=(\S+)", (DOCKER / "Dockerfile").read_text()).group(1)
+    for image in [*external, base]:
+        tag = image.partition(":")[2]
+        assert re.match(r"\d+\.\d+\.\d+", tag), f"{image}: pin a full version, not a floating tag"
+
+
+AGENTS = [{"name": "test.node.hp_io_agent", "data": "tcp://127.0.0.1:5555"}]
+
+
+def test_entrypoint_seeds_the_config_once_and_then_keeps_what_was_stored_since(tmp_path, redis_url, redis_client,
+                                                                              new_service_name):
+    name = new_service_name("writer")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "std_daq").symlink_to(Path(sys.executable).parent / "std_daq")
+    (bin_dir / "std_daq_writer").write_text("#!/bin/sh\necho service started\n")  # the service itself is not run
+    (bin_dir / "std_daq_writer").chmod(0o755)
+    config = tmp_path / "writer.json"
+    config.write_text(json.dumps({"agents": AGENTS, "output_root": "/output"}))
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SERVICE_NAME": name, "CONFIG_FILE": str(config),
+           "REDIS_URL": redis_url}
+
+    def start(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), "writer"], capture_output=True, text=True,
+                              env={**env, **extra}, timeout=60)
+
+    assert start().returncode == 0
+    redis_client.set(f"config.{name}", json.dumps({"agents": AGENTS, "output_root": "/changed"}))
+    restarted = start()
+    assert restarted.returncode == 0 and "service started" in restarted.stdout, restarted.stderr
+    assert json.loads(redis_client.get(f"config.{name}"))["output_root"] == "/changed"
+    assert start(CONFIG_OVERWRITE="1").returncode == 0
+    assert json.loads(redis_client.get(f"config.{name}"))["output_root"] == "/output"

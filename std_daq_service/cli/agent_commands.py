@@ -12,14 +12,16 @@ import zmq
 from std_daq_service.cli.arguments import module_ids
 from std_daq_service.client import DaqDataClient
 from std_daq_service.client.discovery import load_json_arg
-from std_daq_service.config import connect_redis, live_services
+from std_daq_service.config import connect_redis, live_services, service_beacon
 from std_daq_service.protocol import (
     ControlHeader,
     InitSimRequest,
+    NoServiceAnswered,
     Request,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
+    UnknownTarget,
     decode_request,
     decode_stream_message,
 )
@@ -29,6 +31,12 @@ def add_commands(commands) -> None:
     hosts = commands.add_parser("list-hosts", help="services whose liveness beacon is alive")
     hosts.add_argument("--kind", help="only this kind: hp_io_agent, writer, rest")
     hosts.set_defaults(run=run_list_hosts)
+    health = commands.add_parser(
+        "health", help="is a service live? (its liveness beacon; no request is sent)",
+        description="Exit 0 when the service's liveness beacon in Redis is fresh and it is connected to the "
+        "broker, else 1 with the reason: a container healthcheck that leaves no request history behind.")
+    health.add_argument("service_name")
+    health.set_defaults(run=run_health)
 
     def agent_parser(name: str, help_text: str):
         parser = commands.add_parser(name, help=help_text, description=help_text)
@@ -68,6 +76,18 @@ def run_list_hosts(args) -> int:
         print(f"{name}\thost={beacon.get('host')}\tpid={beacon.get('pid')}\tstate={beacon.get('state', '-')}")
     if not services:
         print("no live services", file=sys.stderr)
+    return 0
+
+
+def run_health(args) -> int:
+    found = service_beacon(connect_redis(args.redis_url), args.service_name)
+    if found is None:
+        raise UnknownTarget(f"{args.service_name} has no live beacon (status.{args.service_name} is gone: "
+                            "the service is not running, or cannot reach Redis)")
+    if not found.get("broker_connected", True):
+        raise NoServiceAnswered(f"{args.service_name} is running but not connected to the broker")
+    age = time.time() - float(found.get("heartbeat_timestamp", 0))
+    print(f"{args.service_name} live: pid {found.get('pid')} on {found.get('host')}, heartbeat {age:.1f} s ago")
     return 0
 
 

@@ -23,6 +23,8 @@ def add_commands(commands) -> None:
     put = sub.add_parser("set", help="validate and store a configuration from a JSON file ('-' for stdin)")
     put.add_argument("service_name")
     put.add_argument("file")
+    put.add_argument("--if-absent", action="store_true",
+                     help="validate, but keep a configuration that is stored already (seed on first start)")
     put.set_defaults(run=run_set)
     load = sub.add_parser(
         "load", help="store every <SERVICE_NAME>.json of a directory (or the files given)",
@@ -42,7 +44,12 @@ def run_get(args) -> int:
 
 def run_set(args) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    ConfigStore(connect_redis(args.redis_url)).save(args.service_name, text)
+    store = ConfigStore(connect_redis(args.redis_url))
+    if args.if_absent and not store.seed(args.service_name, text):
+        print(f"kept the stored config.{args.service_name} ({args.file} is valid)")
+        return 0
+    if not args.if_absent:
+        store.save(args.service_name, text)
     print(f"stored config.{args.service_name}")
     return 0
 

@@ -70,3 +70,37 @@ def test_cli_config_load_refuses_a_directory_with_one_bad_file(tmp_path, redis_u
     assert result.returncode == 1
     assert "agents: Field required" in result.stderr and "Traceback" not in result.stderr
     assert redis_client.get(f"config.{service_name}") is None
+
+
+def std_daq(redis_url: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "std_daq_service.cli", "--redis-url", redis_url, *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_config_set_if_absent_seeds_once_and_keeps_a_config_stored_since(tmp_path, redis_url, redis_client,
+                                                                          service_name):
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps({"data_dir": "/seeded"}))
+    first = std_daq(redis_url, "config", "set", "--if-absent", service_name, str(seed))
+    assert first.returncode == 0 and first.stdout.startswith("stored"), first.stderr
+    ConfigStore(redis_client).save(service_name, {"data_dir": "/changed/by/put"})
+    again = std_daq(redis_url, "config", "set", "--if-absent", service_name, str(seed))
+    assert again.returncode == 0 and again.stdout.startswith("kept"), again.stderr
+    assert ConfigStore(redis_client).load(service_name).data_dir == "/changed/by/put"
+    seed.write_text(json.dumps({"data_dir": 5}))
+    invalid = std_daq(redis_url, "config", "set", "--if-absent", service_name, str(seed))
+    assert invalid.returncode == 1 and "data_dir" in invalid.stderr and "Traceback" not in invalid.stderr
+
+
+def test_health_reads_the_beacon_and_sends_no_request(redis_url, redis_client, service_name):
+    missing = std_daq(redis_url, "health", service_name)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "no live beacon" in missing.stderr
+    state = {"broker_connected": True}
+    with LivenessBeacon(redis_client, service_name, HpIoAgentConfig(), lambda: state, period_s=0.2):
+        live = std_daq(redis_url, "health", service_name)
+        assert live.returncode == 0 and f"{service_name} live" in live.stdout, live.stderr
+        state["broker_connected"] = False
+        wait_until(lambda: redis_client.hget(f"status.{service_name}", "broker_connected") == "false", 5,
+                   message="beacon refresh")
+        cut_off = std_daq(redis_url, "health", service_name)
+        assert cut_off.returncode == 1 and "not connected to the broker" in cut_off.stderr
