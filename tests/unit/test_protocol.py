@@ -35,9 +35,11 @@ from std_daq_service.protocol import (
     error_result,
     frame_time_ns,
     frame_topic,
+    parse_subscriber_topic,
     parse_topic,
     peek,
     rebuild_error,
+    subscriber_topic,
 )
 from std_daq_service.protocol.frames import COLUMN_DTYPE, PER_FRAME_COLUMNS, PFF_COLUMN_PREFIX
 
@@ -106,6 +108,16 @@ def one_frame(dp="ph256", wr=-1, topic=None, **changes):
     )
     header = {**orjson.loads(parts[1]), **changes}
     return [topic or parts[0], orjson.dumps(header), parts[2], parts[3]]
+
+
+def test_a_subscriber_topic_names_its_kind_and_name_and_matches_no_frame_or_control_topic():
+    topic = subscriber_topic("writer", "lick.daq1.writer")
+    assert topic == b"subscriber.writer.lick.daq1.writer."
+    assert parse_subscriber_topic(topic) == ("writer", "lick.daq1.writer")
+    assert parse_subscriber_topic(frame_topic("img16", 1)) is None and parse_subscriber_topic(CONTROL_TOPIC) is None
+    assert parse_subscriber_topic(b"subscriber.writer.") is None
+    assert parse_topic(topic) is None
+    assert not any(t.startswith(topic) for t in (frame_topic("img16", 1), frame_topic("ph256", 3, "socket")))
 
 
 @pytest.mark.parametrize("path", [SAMPLE_IMG16, SAMPLE_PH256_M1], ids=["img16", "ph256"])
