@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import time
@@ -16,7 +17,7 @@ from zmq.utils.monitor import recv_monitor_message
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock
 from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.pff import FrameBlock
-from std_daq_service.protocol import encode_control, encode_frames
+from std_daq_service.protocol import encode_control, encode_frames, parse_subscriber_topic
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,58 @@ def advertised_endpoint(bind: str, advertise_host: str | None) -> str:
     return f"{parts.scheme}://{host}:{parts.port}"
 
 
-@dataclass
+USER = "user"
+"""The kind of subscriber whose stream an init must not break unasked; every other declared kind is infrastructure."""
+
+
+@dataclass(frozen=True)
 class Subscribers:
-    """Subscribers connected now, per socket."""
+    """Who is subscribed now: connections per socket, and who the subscribers said they are (both sockets).
+
+    A subscriber declares itself by subscribing to its `subscriber_topic` (see `protocol.frames`); ZMQ reports that
+    subscription when it arrives and its end when the subscriber unsubscribes or disconnects, also when it dies.
+    """
 
     data: int = 0
     preview: int = 0
+    declared: tuple[tuple[str, str], ...] = ()
+    """(kind, name) once per live declaring subscription."""
+
+    @property
+    def users(self) -> list[str]:
+        """Names of the user streams (their stream request ids)."""
+        return sorted(name for kind, name in self.declared if kind == USER)
+
+    @property
+    def infrastructure(self) -> list[str]:
+        """`<kind> <name>` of the infrastructure subscribers (writers...)."""
+        return sorted(f"{kind} {name}" for kind, name in self.declared if kind != USER)
+
+    @property
+    def unknown(self) -> int:
+        """Connections that did not say who they are (raw ZMQ subscribers, other software)."""
+        return max(0, self.data + self.preview - len(self.declared))
+
+    def protected(self) -> str | None:
+        """What an init without force would break: user streams and unknown subscribers; None if nothing."""
+        parts = []
+        if self.users:
+            parts.append(f"{len(self.users)} user stream(s) (stream request {', '.join(self.users)})")
+        if self.unknown:
+            parts.append(f"{self.unknown} unidentified subscriber(s)")
+        return " and ".join(parts) or None
+
+    def summary(self) -> dict:
+        """Counts by kind and names where known, for `status`."""
+        names: dict[str, list[str]] = {}
+        for kind, name in sorted(self.declared):
+            names.setdefault(kind, []).append(name)
+        return {"users": len(self.users), "infrastructure": len(self.infrastructure), "unknown": self.unknown,
+                "names": names}
 
 
 class FramePublisher(Lifecycle):
-    """Own the data and preview PUB sockets (use from one thread only); `start()` binds them.
+    """Own the data and preview publishing (XPUB) sockets (use from one thread only); `start()` binds them.
 
     Messages are sent without blocking: a subscriber whose queue (send_hwm messages) is full loses
     messages, never the agent or other subscribers; it sees the loss as a gap in `seq`.
@@ -65,6 +108,8 @@ class FramePublisher(Lifecycle):
         self.send_hwm = send_hwm
         self.subscribers = Subscribers()
         self.messages = 0
+        self._connections: dict[str, int] = {}
+        self._declared: dict[str, collections.Counter[tuple[str, str]]] = {}
         self._latest: dict[tuple[int, str, str], tuple[FrameSource, FrameBlock, np.ndarray]] = {}
         self._last_preview = 0.0
         self._sockets: dict[str, zmq.Socket] = {}  # "data", "preview"
@@ -73,12 +118,15 @@ class FramePublisher(Lifecycle):
     def _open(self) -> None:
         context = zmq.Context.instance()
         for name, bind in (("data", self.data_bind), ("preview", self.preview_bind)):
-            sock = self._sockets[name] = context.socket(zmq.PUB)
+            sock = self._sockets[name] = context.socket(zmq.XPUB)  # a PUB that also hears the subscriptions
+            sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # each (un)subscription, also on disconnect and repeated ones
             sock.setsockopt(zmq.SNDHWM, self.send_hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.bind(bind)
         for name, sock in self._sockets.items():
             self._monitors[name] = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+            self._connections[name] = 0
+            self._declared[name] = collections.Counter()
         self.data_endpoint = self._sockets["data"].getsockopt_string(zmq.LAST_ENDPOINT)
         self.preview_endpoint = self._sockets["preview"].getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -91,6 +139,8 @@ class FramePublisher(Lifecycle):
             sock.close(linger=0)
         self._monitors.clear()
         self._sockets.clear()
+        self._connections.clear()
+        self._declared.clear()
         self.subscribers = Subscribers()
 
     def publish(self, stream: StreamBlock, origin: str = "file") -> None:
@@ -147,9 +197,12 @@ class FramePublisher(Lifecycle):
         self._send("preview", parts)
 
     def poll_monitors(self) -> None:
-        """Count connected subscribers from the sockets' connection events."""
-        self.subscribers.data += _connection_change(self._monitors["data"])
-        self.subscribers.preview += _connection_change(self._monitors["preview"])
+        """Update `subscribers` from the sockets' connection events and the subscriptions that declare a kind."""
+        for name, sock in self._sockets.items():
+            self._connections[name] += _connection_change(self._monitors[name])
+            _read_declarations(sock, self._declared[name])
+        declared = [entry for counter in self._declared.values() for entry in counter.elements()]
+        self.subscribers = Subscribers(self._connections["data"], self._connections["preview"], tuple(declared))
 
 
 def _connection_change(monitor: zmq.Socket) -> int:
@@ -158,3 +211,18 @@ def _connection_change(monitor: zmq.Socket) -> int:
     while monitor.poll(0):
         change += 1 if recv_monitor_message(monitor)["event"] == zmq.EVENT_ACCEPTED else -1
     return change
+
+
+def _read_declarations(sock: zmq.Socket, declared: collections.Counter[tuple[str, str]]) -> None:
+    """Apply the (un)subscriptions queued on an XPUB socket that declare a subscriber's kind; ignore the others."""
+    while True:
+        try:
+            message = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        entry = parse_subscriber_topic(message[1:])
+        if entry is None:
+            continue
+        declared[entry] += 1 if message[:1] == b"\x01" else -1
+        if declared[entry] <= 0:
+            del declared[entry]

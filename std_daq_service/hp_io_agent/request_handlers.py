@@ -10,7 +10,7 @@ from pathlib import Path
 
 from std_daq_service.broker import Handler, RequestContext
 from std_daq_service.config import HpIoAgentConfig
-from std_daq_service.hp_io_agent.frame_publisher import advertised_endpoint
+from std_daq_service.hp_io_agent.frame_publisher import USER, advertised_endpoint
 from std_daq_service.hp_io_agent.simulator import DEFAULT_SOURCE, Simulator
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
 from std_daq_service.lifecycle import Lifecycle
@@ -26,6 +26,7 @@ from std_daq_service.protocol import (
     StreamRequest,
     UnknownTarget,
     frame_topic,
+    subscriber_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,12 @@ class AgentHandlers(Lifecycle):
         return minimum, {"note": note}
 
     def _check_force(self, force: bool) -> None:
-        connected = self.tracker.publisher.subscribers
-        subscribers = connected.data + connected.preview
-        if self.tracker.tracking is not None and subscribers and not force:
+        """Refuse while users stream (writers and other infrastructure do not count: they get `reinit`)."""
+        protected = self.tracker.publisher.subscribers.protected()
+        if self.tracker.tracking is not None and protected and not force:
             raise Busy(
-                f"{subscribers} consumer(s) are subscribed to the running stream of "
-                f"{self.tracker.tracking.data_dir}; send force=true to re-initialise anyway"
+                f"{protected} are subscribed to the running stream of {self.tracker.tracking.data_dir}; "
+                "send force=true to re-initialise anyway"
             )
 
     @contextmanager
@@ -182,7 +183,9 @@ class AgentHandlers(Lifecycle):
             topics = [f"{dp}." for dp in products]
         socket_topics = [(SOCKET_TOPIC_PREFIX.decode() + t) for t in topics] if self.config.socket_hook else []
         interval = self.tracker.tracking.update_interval_s if self.tracker.tracking else None
-        return {"endpoints": self.endpoints(), "topics": topics + ["control."], "socket_topics": socket_topics,
+        declaration = subscriber_topic(USER, ctx.request_id).decode()  # names this stream in `status` and inits
+        return {"endpoints": self.endpoints(), "topics": topics + ["control.", declaration],
+                "socket_topics": socket_topics,
                 "tracking": self.tracker.tracking is not None, "preview_interval_seconds": interval}
 
     def beacon_state(self) -> dict:

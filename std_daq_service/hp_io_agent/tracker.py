@@ -338,6 +338,7 @@ class Tracker(Lifecycle):
             "modules": modules,
             "subscribers": self.publisher.subscribers.data,
             "preview_subscribers": self.publisher.subscribers.preview,
+            "subscribed": self.publisher.subscribers.summary(),
             "messages_published": self.publisher.messages,
             "update_interval_seconds": tracking.update_interval_s if tracking else None,
             "inotify": self.watcher.uses_inotify,

@@ -28,8 +28,10 @@ from std_daq_service.protocol.frames import (
     file_topic_prefixes,
     frame_time_ns,
     frame_topic,
+    parse_subscriber_topic,
     parse_topic,
     peek,
+    subscriber_topic,
 )
 from std_daq_service.protocol.requests import (
     REQUEST_TYPES,
@@ -100,8 +102,10 @@ __all__ = [
     "file_topic_prefixes",
     "frame_time_ns",
     "frame_topic",
+    "parse_subscriber_topic",
     "parse_topic",
     "peek",
     "rebuild_error",
     "status_routing_key",
+    "subscriber_topic",
 ]

@@ -39,6 +39,12 @@ TopicOrigin = Literal["file", "socket"]
 
 SOCKET_TOPIC_PREFIX = b"socket."
 """Topics of frames from Hashpipe's socket hook begin with this: they are streams of their own."""
+SUBSCRIBER_TOPIC_PREFIX = b"subscriber."
+"""A subscriber says who it is by subscribing `subscriber.<kind>.<name>.`: nothing is ever published there.
+
+Kind `user` is a stream a client opened (the agent hands it out with the `stream` answer); any other kind
+(`writer`, later `event_builder`) is infrastructure, which the agent's inits do not wait for.
+"""
 ControlEvent = Literal["run_start", "run_end", "reinit", "stop"]
 PER_FRAME_COLUMNS = ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_ns")
 """The columns every frame message carries first, in this order; the PFF header columns follow."""
@@ -77,6 +83,19 @@ def frame_topic(dp: str, module_id: int, origin: str = "file") -> bytes:
 def file_topic_prefixes() -> list[bytes]:
     """SUB prefixes that select every file-frame stream and the control messages, but no socket frames."""
     return [f"{dp}.".encode() for dp in DATA_PRODUCTS] + [CONTROL_TOPIC]
+
+
+def subscriber_topic(kind: str, name: str) -> bytes:
+    """`("writer", "lick.daq1.writer")` -> `subscriber.writer.lick.daq1.writer.`."""
+    return SUBSCRIBER_TOPIC_PREFIX + f"{kind}.{name}.".encode()
+
+
+def parse_subscriber_topic(topic: bytes) -> tuple[str, str] | None:
+    """`subscriber.writer.lick.daq1.writer.` -> ("writer", "lick.daq1.writer"); None for any other topic."""
+    if not topic.startswith(SUBSCRIBER_TOPIC_PREFIX) or not topic.endswith(b"."):
+        return None
+    kind, _, name = topic[len(SUBSCRIBER_TOPIC_PREFIX) : -1].decode(errors="replace").partition(".")
+    return (kind, name) if kind and name else None
 
 
 def parse_topic(topic: bytes | memoryview) -> tuple[str, int, TopicOrigin] | None:

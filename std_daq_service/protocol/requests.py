@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import calendar
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -117,20 +119,45 @@ MAX_UNIX_NS = 2**63 - 1
 """Times are int64 nanoseconds, as in the HDF5 files (until the year 2262)."""
 
 
+_UNIX_NS = re.compile(r"[+-]?\d+")
+_ISO_8601 = re.compile(
+    r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})"
+    r"(?:[Tt ](?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?)?"
+    r"(?P<zone>[Zz]|(?P<sign>[+-])(?P<zone_hour>\d{2})(?::?(?P<zone_minute>\d{2}))?)?"
+)
+
+
 def to_unix_ns(value: int | str | None) -> int | None:
-    """Unix nanoseconds from an integer, or from an ISO 8601 time (UTC when no zone is given)."""
+    """Unix nanoseconds from an integer, a string of digits, or an ISO 8601 time (UTC when no zone is given).
+
+    ISO times are parsed here, not by `datetime.fromisoformat` (microseconds only; Python 3.10 knows no `Z` and
+    no fraction other than 3 or 6 digits): `YYYY-MM-DD[THH:MM[:SS[.fraction]]][Z|±HH[:MM]]`, up to 9
+    fractional digits, exact to the nanosecond.
+    """
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is neither Unix nanoseconds (an integer) nor an ISO 8601 time (a string)")
-    text = value.strip().replace("Z", "+00:00")
+    text = value.strip()
+    if _UNIX_NS.fullmatch(text):
+        return int(text)
+    match = _ISO_8601.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{value!r} is neither Unix nanoseconds nor an ISO 8601 time "
+                         "(e.g. 2024-07-25T04:34:06.123456789Z)")
+    fraction = match["fraction"] or ""
+    if len(fraction) > 9:
+        raise ValueError(f"{value!r}: at most 9 fractional digits (nanoseconds)")
+    offset = timedelta()
+    if match["sign"]:
+        offset = timedelta(hours=int(match["zone_hour"]), minutes=int(match["zone_minute"] or 0))
+        offset = -offset if match["sign"] == "-" else offset
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{value!r} is neither Unix nanoseconds nor an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+        when = datetime(int(match["year"]), int(match["month"]), int(match["day"]), int(match["hour"] or 0),
+                        int(match["minute"] or 0), int(match["second"] or 0), tzinfo=timezone(offset))
+    except ValueError as exc:
+        raise ValueError(f"{value!r}: {exc}") from None
+    return calendar.timegm(when.utctimetuple()) * 1_000_000_000 + int(fraction.ljust(9, "0"))
 
 
 class WriteRequest(RequestBase):
@@ -146,9 +173,12 @@ class WriteRequest(RequestBase):
     n_images: PositiveInt | None = Field(None, description="Stop after this many frames per stream.")
     duration_seconds: PositiveFloat | None = Field(None, le=7 * 86400, description="Record this long.")
     start_time: NonNegativeInt | None = Field(
-        None, le=MAX_UNIX_NS, description="Unix ns or ISO 8601 UTC; may lie in the past, within the ring buffer."
+        None, le=MAX_UNIX_NS, description="Unix ns (an integer or a string of digits) or ISO 8601 (UTC unless it "
+        "names a zone, up to 9 fractional digits); may lie in the past, within the ring buffer."
     )
-    stop_time: NonNegativeInt | None = Field(None, le=MAX_UNIX_NS, description="Unix ns or ISO 8601 UTC.")
+    stop_time: NonNegativeInt | None = Field(
+        None, le=MAX_UNIX_NS, description="Unix ns (an integer or a string of digits) or ISO 8601, as start_time."
+    )
     timeout_seconds: PositiveFloat = Field(
         10.0, le=86400, description="Fail if a selected stream sends nothing for this long."
     )

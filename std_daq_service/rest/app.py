@@ -68,14 +68,17 @@ def _model(model: type[BaseModel], body: dict[str, Any]) -> BaseModel:
         raise InvalidRequest(f"invalid request: {describe_validation_error(exc)}") from exc
 
 
-def _seconds(ns: int | None) -> float | None:
-    return None if ns is None else ns / 1e9
+def _std_daq_response(started: float | None) -> Callable[[Status], dict[str, Any]]:
+    """std_daq's answer to a write: the writer's result (its frame times are `first_timestamp_ns` /
+    `last_timestamp_ns`) with `output_file` and the request's start and end in Unix seconds (the end is now)."""
+    ended = time.time()
 
+    def shape(status: Status) -> dict[str, Any]:
+        output_file = (status.request or {}).get("output_file")
+        return {"output_file": output_file, **(status.result or {}), "init_timestamp": started,
+                "end_timestamp": ended}
 
-def _write_response(status: Status) -> dict[str, Any]:
-    result = status.result or {}
-    return {**result, "init_timestamp": _seconds(result.get("first_timestamp_ns")),
-            "end_timestamp": _seconds(result.get("last_timestamp_ns"))}
+    return shape
 
 
 class RestApi:
@@ -113,13 +116,14 @@ class RestApi:
 
     @staticmethod
     def answer(result: CallResult, shape: Callable[[Status], dict[str, Any]] = lambda s: s.result or {},
-               single: bool = False) -> Response:
+               single: bool = False, any_final: bool = False) -> Response:
         """200 if every target succeeded; else the code of the call's error (`CallResult.error`).
 
-        `single`: one target answers also as std_daq's `response`.
+        `single`: one target answers also as std_daq's `response`. `any_final`: every final status is an answer
+        (a kill's: killed, or ended before); only a missing one is an error.
         """
         responses = {t: {"status": s.action, "message": s.message, **shape(s)} for t, s in result.finals.items()}
-        error = result.error()
+        error = None if any_final and result.complete else result.error()
         if error is not None:
             return _error(str(error), error.http_status, request_id=result.request_id, responses=responses)
         payload = {"status": "ok", "request_id": result.request_id, "responses": responses}
@@ -128,7 +132,9 @@ class RestApi:
         return _json(payload)
 
     def write_sync(self, req: WriteRequest, writers: list[str]) -> Response:
-        return self.answer(self.call(writers, req), _write_response, single=True)
+        started = time.time()
+        result = self.call(writers, req)
+        return self.answer(result, _std_daq_response(started), single=True)
 
     def write_async(self, req: WriteRequest, writers: list[str]) -> Response:
         request_id = str(uuid.uuid4())
@@ -136,10 +142,21 @@ class RestApi:
         return _json({"status": "ok", "request_id": request_id, "writers": writers})
 
     def write_kill(self, req: KillRequest, writers: list[str]) -> Response:
+        """Kill a write and answer, as std_daq, with its final status (whatever it is: killed, or already ended).
+
+        Waits for the writers that reported the request (all `writers` for one this proxy sent and nobody
+        reported yet) up to `sync_timeout_seconds`: 504 if a final status does not come.
+        """
+        history = self.caller.history(req.request_id)
         for writer in writers:
             self.caller.kill(writer, req.request_id)
-        return _json({"status": "ok", "request_id": req.request_id,
-                      "message": f"kill sent to {', '.join(writers)}"})
+        if history is None:
+            raise UnknownTarget(f"kill sent to {', '.join(writers)}, but this proxy saw no status of request "
+                                f"{req.request_id} (it keeps the last 2000), so it cannot wait for its end")
+        running = sorted({s.source for s in history} & set(writers)) or writers
+        result = self.caller.wait(req.request_id, running, self.config.sync_timeout_seconds)
+        started = min((s.timestamp for s in result.history), default=None)
+        return self.answer(result, _std_daq_response(started), single=True, any_final=True)
 
     def agent_call(self, req: Request, agents: list[str]) -> Response:
         return self.answer(self.call(agents, req))

@@ -10,7 +10,7 @@ from std_daq_service.broker import Handler, RequestContext
 from std_daq_service.config import WriterConfig
 from std_daq_service.protocol import Busy, StatusRequest, UnknownTarget, WriteRequest
 from std_daq_service.writer.h5_recording import H5Recording
-from std_daq_service.writer.output_paths import confined_path, stale_parts
+from std_daq_service.writer.output_paths import confined_path, make_folders, stale_parts
 from std_daq_service.writer.stream_receiver import StreamReceiver
 from std_daq_service.writer.write_job import Selection, WriteJob
 
@@ -65,6 +65,7 @@ class WriterHandlers:
         recording = H5Recording(path, request.compression or self.config.compression, attrs)
         self._claim(path, request, ctx.request_id)
         try:
+            make_folders(self.output_root, path)
             return WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds).run()
         finally:
             with self._lock:

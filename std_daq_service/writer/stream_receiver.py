@@ -23,6 +23,7 @@ from std_daq_service.protocol import (
     decode_stream_message,
     file_topic_prefixes,
     peek,
+    subscriber_topic,
 )
 from std_daq_service.writer.ring_buffer import RingBuffer
 
@@ -77,10 +78,13 @@ Listener = Callable[[ReceivedBatch], None]
 class StreamReceiver(Lifecycle):
     """One thread with a SUB socket per agent; frames go to the ring buffer and to attached listeners.
 
+    Each SUB declares itself a writer (`subscriber_topic`), so the agents' inits do not wait for it.
+
     Messages are not decoded here (see `ReceivedBatch`): only the writes that select them pay for it.
     """
 
-    def __init__(self, agents: list[AgentStream], ring: RingBuffer):
+    def __init__(self, service_name: str, agents: list[AgentStream], ring: RingBuffer):
+        self.service_name = service_name
         self.agents = {agent.name: agent.data for agent in agents}
         self.ring = ring
         self.streams: dict[StreamKey, StreamState] = {}
@@ -102,6 +106,7 @@ class StreamReceiver(Lifecycle):
             sock.connect(endpoint)
             for prefix in file_topic_prefixes():  # socket-hook frames are other streams: not recorded
                 sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            sock.setsockopt(zmq.SUBSCRIBE, subscriber_topic("writer", self.service_name))  # infrastructure
             log.info("subscribed to %s at %s", name, endpoint)
         self._thread.start()
 

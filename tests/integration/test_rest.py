@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +74,47 @@ def test_write_async_then_kill(rest):
         return [s["action"] for s in requests.get(f"{rest.url}/requests/{request_id}", timeout=5).json()["statuses"]]
 
     wait_until(lambda: "request_progress" in actions(), 15, interval=0.1, message="write in progress")
-    kill = requests.post(f"{rest.url}/write_kill", json={"request_id": request_id}, timeout=10)
-    assert kill.status_code == 200 and kill.json()["status"] == "ok"
-    wait_until(lambda: actions()[-1] == "request_killed", 15, interval=0.1, message="request_killed")
+    kill = requests.post(f"{rest.url}/write_kill", json={"request_id": request_id}, timeout=30)
+    assert kill.status_code == 200 and kill.json()["status"] == "ok", kill.text
+    assert kill.json()["response"]["status"] == "request_killed" and actions()[-1] == "request_killed"
     assert (rest.output_root / "async.h5").exists()
+
+
+def test_std_daq_readme_calls_get_std_daq_answers(rest):
+    """The curl calls of std_daq_service/rest/README.md, with our source and output root."""
+    headers = {"Content-type": "application/json"}
+    output_file = str(rest.output_root / "test.h5")
+    before = time.time()
+    r = requests.post(url=f"{rest.url}/write_sync", json={"n_images": 5, "output_file": output_file,
+                                                          "sources": rest.agent}, headers=headers, timeout=30)
+    after = time.time()
+    assert r.status_code == 200, r.text
+    body = r.json()
+    response = body["response"]
+    assert {"request_id", "response"} <= set(body)
+    assert response["status"] == "request_success" and response["output_file"] == output_file
+    assert before <= response["init_timestamp"] <= response["end_timestamp"] <= after, "the request's start and end"
+    assert response["first_timestamp_ns"] <= response["last_timestamp_ns"], "frame times keep their own names"
+
+    r = requests.post(url=f"{rest.url}/write_async", json={"n_images": 100_000, "output_file": output_file,
+                                                           "sources": rest.agent, "overwrite": True},
+                      headers=headers, timeout=10)
+    assert r.status_code == 200 and "request_id" in r.json()
+    req_id = str(r.json()["request_id"])
+    wait_until(lambda: any(s["action"] == "request_start" for s in requests.get(
+        f"{rest.url}/requests/{req_id}", timeout=5).json()["statuses"]), 15, interval=0.1, message="write started")
+    r = requests.post(url=f"{rest.url}/write_kill", json={"request_id": req_id}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    response = body["response"]
+    assert body["request_id"] == req_id
+    assert response["status"] == "request_killed" and response["output_file"] == output_file
+    assert response["init_timestamp"] <= response["end_timestamp"] <= time.time()
+
+
+def test_killing_a_request_the_proxy_never_saw_is_unknown(rest):
+    r = requests.post(f"{rest.url}/write_kill", json={"request_id": "no-such-request"}, timeout=10)
+    assert r.status_code == 404 and "saw no status of request no-such-request" in r.json()["message"]
 
 
 def test_stop_init_sim_to_the_configured_agents_and_config_round_trip(rest):

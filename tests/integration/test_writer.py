@@ -172,8 +172,10 @@ def test_concurrent_writes_and_a_second_write_to_the_same_file(system, caller):
     ("../escape.h5", "'..' is not allowed"),
     ("/etc/escape.h5", "outside the output root"),
     ("link/escape.h5", "outside the output root"),
-    ("no_such_dir/x.h5", "does not exist"),
-    ("x" * 300 + ".h5", "longer than 255"),
+    ("link/new/escape.h5", "outside the output root"),
+    ("exists.h5/x.h5", "is not a folder"),
+    ("x" * 300 + ".h5", "longer than 250"),
+    ("x" * 248 + ".h5", "the file name is 251 bytes, longer than 250"),
     ("exists.h5", "exists; set overwrite=true"),
 ])
 def test_output_paths_outside_the_root_or_clashing_are_refused(system, caller, tmp_path, output_file, reason):
@@ -185,6 +187,13 @@ def test_output_paths_outside_the_root_or_clashing_are_refused(system, caller, t
     assert final.action == "request_fail" and reason in final.message
     assert not list(tmp_path.iterdir()) and (system.output_root / "exists.h5").read_bytes() == b"keep"
     assert not list(system.output_root.glob("*.part"))
+
+
+def test_missing_folders_under_the_root_are_created(system, caller):
+    final = write(caller, system, output_file="night1/run1/first.h5", n_images=5)
+    assert final.action == "request_success", final.message
+    assert final.result["output_file"] == str(system.output_root / "night1" / "run1" / "first.h5")
+    assert h5py.is_hdf5(system.output_root / "night1" / "run1" / "first.h5")
 
 
 def test_overwrite_replaces_an_existing_file(system, caller):

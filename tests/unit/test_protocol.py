@@ -35,9 +35,11 @@ from std_daq_service.protocol import (
     error_result,
     frame_time_ns,
     frame_topic,
+    parse_subscriber_topic,
     parse_topic,
     peek,
     rebuild_error,
+    subscriber_topic,
 )
 from std_daq_service.protocol.frames import COLUMN_DTYPE, PER_FRAME_COLUMNS, PFF_COLUMN_PREFIX
 
@@ -85,6 +87,38 @@ def test_write_request_times_accept_iso_and_ns_and_round_trip():
     assert decode_request(encode_request(request)) == request
 
 
+@pytest.mark.parametrize("given, ns", [
+    ("2024-07-25T04:34:06.123456789Z", 1721882046_123456789),
+    ("2024-07-25T04:34:06.123456789+00:00", 1721882046_123456789),
+    ("2024-07-25T06:34:06.123456789+02:00", 1721882046_123456789),
+    ("2024-07-24T23:04:06.000000001-0530", 1721882046_000000001),
+    ("2024-07-25 04:34:06,1", 1721882046_100000000),  # no zone: UTC; a comma is ISO's other decimal sign
+    ("2024-07-25T04:34:06.1234Z", 1721882046_123400000),  # a fraction Python 3.10's fromisoformat refuses
+    ("2024-07-25T04:34Z", 1721882040_000000000),
+    ("2024-07-25", 1721865600_000000000),
+    ("1721882046123456789", 1721882046_123456789),  # Unix ns as a string, as every CLI argument is
+    (" 1721882046123456789 ", 1721882046_123456789),
+    (1721882046123456789, 1721882046_123456789),
+])
+def test_write_request_times_are_exact_to_the_nanosecond(given, ns):
+    assert WriteRequest(output_file="x.h5", start_time=given).start_time == ns
+    assert WriteRequest(output_file="x.h5", stop_time=given).stop_time == ns
+
+
+@pytest.mark.parametrize("given, problem", [
+    ("2024-07-25T04:34:06.1234567891Z", "at most 9 fractional digits"),
+    ("2024-13-25T04:34:06Z", "month must be in 1..12"),
+    ("2024-07-25T04:34:06+", "neither Unix nanoseconds nor an ISO 8601 time"),
+    ("1721882046.5", "neither Unix nanoseconds nor an ISO 8601 time"),
+    ("-5", "greater than or equal to 0"),
+    ("1969-12-31T23:59:59Z", "greater than or equal to 0"),
+    ("99999999999999999999", "less than or equal to"),
+])
+def test_bad_write_request_times_are_refused_with_the_field_named(given, problem):
+    with pytest.raises(InvalidRequest, match=f"start_time: .*{problem}"):
+        decode_request({"request_type": "write", "output_file": "x.h5", "start_time": given})
+
+
 def test_status_round_trip_with_std_daq_headers():
     status = Status(request_id="r1", source="lick.daq1.writer", action="request_fail", message="disk full",
                     result={"error": "x"})
@@ -117,6 +151,16 @@ def one_frame(dp="ph256", wr=-1, topic=None, **changes):
     )
     header = {**orjson.loads(parts[1]), **changes}
     return [topic or parts[0], orjson.dumps(header), parts[2], parts[3]]
+
+
+def test_a_subscriber_topic_names_its_kind_and_name_and_matches_no_frame_or_control_topic():
+    topic = subscriber_topic("writer", "lick.daq1.writer")
+    assert topic == b"subscriber.writer.lick.daq1.writer."
+    assert parse_subscriber_topic(topic) == ("writer", "lick.daq1.writer")
+    assert parse_subscriber_topic(frame_topic("img16", 1)) is None and parse_subscriber_topic(CONTROL_TOPIC) is None
+    assert parse_subscriber_topic(b"subscriber.writer.") is None
+    assert parse_topic(topic) is None
+    assert not any(t.startswith(topic) for t in (frame_topic("img16", 1), frame_topic("ph256", 3, "socket")))
 
 
 @pytest.mark.parametrize("path", [SAMPLE_IMG16, SAMPLE_PH256_M1], ids=["img16", "ph256"])

@@ -37,7 +37,8 @@ def messages(n: int, per_message: int = 100) -> list[ReceivedBatch]:
 
 
 def job(tmp_path, request: WriteRequest, name: str = "x.h5", **options) -> WriteJob:
-    receiver = StreamReceiver([AgentStream(name=AGENT, data="tcp://127.0.0.1:1")], RingBuffer(10, 1 << 30))
+    receiver = StreamReceiver("a.b.writer", [AgentStream(name=AGENT, data="tcp://127.0.0.1:1")],
+                              RingBuffer(10, 1 << 30))
     ctx = RequestContext("r1", request, "a.b.writer", publish=lambda status: None)
     selection = Selection(frozenset({AGENT}), frozenset(request.module_ids), frozenset(request.data_products))
     return WriteJob(request, ctx, receiver, H5Recording(tmp_path / name, "none", {}), selection, 10,
