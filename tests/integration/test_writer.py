@@ -245,6 +245,7 @@ def test_a_writer_stopped_with_sigterm_kills_its_running_write_reports_it_and_ke
         final = caller.wait(request_id, [name], 15).finals.get(name)
         assert final is not None, f"no final status after SIGTERM:\n{writer.log()}"
         assert final.action == "request_killed", final.message
+        assert writer.process.wait(15) == 0, writer.log()  # a second SIGTERM now would hit Python's own exit
         with h5py.File(tmp_path / "out" / "until_stopped.h5") as f:
             assert bool(f.attrs["complete"]) is final.result["complete"] is True
             assert sum(f[f"{m}/{dp}"].attrs["n_frames"] for m in f for dp in f[m]) == final.result["frames"]
