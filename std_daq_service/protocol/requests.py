@@ -30,7 +30,7 @@ CompressionName = Literal["none", "gzip", "lzf", "bitshuffle_lz4", "blosc_lz4"]
 class RequestBase(BaseModel):
     """Fields common to every request; unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # no number beyond every bound
 
 
 class InitHpIoRequest(RequestBase):
@@ -79,7 +79,7 @@ class InitSimRequest(RequestBase):
         100.0, le=100_000, description="Pulse-height frames per second per module."
     )
     max_file_size_mb: PositiveFloat = Field(
-        4000.0, description="Roll over to the next seqno after this many MB, as Hashpipe does."
+        4000.0, le=1_000_000, description="Roll over to the next seqno after this many MB, as Hashpipe does."
     )
     update_interval_seconds: PositiveFloat = Field(1.0, le=3600, description="As in init_hp_io.")
     force: bool = Field(False, description="As in init_hp_io.")

@@ -266,6 +266,12 @@ def test_one_write_records_frames_from_three_agents(redis_url, broker_url, tmp_p
             agents.append((name, endpoint))
         writer_name = stack.name("writer")
         stack.add(start_writer(writer_name, redis_url, stack.redis, tmp_path, agents))
+
+        def img16_streams() -> int:  # a write of n_images takes the streams the writer has seen recently
+            status = caller.call(writer_name, StatusRequest(), 10).finals[writer_name].result
+            return sum(key.endswith("/img16") for key in status["streams"])
+
+        wait_until(lambda: img16_streams() == 3, 30, message="img16 from all three agents at the writer")
         final = caller.call(writer_name, WriteRequest(output_file="three.h5", data_products=["img16"],
                                                       n_images=300), 30).finals[writer_name]
         assert final.action == "request_success", final.message

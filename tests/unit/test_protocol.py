@@ -62,6 +62,7 @@ from std_daq_service.protocol.frames import COLUMN_DTYPE, PER_FRAME_COLUMNS, PFF
         (b'{"request_type": "init_hp_io", "data_dir": "/x", "module_ids": [999]}', "module_ids.0"),
         (b'{"request_type": "init_hp_io", "data_dir": "/x", "comment": "typo"}', "comment: unknown field"),
         (b'{"request_type": "stream", "update_interval_seconds": -1}', "update_interval_seconds"),
+        (b'{"request_type": "init_sim", "max_file_size_mb": 1e999}', "max_file_size_mb: Input should be a finite"),
     ],
 )
 def test_bad_requests_are_rejected_naming_the_problem(body, expected):
