@@ -15,6 +15,8 @@ from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import Status
 
 _BAR = 30
+_PUMP_PERIOD_S = 1.0
+_FIRST_VIEW_WAIT_S = 10.0
 
 
 def add_commands(commands) -> None:
@@ -57,12 +59,16 @@ def add_commands(commands) -> None:
 
     for name, text in (("plot-view", "live frame viewer: one row per module, pulse height left, movie right"),
                        ("plot-phdist", "pulse-height distributions (max pixel per event) over 10/60/600 s")):
-        plot = commands.add_parser(name, help=text, description=text)
+        plot = commands.add_parser(
+            name, help=text, description=f"{text}. With --save: draw into a PNG file instead of a window, save "
+            "the first complete view (every module seen, after one refresh period) and exit; with --save and "
+            "--seconds: refresh the file every refresh period and exit after that long.")
         plot.add_argument("hosts", nargs="*", help="agent SERVICE_NAMEs (default: every live agent)")
         plot.add_argument("--module-ids", help="comma-separated module ids (default: all)")
         plot.add_argument("--refresh-period", type=float, default=1.0, help="seconds between redraws (default 1)")
-        plot.add_argument("--save", help="draw into this PNG file (refreshed) instead of a window")
-        plot.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
+        plot.add_argument("--save", metavar="PNG", help="save the first complete view into this file and exit")
+        plot.add_argument("--seconds", type=float, default=0,
+                          help="stop after this long (default: until Ctrl-C, or the first complete view with --save)")
         plot.set_defaults(run=run_plot, plot=name)
 
 
@@ -160,31 +166,42 @@ def run_plot(args) -> int:
     from std_daq_service.plot import FrameViewer, PulseHeightDistribution
 
     headless = bool(args.save)
-    view = FrameViewer(headless) if args.plot == "plot-view" else PulseHeightDistribution(headless=headless)
+    viewer = args.plot == "plot-view"
+    view = FrameViewer(headless) if viewer else PulseHeightDistribution(headless=headless)
     if not headless:
         view.plt.ion()
         view.plt.show()
-    start = last = time.monotonic()
     stop = threading.Event()
-    if args.seconds:
-        threading.Timer(args.seconds, stop.set).start()
-    viewer = args.plot == "plot-view"
+    timer = threading.Timer(args.seconds, stop.set)  # ends the stream even while no frame comes
+    timer.daemon = True
     with _client(args) as client:
         images = client.stream_images(args.hosts or None, stream_movie_data=viewer,
                                       update_interval_seconds=0.1 if viewer else 0,
                                       module_ids=module_ids(args.module_ids), stop_event=stop)
-        for image in images:
-            view.update(image)
-            now = time.monotonic()
-            if now - last >= args.refresh_period:
-                last = now
-                if headless:
-                    view.save(args.save)
-                else:
-                    view.draw()
-                    view.plt.pause(0.01)
-            if args.seconds and now - start >= args.seconds:
-                stop.set()
+        if args.seconds:
+            timer.start()
+        first = last = last_pump = 0.0
+        try:
+            for image in images:
+                view.update(image)
+                now = time.monotonic()
+                first = first or now
+                if now - last_pump >= _PUMP_PERIOD_S:  # the broker connection stays idle: answer its heartbeats
+                    last_pump = now
+                    client.caller.pump(0)
+                if headless and not args.seconds and now - first >= args.refresh_period and (
+                        view.complete or now - first >= _FIRST_VIEW_WAIT_S):
+                    break
+                if now - last >= args.refresh_period:
+                    last = now
+                    if headless:
+                        view.save(args.save)
+                    else:
+                        view.draw()
+                        view.plt.pause(0.01)
+        finally:
+            timer.cancel()
+            images.close()
     if headless:
         view.save(args.save)
         print(f"saved {args.save}")

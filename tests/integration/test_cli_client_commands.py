@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, service_stack
+from conftest import REPO, service_stack, wait_until
 from helpers.services import start_agent, start_writer
 
 
@@ -83,3 +84,32 @@ def test_plots_draw_pngs_that_are_not_blank(system, tmp_path, command):
     assert result.returncode == 0, result.stderr
     pixels = image.imread(png)
     assert pixels.shape[0] > 100 and np.std(pixels[..., :3]) > 0.05, "the figure holds more than a blank page"
+
+
+@pytest.mark.parametrize("command", ["plot-view", "plot-phdist"])
+def test_plots_save_the_first_complete_view_and_exit(system, tmp_path, command):
+    from matplotlib import image
+
+    agent, _, _ = system
+    png = tmp_path / f"{command}.png"
+    result = cli(command, agent, "--save", str(png))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"saved {png}"
+    assert np.std(image.imread(png)[..., :3]) > 0.05
+
+
+def test_ctrl_c_during_a_saving_plot_is_quiet(system, tmp_path):
+    agent, _, _ = system
+    png = tmp_path / "view.png"
+    plot = subprocess.Popen([sys.executable, "-m", "std_daq_service.cli", "plot-view", agent, "--save", str(png),
+                             "--seconds", "600", "--refresh-period", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_until(png.exists, 60, message="the first saved view")
+        plot.send_signal(signal.SIGINT)
+        _, err = plot.communicate(timeout=30)
+    finally:
+        if plot.poll() is None:
+            plot.kill()
+            plot.communicate()
+    assert plot.returncode == 130 and "Traceback" not in err and len(err.splitlines()) <= 1, err
