@@ -10,11 +10,11 @@ from datetime import datetime
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.cli.arguments import module_ids
+from std_daq_service.cli.write_progress import WriteProgress
 from std_daq_service.client import DaqDataClient
 from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import Status
 
-_BAR = 30
 _PUMP_PERIOD_S = 1.0
 _FIRST_VIEW_WAIT_S = 10.0
 
@@ -29,7 +29,7 @@ def add_commands(commands) -> None:
     reflect.add_argument("services", nargs="*", help="only these services (default: all live)")
     reflect.set_defaults(run=run_reflect)
 
-    write = commands.add_parser("write", help="record a file with a writer; a progress bar, then a summary",
+    write = commands.add_parser("write", help="record a file with a writer; progress (frames, rate, ETA), then a summary",
                                 description="Record selected frames into an HDF5 file under the writer's "
                                             "output_root. Give at most one of --n-images, --duration, --stop-time; "
                                             "none records until Ctrl-C (which kills the write).")
@@ -89,18 +89,6 @@ def run_reflect(args) -> int:
     return 0
 
 
-def _progress(status: Status, n_images: int | None) -> None:
-    if status.action != "request_progress" or not status.result:
-        return
-    streams = status.result["streams"]
-    frames = sum(s["frames"] for s in streams.values())
-    text = f"{frames} frames, {status.result['bytes'] / 1e6:.1f} MB, {len(streams)} streams"
-    if n_images and streams:
-        done = frames / (n_images * len(streams))
-        text = f"[{'#' * int(done * _BAR):{_BAR}s}] {done:4.0%} {text}"
-    print(f"\r{text}", end="", file=sys.stderr, flush=True)
-
-
 def run_write(args) -> int:
     fields = {"output_file": args.output_file, "module_ids": module_ids(args.module_ids),
               "data_products": [d for d in (args.data_products or "").split(",") if d],
@@ -113,12 +101,12 @@ def run_write(args) -> int:
         request_id = client.write_async(writer, **fields)
         print(f"write {request_id} on {writer}", file=sys.stderr)
         try:
-            result = client.wait(request_id, writer, 7 * 86400, lambda s: _progress(s, args.n_images))
+            with WriteProgress(args.n_images, args.duration, args.stop_time) as progress:
+                result = client.wait(request_id, writer, 7 * 86400, progress.update)
         except KeyboardInterrupt:
             client.kill(request_id, writer)
-            print("\nkilled; the file keeps what was written", file=sys.stderr)
+            print("killed; the file keeps what was written", file=sys.stderr)
             return 130
-    print(file=sys.stderr)
     print(f"{result['output_file']}: {result['frames']} frames, {result['bytes'] / 1e6:.1f} MB, "
           f"missing {result['missing_frames']}, {result['end_reason']}")
     for stream, info in result["streams"].items():

@@ -45,7 +45,9 @@ def test_write_shows_progress_and_a_summary(system):
     assert result.returncode == 0, result.stderr
     assert f"{directory / 'out' / 'cli.h5'}: 600 frames" in result.stdout
     assert "module/dp 1/img16: 600 frames" in result.stdout
-    assert "%" in result.stderr and "frames" in result.stderr, "a progress bar on stderr"
+    assert "100%" in result.stderr and "600 frames" in result.stderr and "frames/s" in result.stderr, result.stderr
+    timed = cli("write", "timed.h5", "--writer", writer, "--duration", "1", "--data-products", "img16")
+    assert timed.returncode == 0 and "100%" in timed.stderr and "frames/s" in timed.stderr, timed.stderr
     refused = cli("write", "../x.h5", "--writer", writer, "--n-images", "1")
     assert refused.returncode == 1 and refused.stderr.splitlines()[-1].startswith("std_daq: error:")
     assert "'..' is not allowed" in refused.stderr and "Traceback" not in refused.stderr
