@@ -8,8 +8,12 @@ import threading
 import time
 from datetime import datetime
 
+from rich.console import Console
+from rich.live import Live
+
 from std_daq_service.broker import RequestCaller
 from std_daq_service.cli.arguments import module_ids
+from std_daq_service.cli.tables import MonitorView
 from std_daq_service.cli.write_progress import WriteProgress
 from std_daq_service.client import DaqDataClient
 from std_daq_service.config import connect_redis, live_services
@@ -52,7 +56,7 @@ def add_commands(commands) -> None:
     kill.add_argument("--service", help="the service running it (default: the only live writer)")
     kill.set_defaults(run=run_kill)
 
-    monitor = commands.add_parser("monitor", help="live view of every request's statuses and of live services")
+    monitor = commands.add_parser("monitor", help="live view of every request's statuses and of live services (a live table on a terminal)")
     monitor.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
     monitor.add_argument("--refresh-period", type=float, default=10, help="seconds between service lists (10)")
     monitor.set_defaults(run=run_monitor)
@@ -124,18 +128,20 @@ def run_kill(args) -> int:
     return 0
 
 
-def _print_services(redis_url: str | None) -> None:
-    services = live_services(connect_redis(redis_url))
-    running = {name: beacon.get("running_requests") or [] for name, beacon in services.items()}
-    print(f"-- {len(services)} live: " + ", ".join(f"{n} ({len(r)} running)" for n, r in running.items()),
-          flush=True)
+def _live_services(redis_url: str) -> dict[str, list]:
+    """Each live service with its running requests."""
+    return {name: beacon.get("running_requests") or []
+            for name, beacon in live_services(connect_redis(redis_url)).items()}
 
 
 def run_monitor(args) -> int:
+    console = Console()
+    if sys.stdout.isatty():
+        return _monitor_table(args, console)
     start = last = time.monotonic()
     statuses: list[Status] = []
     with RequestCaller(args.broker_url, "std_daq-monitor", listener=statuses.append) as caller:
-        _print_services(args.redis_url)  # after the status queue is bound: what follows is all seen
+        _print_services(_live_services(args.redis_url))  # after the status queue is bound: what follows is all seen
         while not args.seconds or time.monotonic() - start < args.seconds:
             caller.pump(0.5)
             for status in statuses:
@@ -146,7 +152,27 @@ def run_monitor(args) -> int:
             statuses.clear()
             if time.monotonic() - last >= args.refresh_period:
                 last = time.monotonic()
-                _print_services(args.redis_url)
+                _print_services(_live_services(args.redis_url))
+    return 0
+
+
+def _print_services(running: dict[str, list]) -> None:
+    print(f"-- {len(running)} live: " + ", ".join(f"{n} ({len(r)} running)" for n, r in running.items()), flush=True)
+
+
+def _monitor_table(args, console: Console) -> int:
+    """`monitor` on a terminal: one live table of services and recent requests."""
+    start = last = time.monotonic()
+    view = MonitorView()
+    with RequestCaller(args.broker_url, "std_daq-monitor", listener=view.add) as caller, \
+            Live(view.render(), console=console, auto_refresh=False) as live:
+        view.services = _live_services(args.redis_url)
+        while not args.seconds or time.monotonic() - start < args.seconds:
+            caller.pump(0.5)
+            if time.monotonic() - last >= args.refresh_period:
+                last = time.monotonic()
+                view.services = _live_services(args.redis_url)
+            live.update(view.render(), refresh=True)
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -115,3 +117,28 @@ def test_ctrl_c_during_a_saving_plot_is_quiet(system, tmp_path):
             plot.kill()
             plot.communicate()
     assert plot.returncode == 130 and "Traceback" not in err and len(err.splitlines()) <= 1, err
+
+
+def test_status_is_json_into_a_pipe_and_a_table_on_a_terminal(system):
+    agent, _, _ = system
+    assert "update_interval_seconds" in json.loads(cli("status", agent).stdout)
+    controller, terminal = pty.openpty()
+    status = subprocess.Popen([sys.executable, "-m", "std_daq_service.cli", "status", agent], stdout=terminal,
+                              stderr=subprocess.PIPE, cwd=REPO)
+    os.close(terminal)
+    shown = b""
+    try:
+        while chunk := _read(controller):
+            shown += chunk
+    finally:
+        os.close(controller)
+        assert status.wait(timeout=30) == 0, status.stderr.read()
+        status.stderr.close()
+    assert agent in shown.decode() and "update_interval_seconds" in shown.decode() and b"{" not in shown
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal closed: the command ended
+        return b""
