@@ -33,7 +33,7 @@ def add_commands(commands) -> None:
     reflect.add_argument("services", nargs="*", help="only these services (default: all live)")
     reflect.set_defaults(run=run_reflect)
 
-    write = commands.add_parser("write", help="record a file with a writer; progress (frames, rate, ETA), then a summary",
+    write = commands.add_parser("write", help="record a file with a writer; progress (frames, rate, ETA), a summary",
                                 description="Record selected frames into an HDF5 file under the writer's "
                                             "output_root. Give at most one of --n-images, --duration, --stop-time; "
                                             "none records until Ctrl-C (which kills the write).")
@@ -56,7 +56,8 @@ def add_commands(commands) -> None:
     kill.add_argument("--service", help="the service running it (default: the only live writer)")
     kill.set_defaults(run=run_kill)
 
-    monitor = commands.add_parser("monitor", help="live view of every request's statuses and of live services (a live table on a terminal)")
+    monitor = commands.add_parser("monitor", help="live view of every request's statuses and of live services "
+                                                  "(a live table on a terminal)")
     monitor.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
     monitor.add_argument("--refresh-period", type=float, default=10, help="seconds between service lists (10)")
     monitor.set_defaults(run=run_monitor)
