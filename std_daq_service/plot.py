@@ -49,6 +49,12 @@ class FrameViewer:
         self.latest[key] = image
         self.recent[key].append(image["image_array"])
 
+    @property
+    def complete(self) -> bool:
+        """Every module seen has a pulse-height and a movie image."""
+        modules = {module_id for module_id, _ in self.latest}
+        return bool(modules) and all((m, k) in self.latest for m in modules for k in ("pulse_height", "movie"))
+
     def draw(self) -> None:
         self.figure.clear()
         modules = sorted({module_id for module_id, _ in self.latest})
@@ -94,6 +100,11 @@ class PulseHeightDistribution:
         events.append((now, int(np.max(image["image_array"]))))
         while events and now - events[0][0] > max(self.windows_s):
             events.popleft()
+
+    @property
+    def complete(self) -> bool:
+        """Some module has pulse-height events to show."""
+        return bool(self.events)
 
     def draw(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import redis
+from pythonjsonlogger.json import JsonFormatter
 
 from std_daq_service import __version__
 from std_daq_service.broker import Handler, RequestConsumer, broker_url
@@ -28,6 +30,7 @@ from std_daq_service.protocol import DaqError
 log = logging.getLogger(__name__)
 
 EXIT_BAD_CONFIG = 2
+LOG_FORMATS = ("text", "json")
 _BROKER_WAIT_S = 10.0
 
 _Config = TypeVar("_Config", bound=ServiceConfig)
@@ -43,6 +46,7 @@ class ServiceOptions:
     redis_url: str
     broker_url: str
     log_level: str
+    log_format: str = "text"
 
     @property
     def prog(self) -> str:
@@ -64,22 +68,66 @@ def parse_options(kind: str, description: str, argv: list[str] | None = None) ->
     parser.add_argument("--broker-url", default=None,
                         help="default: $BROKER_URL or amqp://guest:guest@127.0.0.1:5672/%%2F")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="default: INFO")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default=os.environ.get("LOG_FORMAT", "text"),
+                        help="text (default: $LOG_FORMAT or text) or json: one JSON object per line with service, "
+                             "request_id, level, host, time, logger, message")
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
+    if args.log_format not in LOG_FORMATS:
+        parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: LOG_FORMAT {args.log_format!r} is not text or json\n")
     if not args.service_name:
         parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: set SERVICE_NAME or --service_name\n")
     if not args.service_name.endswith(f".{kind}"):
         parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: SERVICE_NAME {args.service_name!r} must end "
                                      f"in .{kind} (<site>.<node>.{kind})\n")
     return ServiceOptions(kind, args.service_name, redis_url(args.redis_url), broker_url(args.broker_url),
-                          args.log_level)
+                          args.log_level, args.log_format)
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr at `level` (pika at WARNING or above)."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class _TextFormatter(logging.Formatter):
+    """`time level service [request_id] logger: message`; the request id only when the record has one."""
+
+    def __init__(self, service_name: str):
+        super().__init__("%(asctime)s %(levelname)s %(service_tag)s: %(message)s")
+        self.service_name = service_name
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        record.service_tag = f"{self.service_name} [{request_id}] {record.name}" if request_id else \
+            f"{self.service_name} {record.name}"
+        return super().formatMessage(record)
+
+
+def _json_formatter(service_name: str) -> logging.Formatter:
+    """One JSON object per line (for Grafana Alloy / Loki): time, level, service, host, logger, message, and
+    request_id and any other `extra` a record carries."""
+    return JsonFormatter(["levelname", "name", "message"], timestamp="time", json_ensure_ascii=False,
+                         rename_fields={"levelname": "level", "name": "logger"},
+                         static_fields={"service": service_name, "host": socket.gethostname()})
+
+
+def configure_logging(level: str, log_format: str = "text", service_name: str = "") -> None:
+    """Log to stderr at `level` (pika at WARNING or above), as text or JSON lines (`log_format`).
+
+    Warnings and uncaught exceptions (of any thread) go through logging too, so a JSON log stays JSON.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_json_formatter(service_name) if log_format == "json" else _TextFormatter(service_name))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, traceback: Any) -> None:
+    log.critical("uncaught exception", exc_info=(kind, exc, traceback))
+
+
+def _log_uncaught_in_thread(hook: Any) -> None:
+    if not issubclass(hook.exc_type, SystemExit):
+        log.critical("uncaught exception in thread %s", hook.thread.name if hook.thread else "?",
+                     exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback))
 
 
 class ServiceRuntime(Lifecycle):
@@ -99,7 +147,7 @@ class ServiceRuntime(Lifecycle):
         last) and the validated config.
         """
         options = parse_options(kind, description, argv)
-        configure_logging(options.log_level)
+        configure_logging(options.log_level, options.log_format, options.service_name)
         with ExitStack() as stack:
             runtime = stack.enter_context(cls(options))
             yield runtime, stack, runtime.load_config(config_model)

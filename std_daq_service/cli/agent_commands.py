@@ -8,8 +8,11 @@ import time
 from collections import defaultdict
 
 import zmq
+from rich.console import Console
+from rich.live import Live
 
 from std_daq_service.cli.arguments import module_ids
+from std_daq_service.cli.tables import answer_table
 from std_daq_service.client import DaqDataClient
 from std_daq_service.client.discovery import load_json_arg
 from std_daq_service.config import connect_redis, live_services, service_beacon
@@ -58,7 +61,10 @@ def add_commands(commands) -> None:
     sim.set_defaults(run=run_init_sim)
     stop = agent_parser("stop", "stop tracking (and the simulator)")
     stop.set_defaults(run=run_stop)
-    status = agent_parser("status", "what the agent tracks: files, counts, rates, lag, subscribers")
+    status = agent_parser("status", "what an agent or writer is doing: a table on a terminal, JSON otherwise")
+    status.add_argument("--json", action="store_true", help="JSON even on a terminal")
+    status.add_argument("--watch", type=float, metavar="S", help="on a terminal: ask again every S seconds, "
+                                                                 "in a live table, until Ctrl-C")
     status.set_defaults(run=run_status)
     stream = agent_parser("stream", "subscribe to an agent's frames and print a summary per second")
     stream.add_argument("--module-ids", help="comma-separated module ids (default: all)")
@@ -116,8 +122,21 @@ def run_stop(args) -> int:
 
 
 def run_status(args) -> int:
-    print(json.dumps(_request(args, StatusRequest()), indent=2))
-    return 0
+    console = Console()
+    if args.json or not sys.stdout.isatty():  # JSON into pipes and files
+        print(json.dumps(_request(args, StatusRequest()), indent=2))
+        return 0
+    with DaqDataClient(broker_url=args.broker_url, redis_url=args.redis_url) as client:
+        def table():
+            return answer_table(client.request(args.agent, StatusRequest(), args.timeout)[args.agent], args.agent)
+
+        if not args.watch:
+            console.print(table())
+            return 0
+        with Live(table(), console=console, auto_refresh=False) as live:
+            while True:
+                client.caller.pump(args.watch)  # waits, answering the broker's heartbeats
+                live.update(table(), refresh=True)
 
 
 def run_stream(args) -> int:

@@ -8,13 +8,19 @@ import threading
 import time
 from datetime import datetime
 
+from rich.console import Console
+from rich.live import Live
+
 from std_daq_service.broker import RequestCaller
 from std_daq_service.cli.arguments import module_ids
+from std_daq_service.cli.tables import MonitorView
+from std_daq_service.cli.write_progress import WriteProgress
 from std_daq_service.client import DaqDataClient
 from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import Status
 
-_BAR = 30
+_PUMP_PERIOD_S = 1.0
+_FIRST_VIEW_WAIT_S = 10.0
 
 
 def add_commands(commands) -> None:
@@ -27,7 +33,7 @@ def add_commands(commands) -> None:
     reflect.add_argument("services", nargs="*", help="only these services (default: all live)")
     reflect.set_defaults(run=run_reflect)
 
-    write = commands.add_parser("write", help="record a file with a writer; a progress bar, then a summary",
+    write = commands.add_parser("write", help="record a file with a writer; progress (frames, rate, ETA), a summary",
                                 description="Record selected frames into an HDF5 file under the writer's "
                                             "output_root. Give at most one of --n-images, --duration, --stop-time; "
                                             "none records until Ctrl-C (which kills the write).")
@@ -50,19 +56,24 @@ def add_commands(commands) -> None:
     kill.add_argument("--service", help="the service running it (default: the only live writer)")
     kill.set_defaults(run=run_kill)
 
-    monitor = commands.add_parser("monitor", help="live view of every request's statuses and of live services")
+    monitor = commands.add_parser("monitor", help="live view of every request's statuses and of live services "
+                                                  "(a live table on a terminal)")
     monitor.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
     monitor.add_argument("--refresh-period", type=float, default=10, help="seconds between service lists (10)")
     monitor.set_defaults(run=run_monitor)
 
     for name, text in (("plot-view", "live frame viewer: one row per module, pulse height left, movie right"),
                        ("plot-phdist", "pulse-height distributions (max pixel per event) over 10/60/600 s")):
-        plot = commands.add_parser(name, help=text, description=text)
+        plot = commands.add_parser(
+            name, help=text, description=f"{text}. With --save: draw into a PNG file instead of a window, save "
+            "the first complete view (every module seen, after one refresh period) and exit; with --save and "
+            "--seconds: refresh the file every refresh period and exit after that long.")
         plot.add_argument("hosts", nargs="*", help="agent SERVICE_NAMEs (default: every live agent)")
         plot.add_argument("--module-ids", help="comma-separated module ids (default: all)")
         plot.add_argument("--refresh-period", type=float, default=1.0, help="seconds between redraws (default 1)")
-        plot.add_argument("--save", help="draw into this PNG file (refreshed) instead of a window")
-        plot.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
+        plot.add_argument("--save", metavar="PNG", help="save the first complete view into this file and exit")
+        plot.add_argument("--seconds", type=float, default=0,
+                          help="stop after this long (default: until Ctrl-C, or the first complete view with --save)")
         plot.set_defaults(run=run_plot, plot=name)
 
 
@@ -83,18 +94,6 @@ def run_reflect(args) -> int:
     return 0
 
 
-def _progress(status: Status, n_images: int | None) -> None:
-    if status.action != "request_progress" or not status.result:
-        return
-    streams = status.result["streams"]
-    frames = sum(s["frames"] for s in streams.values())
-    text = f"{frames} frames, {status.result['bytes'] / 1e6:.1f} MB, {len(streams)} streams"
-    if n_images and streams:
-        done = frames / (n_images * len(streams))
-        text = f"[{'#' * int(done * _BAR):{_BAR}s}] {done:4.0%} {text}"
-    print(f"\r{text}", end="", file=sys.stderr, flush=True)
-
-
 def run_write(args) -> int:
     fields = {"output_file": args.output_file, "module_ids": module_ids(args.module_ids),
               "data_products": [d for d in (args.data_products or "").split(",") if d],
@@ -107,12 +106,12 @@ def run_write(args) -> int:
         request_id = client.write_async(writer, **fields)
         print(f"write {request_id} on {writer}", file=sys.stderr)
         try:
-            result = client.wait(request_id, writer, 7 * 86400, lambda s: _progress(s, args.n_images))
+            with WriteProgress(args.n_images, args.duration, args.stop_time) as progress:
+                result = client.wait(request_id, writer, 7 * 86400, progress.update)
         except KeyboardInterrupt:
             client.kill(request_id, writer)
-            print("\nkilled; the file keeps what was written", file=sys.stderr)
+            print("killed; the file keeps what was written", file=sys.stderr)
             return 130
-    print(file=sys.stderr)
     print(f"{result['output_file']}: {result['frames']} frames, {result['bytes'] / 1e6:.1f} MB, "
           f"missing {result['missing_frames']}, {result['end_reason']}")
     for stream, info in result["streams"].items():
@@ -130,18 +129,20 @@ def run_kill(args) -> int:
     return 0
 
 
-def _print_services(redis_url: str | None) -> None:
-    services = live_services(connect_redis(redis_url))
-    running = {name: beacon.get("running_requests") or [] for name, beacon in services.items()}
-    print(f"-- {len(services)} live: " + ", ".join(f"{n} ({len(r)} running)" for n, r in running.items()),
-          flush=True)
+def _live_services(redis_url: str) -> dict[str, list]:
+    """Each live service with its running requests."""
+    return {name: beacon.get("running_requests") or []
+            for name, beacon in live_services(connect_redis(redis_url)).items()}
 
 
 def run_monitor(args) -> int:
+    console = Console()
+    if sys.stdout.isatty():
+        return _monitor_table(args, console)
     start = last = time.monotonic()
     statuses: list[Status] = []
     with RequestCaller(args.broker_url, "std_daq-monitor", listener=statuses.append) as caller:
-        _print_services(args.redis_url)  # after the status queue is bound: what follows is all seen
+        _print_services(_live_services(args.redis_url))  # after the status queue is bound: what follows is all seen
         while not args.seconds or time.monotonic() - start < args.seconds:
             caller.pump(0.5)
             for status in statuses:
@@ -152,7 +153,27 @@ def run_monitor(args) -> int:
             statuses.clear()
             if time.monotonic() - last >= args.refresh_period:
                 last = time.monotonic()
-                _print_services(args.redis_url)
+                _print_services(_live_services(args.redis_url))
+    return 0
+
+
+def _print_services(running: dict[str, list]) -> None:
+    print(f"-- {len(running)} live: " + ", ".join(f"{n} ({len(r)} running)" for n, r in running.items()), flush=True)
+
+
+def _monitor_table(args, console: Console) -> int:
+    """`monitor` on a terminal: one live table of services and recent requests."""
+    start = last = time.monotonic()
+    view = MonitorView()
+    with RequestCaller(args.broker_url, "std_daq-monitor", listener=view.add) as caller, \
+            Live(view.render(), console=console, auto_refresh=False) as live:
+        view.services = _live_services(args.redis_url)
+        while not args.seconds or time.monotonic() - start < args.seconds:
+            caller.pump(0.5)
+            if time.monotonic() - last >= args.refresh_period:
+                last = time.monotonic()
+                view.services = _live_services(args.redis_url)
+            live.update(view.render(), refresh=True)
     return 0
 
 
@@ -160,31 +181,42 @@ def run_plot(args) -> int:
     from std_daq_service.plot import FrameViewer, PulseHeightDistribution
 
     headless = bool(args.save)
-    view = FrameViewer(headless) if args.plot == "plot-view" else PulseHeightDistribution(headless=headless)
+    viewer = args.plot == "plot-view"
+    view = FrameViewer(headless) if viewer else PulseHeightDistribution(headless=headless)
     if not headless:
         view.plt.ion()
         view.plt.show()
-    start = last = time.monotonic()
     stop = threading.Event()
-    if args.seconds:
-        threading.Timer(args.seconds, stop.set).start()
-    viewer = args.plot == "plot-view"
+    timer = threading.Timer(args.seconds, stop.set)  # ends the stream even while no frame comes
+    timer.daemon = True
     with _client(args) as client:
         images = client.stream_images(args.hosts or None, stream_movie_data=viewer,
                                       update_interval_seconds=0.1 if viewer else 0,
                                       module_ids=module_ids(args.module_ids), stop_event=stop)
-        for image in images:
-            view.update(image)
-            now = time.monotonic()
-            if now - last >= args.refresh_period:
-                last = now
-                if headless:
-                    view.save(args.save)
-                else:
-                    view.draw()
-                    view.plt.pause(0.01)
-            if args.seconds and now - start >= args.seconds:
-                stop.set()
+        if args.seconds:
+            timer.start()
+        first = last = last_pump = 0.0
+        try:
+            for image in images:
+                view.update(image)
+                now = time.monotonic()
+                first = first or now
+                if now - last_pump >= _PUMP_PERIOD_S:  # the broker connection stays idle: answer its heartbeats
+                    last_pump = now
+                    client.caller.pump(0)
+                if headless and not args.seconds and now - first >= args.refresh_period and (
+                        view.complete or now - first >= _FIRST_VIEW_WAIT_S):
+                    break
+                if now - last >= args.refresh_period:
+                    last = now
+                    if headless:
+                        view.save(args.save)
+                    else:
+                        view.draw()
+                        view.plt.pause(0.01)
+        finally:
+            timer.cancel()
+            images.close()
     if headless:
         view.save(args.save)
         print(f"saved {args.save}")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, service_stack
+from conftest import REPO, service_stack, wait_until
 from helpers.services import start_agent, start_writer
 
 
@@ -44,7 +47,9 @@ def test_write_shows_progress_and_a_summary(system):
     assert result.returncode == 0, result.stderr
     assert f"{directory / 'out' / 'cli.h5'}: 600 frames" in result.stdout
     assert "module/dp 1/img16: 600 frames" in result.stdout
-    assert "%" in result.stderr and "frames" in result.stderr, "a progress bar on stderr"
+    assert "100%" in result.stderr and "600 frames" in result.stderr and "frames/s" in result.stderr, result.stderr
+    timed = cli("write", "timed.h5", "--writer", writer, "--duration", "1", "--data-products", "img16")
+    assert timed.returncode == 0 and "100%" in timed.stderr and "frames/s" in timed.stderr, timed.stderr
     refused = cli("write", "../x.h5", "--writer", writer, "--n-images", "1")
     assert refused.returncode == 1 and refused.stderr.splitlines()[-1].startswith("std_daq: error:")
     assert "'..' is not allowed" in refused.stderr and "Traceback" not in refused.stderr
@@ -83,3 +88,57 @@ def test_plots_draw_pngs_that_are_not_blank(system, tmp_path, command):
     assert result.returncode == 0, result.stderr
     pixels = image.imread(png)
     assert pixels.shape[0] > 100 and np.std(pixels[..., :3]) > 0.05, "the figure holds more than a blank page"
+
+
+@pytest.mark.parametrize("command", ["plot-view", "plot-phdist"])
+def test_plots_save_the_first_complete_view_and_exit(system, tmp_path, command):
+    from matplotlib import image
+
+    agent, _, _ = system
+    png = tmp_path / f"{command}.png"
+    result = cli(command, agent, "--save", str(png))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"saved {png}"
+    assert np.std(image.imread(png)[..., :3]) > 0.05
+
+
+def test_ctrl_c_during_a_saving_plot_is_quiet(system, tmp_path):
+    agent, _, _ = system
+    png = tmp_path / "view.png"
+    plot = subprocess.Popen([sys.executable, "-m", "std_daq_service.cli", "plot-view", agent, "--save", str(png),
+                             "--seconds", "600", "--refresh-period", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_until(png.exists, 60, message="the first saved view")
+        plot.send_signal(signal.SIGINT)
+        _, err = plot.communicate(timeout=30)
+    finally:
+        if plot.poll() is None:
+            plot.kill()
+            plot.communicate()
+    assert plot.returncode == 130 and "Traceback" not in err and len(err.splitlines()) <= 1, err
+
+
+def test_status_is_json_into_a_pipe_and_a_table_on_a_terminal(system):
+    agent, _, _ = system
+    assert "update_interval_seconds" in json.loads(cli("status", agent).stdout)
+    controller, terminal = pty.openpty()
+    status = subprocess.Popen([sys.executable, "-m", "std_daq_service.cli", "status", agent], stdout=terminal,
+                              stderr=subprocess.PIPE, cwd=REPO)
+    os.close(terminal)
+    shown = b""
+    try:
+        while chunk := _read(controller):
+            shown += chunk
+    finally:
+        os.close(controller)
+        assert status.wait(timeout=30) == 0, status.stderr.read()
+        status.stderr.close()
+    assert agent in shown.decode() and "update_interval_seconds" in shown.decode() and b"{" not in shown
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # the terminal closed: the command ended
+        return b""
