@@ -30,6 +30,7 @@ setup(
         "hdf5plugin>=4.1",
         "flask>=2.3",
         "waitress>=2.1",
+        "prometheus-client>=0.20",
         "python-json-logger>=3.1",
         "rich>=13.0",
         "inotify_simple>=1.3; sys_platform == 'linux'",

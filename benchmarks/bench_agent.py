@@ -1,7 +1,8 @@
 """Tail-and-publish benchmark of the node agent, next to raw file read and raw ZMQ rates of the same run.
 
-Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000] [--seconds 10]
-       (--rate-hz 0: each module's writer appends as fast as it can)
+Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000] [--seconds 10] [--scrape-metrics]
+       (--rate-hz 0: each module's writer appends as fast as it can; --scrape-metrics: the agent serves its
+       Prometheus metrics and they are scraped every second during the run)
 
 A synthetic Hashpipe appends real Lick img16 frames for N modules into data_dir/module_N/obs_*/ in writes of
 exactly 1 MiB (as Hashpipe's stdio buffer flushes: about 412.8 frames, so each write ends in a torn frame),
@@ -18,9 +19,11 @@ import argparse
 import bisect
 import multiprocessing
 import os
+import socket
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -118,6 +121,19 @@ def zmq_reference(n_messages: int = 300, batch: int = 1000) -> float:
     return n_messages * batch / elapsed
 
 
+def scrape_every_second(url: str, stop: threading.Event, scrapes: list) -> None:
+    """Scrape the agent's metrics as Prometheus would, a lot more often (it scrapes every 5-15 s)."""
+    while not stop.wait(1.0):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            scrapes.append(len(response.read()))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", type=int, default=4)
@@ -125,13 +141,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--tmp-dir", default=None, help="where the run is written (default: $TMPDIR or /tmp); "
                                                          "/dev/shm leaves the disk out")
+    parser.add_argument("--scrape-metrics", action="store_true", help="serve and scrape the agent's metrics")
     args = parser.parse_args()
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     redis = connect_redis()
     with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
         data_dir = Path(tmp)
-        agent = start_service("hp_io_agent", name, {"data_bind": "tcp://127.0.0.1:*",
-                                                    "preview_bind": "tcp://127.0.0.1:*"}, redis)
+        config = {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*"}
+        if args.scrape_metrics:
+            config["metrics_port"] = free_port()
+        agent = start_service("hp_io_agent", name, config, redis)
+        scrapes: list[int] = []
         try:
             with RequestCaller(None, "bench") as caller:
                 assert caller.call(name, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
@@ -151,11 +171,18 @@ def main() -> None:
             logs: dict[int, list] = {m: [] for m in range(1, args.modules + 1)}
             writers = [threading.Thread(target=hashpipe_writer, args=(p, args.rate_hz, args.seconds, stop, logs[m]))
                        for m, p in zip(logs, paths, strict=True)]
+            scraper = threading.Thread(target=scrape_every_second, name="scraper", args=(
+                f"http://127.0.0.1:{config.get('metrics_port')}/metrics", stop, scrapes))
             cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
             for w in writers:
                 w.start()
+            if args.scrape_metrics:
+                scraper.start()
             for w in writers:
                 w.join()
+            stop.set()
+            if args.scrape_metrics:
+                scraper.join()
             done.set()
             received, gaps, arrivals = results.get(timeout=120)
             child.join(10)
@@ -181,7 +208,7 @@ def main() -> None:
     raw_zmq = zmq_reference()
     lat = np.array(latencies)
     print(f"img16, {args.modules} modules, {'max' if not args.rate_hz else f'{args.rate_hz:g} Hz'} per module, "
-          f"{args.seconds:g} s")
+          f"{args.seconds:g} s" + (f", metrics scraped {len(scrapes)} times" if args.scrape_metrics else ""))
     print("| measure | value |")
     print("|---|---:|")
     print(f"| frames written | {total:,} |")

@@ -47,6 +47,11 @@ class ServiceConfig(BaseModel):
     """Base of every service's configuration; unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the Prometheus metrics (http://metrics_host:port/metrics); "
+        "0 or null (the default): no metrics server.",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Bind address of the metrics server ('0.0.0.0': all).")
 
 
 class HpIoAgentConfig(ServiceConfig):
@@ -207,6 +212,11 @@ class LivenessBeacon(Lifecycle):
         self.start_timestamp = time.time()
         self._loop = BackgroundThread(f"beacon-{service_name}", self._run)
         self._healthy = True
+        self._last_beat: float | None = None
+
+    def age(self) -> float | None:
+        """Seconds since the hash was last written (None: not yet)."""
+        return None if self._last_beat is None else time.monotonic() - self._last_beat
 
     def _open(self) -> None:
         self._loop.start()
@@ -238,6 +248,7 @@ class LivenessBeacon(Lifecycle):
         pipe.hset(self.key, mapping=self.fields())  # type: ignore[arg-type]  # redis types keys as any encodable
         pipe.expire(self.key, self.ttl_s)
         pipe.execute()
+        self._last_beat = time.monotonic()
 
     def _run(self, stop: threading.Event) -> None:
         while True:

@@ -1,4 +1,4 @@
-"""What every service does at start: arguments, logging, config from Redis, beacon, broker, SIGTERM.
+"""What every service does at start: arguments, logging, config from Redis, beacon, broker, metrics, SIGTERM.
 
 A `start.py` enters `ServiceRuntime.boot` (options, logging, Redis, configuration), enters its own objects
 into the stack it yields and calls `serve`.
@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import redis
+from prometheus_client import CollectorRegistry
 from pythonjsonlogger.json import JsonFormatter
 
 from std_daq_service import __version__
 from std_daq_service.broker import Handler, RequestConsumer, broker_url
 from std_daq_service.config import ConfigStore, LivenessBeacon, ServiceConfig, connect_redis, redis_url
 from std_daq_service.lifecycle import Lifecycle
+from std_daq_service.metrics import Families, MetricsServer, RuntimeState, StateCollector
 from std_daq_service.protocol import DaqError
 
 log = logging.getLogger(__name__)
@@ -184,11 +186,15 @@ class ServiceRuntime(Lifecycle):
         except errors as exc:
             self.refuse(f"{reason}: {exc}")
 
-    def serve(self, stack: ExitStack, handlers: dict[str, Handler],
-              state: Callable[[], dict[str, Any]]) -> int:
-        """Consume requests and keep the beacon alive until SIGTERM or SIGINT.
+    def serve(self, stack: ExitStack, handlers: dict[str, Handler], state: Callable[[], dict[str, Any]],
+              metrics: Callable[[Families], None] | None = None) -> int:
+        """Consume requests, keep the beacon alive and serve the metrics until SIGTERM or SIGINT.
 
-        The consumer and the beacon are entered into `stack`: they stop when the caller leaves it.
+        The consumer, the beacon and the metrics server (if `metrics_port` is set) are entered into `stack`:
+        they stop when the caller leaves it.
+
+        Args:
+            metrics: adds the service's own metrics at each scrape (read from its state).
         """
         name = self.options.service_name
         consumer = RequestConsumer(self.options.broker_url, name, handlers)
@@ -199,10 +205,23 @@ class ServiceRuntime(Lifecycle):
             return {**state(), "running_requests": running, "broker_connected": consumer.connected.is_set(),
                     "broker_reconnects": consumer.reconnects}
 
+        beacon = LivenessBeacon(self.redis, name, self.config, beacon_state)
+        if self.config.metrics_port:  # first: a port that is taken refuses the start before any request is taken
+            registry = CollectorRegistry()
+            registry.register(dispatcher.durations)
+            registry.register(StateCollector(RuntimeState(
+                name, self.options.kind, __version__, consumer.connected.is_set, lambda: consumer.reconnects,
+                beacon.age, dispatcher.running).fill))
+            if metrics is not None:
+                registry.register(StateCollector(metrics))
+            server = self.start_or_refuse(
+                stack, MetricsServer(registry, self.config.metrics_host, self.config.metrics_port),
+                f"cannot serve metrics on {self.config.metrics_host}:{self.config.metrics_port}")
+            log.info("metrics at %s", server.url)
         stack.enter_context(consumer)
         if not consumer.wait_connected(_BROKER_WAIT_S):  # a live beacon means its request queue exists
             log.warning("broker %s not reachable yet; serving without it and retrying", self.options.broker_url)
-        stack.enter_context(LivenessBeacon(self.redis, name, self.config, beacon_state))
+        stack.enter_context(beacon)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopped.set())
         log.info("%s %s started (pid %d)", name, __version__, os.getpid())

@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO
 
 from std_daq_service.config import service_kind, validate_config
+from std_daq_service.metrics import exposed_names
 
 DOCKER = REPO / "docker"
 
@@ -78,7 +79,48 @@ def test_every_image_tag_is_pinned():
     base = re.search(r"ARG BASE_IMAGE=(\S+)", (DOCKER / "Dockerfile").read_text()).group(1)
     for image in [*external, base]:
         tag = image.partition(":")[2]
-        assert re.match(r"\d+\.\d+\.\d+", tag), f"{image}: pin a full version, not a floating tag"
+        assert re.match(r"v?\d+\.\d+\.\d+", tag), f"{image}: pin a full version, not a floating tag"
+
+
+def test_prometheus_scrapes_every_metrics_port_of_the_service_configs():
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    services = compose["services"]
+    scraped = {target for job in yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())["scrape_configs"]
+               for group in job["static_configs"] for target in group["targets"]}
+    by_config = {Path(s["environment"]["CONFIG_FILE"]).name: name for name, s in services.items()
+                 if "CONFIG_FILE" in s.get("environment", {})}
+    expected = set()
+    for config_file in sorted((DOCKER / "config").glob("*.json")):
+        config = json.loads(config_file.read_text())
+        assert config.get("metrics_port"), f"{config_file.name}: no metrics_port"
+        assert config.get("metrics_host") == "0.0.0.0", f"{config_file.name}: metrics reachable from other containers"
+        expected.add(f"{by_config[config_file.name]}:{config['metrics_port']}")
+    assert scraped == expected
+
+
+def test_monitoring_profile_brings_up_prometheus_and_grafana_with_files_that_exist():
+    services = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"], f"{name}: only with --profile monitoring"
+        for volume in services[name]["volumes"]:
+            source = volume.split(":")[0]
+            assert not source.startswith("./") or (DOCKER / source).exists(), f"{name}: {source} missing"
+    provisioning = DOCKER / "grafana/provisioning"
+    datasource = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    dashboards_path = yaml.safe_load((provisioning / "dashboards/std_daq.yml").read_text())["providers"][0]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    assert mounted[dashboards_path["options"]["path"]] == "./grafana/dashboards"
+
+
+def test_the_dashboard_queries_only_metrics_the_services_export():
+    dashboard = json.loads((DOCKER / "grafana/dashboards/std_daq.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    named = {name for query in queries for name in re.findall(r"\bstd_daq_\w+", query)}
+    assert named, "the dashboard queries no std_daq metric"
+    assert named <= exposed_names(), f"not exported: {sorted(named - exposed_names())}"
+    datasource = {panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel}
+    assert datasource == {"prometheus"}, "every panel reads the provisioned Prometheus"
 
 
 AGENTS = [{"name": "test.node.hp_io_agent", "data": "tcp://127.0.0.1:5555"}]

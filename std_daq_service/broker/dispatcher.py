@@ -2,6 +2,7 @@
 
 The dispatcher alone publishes statuses, so every service reports the same way: a handler gets a
 typed request and a `RequestContext`, returns a result dict (or None) or raises; it never sees pika.
+It also times every request it runs (`durations`, a Prometheus histogram by request type and outcome).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from std_daq_service.metrics import request_duration_histogram
 from std_daq_service.protocol import DaqError, InvalidRequest, Request, Status, error_result
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class Dispatcher:
         self.service_name = service_name
         self.handlers = handlers
         self.publish = publish
+        self.durations = request_duration_histogram(handlers)
         self._lock = threading.Lock()
         self._running: dict[str, tuple[RequestContext, threading.Thread]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -118,17 +121,22 @@ class Dispatcher:
 
     def _run(self, handler: Handler, ctx: RequestContext) -> None:
         request_type = ctx.request.request_type
+        started = time.monotonic()
+        outcome = "fail"
         try:
             if ctx.cancelled.is_set():
+                outcome = "killed"
                 ctx.status("request_killed", "killed before it started")
                 return
             ctx.log.info("%s started", request_type)
             ctx.status("request_start", f"{request_type} started")
             result = handler(ctx.request, ctx)
             if ctx.cancelled.is_set():
+                outcome = "killed"
                 ctx.log.info("%s killed", request_type)
                 ctx.status("request_killed", f"{request_type} killed", result)
             else:
+                outcome = "success"
                 ctx.log.info("%s succeeded", request_type)
                 ctx.status("request_success", f"{request_type} done", result)
         except DaqError as exc:
@@ -139,6 +147,7 @@ class Dispatcher:
             ctx.status("request_fail", f"internal error in {self.service_name}: {type(exc).__name__}: {exc}",
                        error_result(exc))
         finally:
+            self.durations.labels(request_type, outcome).observe(time.monotonic() - started)
             with self._lock:
                 self._running.pop(ctx.request_id, None)
 

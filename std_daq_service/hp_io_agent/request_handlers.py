@@ -14,6 +14,7 @@ from std_daq_service.hp_io_agent.frame_publisher import USER, advertised_endpoin
 from std_daq_service.hp_io_agent.simulator import DEFAULT_SOURCE, Simulator
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
 from std_daq_service.lifecycle import Lifecycle
+from std_daq_service.metrics import Families, fill_agent
 from std_daq_service.pff import DATA_PRODUCTS
 from std_daq_service.protocol import (
     SOCKET_TOPIC_PREFIX,
@@ -195,6 +196,11 @@ class AgentHandlers(Lifecycle):
             "data_dir": str(tracking.data_dir) if tracking else None,
             "endpoints": self.endpoints(),
         }
+
+    def metrics(self, families: Families) -> None:
+        """The agent's Prometheus metrics, read from its status at a scrape."""
+        tracking = self.tracker.tracking
+        fill_agent(families, self.tracker.status(), tracking.origin if tracking else "file")
 
     def _release(self) -> None:
         self._stop_simulator()

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 handlers.resume(state, checkpoint.resume_positions())
             except DaqError as exc:
                 log.error("could not resume after the restart: %s; waiting for an init", exc)
-        return runtime.serve(stack, handlers.handlers(), handlers.beacon_state)
+        return runtime.serve(stack, handlers.handlers(), handlers.beacon_state, handlers.metrics)
 
 
 if __name__ == "__main__":

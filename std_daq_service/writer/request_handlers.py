@@ -8,6 +8,7 @@ from pathlib import Path
 
 from std_daq_service.broker import Handler, RequestContext
 from std_daq_service.config import WriterConfig
+from std_daq_service.metrics import Families, fill_writer
 from std_daq_service.protocol import Busy, StatusRequest, UnknownTarget, WriteRequest
 from std_daq_service.writer.h5_recording import H5Recording
 from std_daq_service.writer.output_paths import confined_path, make_folders, stale_parts
@@ -27,6 +28,8 @@ class WriterHandlers:
         self.output_root = Path(config.output_root)
         self._lock = threading.Lock()
         self._writing: dict[Path, str] = {}
+        self._recordings: dict[Path, H5Recording] = {}
+        self._written = (0, 0)  # frames, bytes of the writes that ended
         self.stale_parts = [str(p) for p in stale_parts(self.output_root)]
         if self.stale_parts:
             log.warning("%d unfinished .part file(s) from an earlier writer under %s (a writer died mid-write): %s",
@@ -44,7 +47,7 @@ class WriterHandlers:
                                 f"it records {', '.join(sorted(known))}")
         return Selection(frozenset(sources), frozenset(request.module_ids), frozenset(request.data_products))
 
-    def _claim(self, path: Path, request: WriteRequest, request_id: str) -> None:
+    def _claim(self, path: Path, request: WriteRequest, request_id: str, recording: H5Recording) -> None:
         with self._lock:
             if path in self._writing:
                 raise Busy(f"{path} is being written by request {self._writing[path]}")
@@ -54,6 +57,7 @@ class WriterHandlers:
             if path.exists() and not request.overwrite:
                 raise Busy(f"{path} exists; set overwrite=true to replace it")
             self._writing[path] = request_id
+            self._recordings[path] = recording
 
     def write(self, request: WriteRequest, ctx: RequestContext) -> dict:
         selection = self._selection(request)
@@ -63,13 +67,16 @@ class WriterHandlers:
                  "start_time_ns": request.start_time if request.start_time is not None else -1,
                  "stop_time_ns": request.stop_time if request.stop_time is not None else -1}
         recording = H5Recording(path, request.compression or self.config.compression, attrs)
-        self._claim(path, request, ctx.request_id)
+        self._claim(path, request, ctx.request_id, recording)
         try:
             make_folders(self.output_root, path)
             return WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds).run()
         finally:
             with self._lock:
                 self._writing.pop(path, None)
+                self._recordings.pop(path, None)
+                frames, nbytes = _written(recording)
+                self._written = (self._written[0] + frames, self._written[1] + nbytes)
 
     def status(self, request: StatusRequest, ctx: RequestContext) -> dict:
         with self._lock:
@@ -80,6 +87,21 @@ class WriterHandlers:
     def beacon_state(self) -> dict:
         with self._lock:
             return {"writes_running": len(self._writing)}
+
+    def metrics(self, families: Families) -> None:
+        """The writer's Prometheus metrics, read from its receiver's status and its recordings at a scrape."""
+        with self._lock:  # a write that ends moves its counts to `_written` under this lock: none counted twice
+            frames, nbytes = self._written
+            for recording in self._recordings.values():
+                running_frames, running_bytes = _written(recording)
+                frames, nbytes = frames + running_frames, nbytes + running_bytes
+            running = len(self._writing)
+        fill_writer(families, self.receiver.status(), running, frames, nbytes)
+
+
+def _written(recording: H5Recording) -> tuple[int, int]:
+    """Frames and bytes a recording has taken so far."""
+    return sum(stream["frames"] for stream in recording.summary().values()), recording.bytes
 
 
 def check_output_root(config: WriterConfig) -> str | None:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         ring = RingBuffer(config.ring_buffer_seconds, config.ring_buffer_bytes)
         receiver = stack.enter_context(StreamReceiver(runtime.options.service_name, config.agents, ring))
         handlers = WriterHandlers(runtime.options.service_name, config, receiver)
-        return runtime.serve(stack, handlers.handlers(), handlers.beacon_state)
+        return runtime.serve(stack, handlers.handlers(), handlers.beacon_state, handlers.metrics)
 
 
 if __name__ == "__main__":

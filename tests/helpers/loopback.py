@@ -109,7 +109,7 @@ def config_violations(config: dict) -> list[str]:
             host = urlsplit(f"{scheme}://{rest.replace('*', '0')}").hostname or ""
             if rest.split(":")[0] == "*" or not is_loopback(host):
                 problems.append(f"{where} = {value!r}")
-        elif where.rsplit(".", 1)[-1] == "host" and not is_loopback(value):
+        elif where.rsplit(".", 1)[-1] in ("host", "metrics_host") and not is_loopback(value):
             problems.append(f"{where} = {value!r}")
     return problems
 

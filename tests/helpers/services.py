@@ -19,10 +19,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_agent(name: str, redis_url: str, redis_client, directory: Path, **sim) -> tuple[ServiceProcess, str]:
-    """Start an agent, wait for its beacon, start a simulated run with `sim`; return it and its data endpoint."""
+def start_agent(name: str, redis_url: str, redis_client, directory: Path, config: dict | None = None,
+                **sim) -> tuple[ServiceProcess, str]:
+    """Start an agent (extra `config` keys), wait for its beacon, start a simulated run with `sim`; return it and
+    its data endpoint."""
     config = {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
-              "sim_data_dir": str(directory / "sim"), "min_update_interval_seconds": 0.05}
+              "sim_data_dir": str(directory / "sim"), "min_update_interval_seconds": 0.05, **(config or {})}
     agent = ServiceProcess("hp_io_agent", name, config, redis_url, directory)
     agent.wait_ready(redis_client)
     with RequestCaller(None, "test-writer-setup") as caller:
