@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import parse_qs, urlsplit
 
 import pika
 
@@ -18,12 +19,17 @@ def broker_url(explicit: str | None = None) -> str:
 
 
 def connection_parameters(url: str | None, connection_name: str) -> pika.URLParameters:
-    """Parameters for one connection attempt, named so operators see who is connected."""
-    params = pika.URLParameters(broker_url(url))
+    """Parameters for one connection attempt, named so operators see who is connected.
+
+    Heartbeats every 30 s unless the URL sets `?heartbeat=S`.
+    """
+    url = broker_url(url)
+    params = pika.URLParameters(url)
     params.connection_attempts = 1
     params.socket_timeout = 5
     params.blocked_connection_timeout = 30
-    params.heartbeat = 30
+    if "heartbeat" not in parse_qs(urlsplit(url).query):
+        params.heartbeat = 30
     params.client_properties = {"connection_name": connection_name}
     return params
 

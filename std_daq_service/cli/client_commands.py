@@ -19,7 +19,6 @@ from std_daq_service.client import DaqDataClient
 from std_daq_service.config import connect_redis, live_services
 from std_daq_service.protocol import Status
 
-_PUMP_PERIOD_S = 1.0
 _FIRST_VIEW_WAIT_S = 10.0
 
 
@@ -195,15 +194,12 @@ def run_plot(args) -> int:
                                       module_ids=module_ids(args.module_ids), stop_event=stop)
         if args.seconds:
             timer.start()
-        first = last = last_pump = 0.0
+        first = last = 0.0
         try:
             for image in images:
                 view.update(image)
                 now = time.monotonic()
                 first = first or now
-                if now - last_pump >= _PUMP_PERIOD_S:  # the broker connection stays idle: answer its heartbeats
-                    last_pump = now
-                    client.caller.pump(0)
                 if headless and not args.seconds and now - first >= args.refresh_period and (
                         view.complete or now - first >= _FIRST_VIEW_WAIT_S):
                     break

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika.exceptions
+
 from std_daq_service.broker import RequestCaller
 from std_daq_service.client.discovery import Discovery, Hosts, load_json_arg
 from std_daq_service.client.frame_stream import Subscription
@@ -188,7 +190,16 @@ class DaqDataClient:
         subscriptions = self._subscribe(self.discovery.resolve(hosts), stream_movie_data, stream_pulse_height_data,
                                         update_interval_seconds, list(module_ids), wait_for_ready)
         yield from stream_images(subscriptions, update_interval_seconds, parse_pano_images, self.failed_hosts,
-                                 self.discovery.live_agents, stop_event)
+                                 self.discovery.live_agents, stop_event, self._answer_heartbeats)
+
+    def _answer_heartbeats(self) -> None:
+        """Keep the broker connection alive while a stream runs (it sends no requests, but the broker
+        drops a connection that misses its heartbeats); a lost one is reopened by the next request."""
+        try:
+            self.caller.pump(0)
+        except pika.exceptions.AMQPError as exc:
+            log.info("broker connection lost while streaming (%r); the next request reconnects", exc)
+            self.caller.close()
 
     def _subscribe(self, hosts: list[str], movie: bool, pulse_height: bool, interval: float,
                    module_ids: list[int], wait_for_ready: bool) -> list[Subscription]:

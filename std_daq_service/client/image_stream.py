@@ -21,11 +21,12 @@ _LIVENESS_CHECK_S = 2.0
 
 def stream_images(subscriptions: list[Subscription], update_interval_seconds: float, parse_pano_images: bool,
                   failed_hosts: dict[str, str], live_agents: Callable[[], set[str]],
-                  stop_event: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+                  stop_event: threading.Event | None = None,
+                  idle: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
     """Yield PanoImage dicts from every subscription until `stop_event` is set.
 
     A host that stops (it says `stop`, or it leaves `live_agents()`) is logged and entered in `failed_hosts`;
-    the others go on.
+    the others go on. `idle` is called every poll round (about 10 times a second, also while no frame comes).
     """
     context = zmq.Context.instance()
     sockets: dict[zmq.Socket, str] = {}
@@ -44,6 +45,8 @@ def stream_images(subscriptions: list[Subscription], update_interval_seconds: fl
         last_check = time.monotonic()
         while stop_event is None or not stop_event.is_set():
             events = dict(poller.poll(100))
+            if idle is not None:
+                idle()
             released = []
             for sock, host in sockets.items():  # one message per host per round: fair merge
                 if sock in events:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from decimal import Decimal
 
@@ -135,3 +136,19 @@ def test_a_node_killed_mid_stream_is_reported_and_the_other_goes_on(nodes):
     assert client.failed_hosts[b] == "liveness beacon expired"
     with DaqDataClient() as client, pytest.raises(NoServiceAnswered):
         client.status(b, timeout=2)
+
+
+def test_a_silent_stream_keeps_the_broker_connection_alive(nodes, broker_url):
+    (a, _, _), _ = nodes
+    stop = threading.Event()
+    with DaqDataClient(broker_url=f"{broker_url}?heartbeat=1") as client:  # the broker gives up after ~2 s
+        connection = client.caller.connection
+        timer = threading.Timer(5, stop.set)  # the stream's own length: module 3 has pulse-height data only
+        timer.start()
+        try:
+            assert list(client.stream_images([a], stream_pulse_height_data=False, module_ids=[3],
+                                             stop_event=stop)) == []
+        finally:
+            timer.cancel()
+        assert client.status([a])[a], "a request after the stream"
+        assert client.caller.connection is connection, "the connection was lost and reopened"
