@@ -96,9 +96,10 @@ def find_coincidences(run_dir: Path, module_ids: list[int], search: ArchiveSearc
     in_overlap = {m: np.count_nonzero(within & (hits.module == m)) for m in modules}
     rates = {m: float(np.count_nonzero(hits.module == m)) / max((end - start) / 1e9, 1e-9)
              for m, (start, end) in spans.items()}
-    listed, differences = [], {}
+    listed: list[dict] = []
+    differences: dict[str, list[int]] = {}
     for start, stop in zip(events.start.tolist(), events.stop.tolist(), strict=True):
-        first = {}
+        first: dict[int, int] = {}
         for t, m in zip(hits.time_ns[start:stop].tolist(), hits.module[start:stop].tolist(), strict=True):
             first.setdefault(m, t)
         for a, b in itertools.combinations(sorted(first), 2):

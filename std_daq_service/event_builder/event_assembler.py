@@ -6,6 +6,7 @@ the unit tests drive it directly.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -15,9 +16,12 @@ from std_daq_service.config import EventBuilderConfig
 from std_daq_service.event_builder.accidentals import AccidentalEstimator
 from std_daq_service.event_builder.builder_stats import BuilderStats
 from std_daq_service.event_builder.coincidence import MatchRules
-from std_daq_service.event_builder.frame_table import PULSE_HEIGHT_PRODUCTS, FrameTable, table_of_batch
+from std_daq_service.event_builder.frame_table import PULSE_HEIGHT_PRODUCTS, table_of_batch
 from std_daq_service.event_builder.reorder_buffer import ReorderBuffer, Round
 from std_daq_service.protocol import FrameBatch, encode_event
+
+_MEMBER_COLUMNS = ("source", "module", "dp", "quabo", "seq", "wr_ns", "time_ns", "pixel_max", "pixel_sum", "chunk",
+                   "row")
 
 
 def match_rules(config: EventBuilderConfig, domes: dict[int, str]) -> MatchRules:
@@ -77,29 +81,32 @@ class EventAssembler:
 
     def _messages(self, round_: Round) -> list[list[bytes]]:
         frames, hits, events = round_.frames, round_.hits, round_.events
+        if not len(events):
+            return []
+        first, last = hits.starts[events.start], hits.starts[events.stop]
+        sizes = last - first
+        bounds = np.concatenate(([0], np.cumsum(sizes))).tolist()
+        index = hits.frames[np.repeat(first - bounds[:-1], sizes) + np.arange(bounds[-1])]
+        columns = {name: getattr(frames, name)[index].tolist() for name in _MEMBER_COLUMNS}
+        images = [self._images[c][r] for c, r in zip(columns["chunk"], columns["row"], strict=True)]
+        arrival = np.maximum.reduceat(frames.arrival_ns[index], bounds[:-1]).tolist()
         messages = []
-        for start, stop in zip(events.start.tolist(), events.stop.tolist(), strict=True):
-            index = hits.frames_of(start, stop)
-            members = frames.take(index[np.argsort(frames.time_ns[index], kind="stable")])
-            modules = sorted(set(members.module.tolist()))
+        for k, (a, b) in enumerate(itertools.pairwise(bounds)):
+            modules = sorted(set(columns["module"][a:b]))
             header = {
-                "source": self.source, "event_id": self._next_event, "time_ns": int(hits.time_ns[start]),
+                "source": self.source, "event_id": self._next_event, "time_ns": int(hits.time_ns[events.start[k]]),
                 "window_ns": self.rules.window_ns, "multiplicity": len(modules), "modules": modules,
                 "domes": sorted({self.rules.domes[m] for m in modules if m in self.rules.domes}),
                 "members": [
                     {"source": self.agents[s], "module_id": m, "dp": PULSE_HEIGHT_PRODUCTS[dp], "quabo": q,
                      "seq": seq, "wr_timestamp_ns": wr, "time_ns": t, "pixel_max": pmax, "pixel_sum": psum}
                     for s, m, dp, q, seq, wr, t, pmax, psum in zip(
-                        members.source.tolist(), members.module.tolist(), members.dp.tolist(),
-                        members.quabo.tolist(), members.seq.tolist(), members.wr_ns.tolist(),
-                        members.time_ns.tolist(), members.pixel_max.tolist(), members.pixel_sum.tolist(),
-                        strict=True)
+                        *(columns[name][a:b] for name in _MEMBER_COLUMNS[:9]), strict=True)
                 ],
             }
-            images = [self._images[c][r] for c, r in zip(members.chunk.tolist(), members.row.tolist(), strict=True)]
-            messages.append(encode_event(header, images))
+            messages.append(encode_event(header, images[a:b]))
             self._next_event += 1
-            self.stats.count_event(len(modules), (time.time_ns() - int(members.arrival_ns.max())) / 1e6)
+            self.stats.count_event(len(modules), (time.time_ns() - arrival[k]) / 1e6)
         return messages
 
     def status(self) -> dict:

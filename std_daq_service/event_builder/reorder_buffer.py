@@ -106,11 +106,10 @@ class ReorderBuffer:
         everything = self._advance(now_s)
         if not self._pending:
             return None
+        if all(int(table.time_ns.min()) > self.watermark_ns for table in self._pending):
+            return None
         frames = FrameTable.concat(self._pending)
         passed = frames.time_ns <= self.watermark_ns
-        if not passed.any():
-            self._pending = [frames]
-            return None
         ready, waiting = frames.take(passed), frames.take(~passed)
         hits = group_hits(ready.module, ready.time_ns, self.hit_window_ns)
         until = np.inf

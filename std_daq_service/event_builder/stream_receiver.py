@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 _RECEIVE_HWM = 1000
 _POLL_MS = 20
+_ROUND_PERIOD_S = 0.02  # match at most this often: a round's cost grows with the frames pending
 
 
 class StreamReceiver(Lifecycle):
@@ -32,7 +33,9 @@ class StreamReceiver(Lifecycle):
         self.assembler = assembler
         self.publisher = publisher
         self.frames: dict[str, int] = {}
+        self.lost_frames = 0
         self.bad_messages = 0
+        self._next_seq: dict[tuple[str, int, str], int] = {}
         self._sockets: dict[zmq.Socket, str] = {}
         self._thread = BackgroundThread("event-builder", self._run)
 
@@ -60,11 +63,15 @@ class StreamReceiver(Lifecycle):
         poller = zmq.Poller()
         for sock in self._sockets:
             poller.register(sock, zmq.POLLIN)
+        last_round = 0.0
         while not stop.is_set():
             events = dict(poller.poll(_POLL_MS))
             for sock, name in self._sockets.items():
                 if sock in events:
                     self._drain(sock, name)
+            if time.monotonic() - last_round < _ROUND_PERIOD_S:
+                continue
+            last_round = time.monotonic()
             try:
                 for message in self.assembler.release():
                     self.publisher.send(message)
@@ -87,9 +94,15 @@ class StreamReceiver(Lifecycle):
                 log.warning("message from %s dropped: %s", agent, exc)
                 continue
             self.frames[agent] = self.frames.get(agent, 0) + len(batch)
+            stream = (agent, batch.module_id, batch.dp)
+            expected = self._next_seq.get(stream)
+            if expected is not None and int(batch.seq[0]) > expected:  # dropped at a high-water mark
+                self.lost_frames += int(batch.seq[0]) - expected
+            self._next_seq[stream] = int(batch.seq[-1]) + 1
             self.assembler.add(agent, batch, time.monotonic())
 
     def status(self) -> dict:
-        return {"agents": self.agents, "frames_received": dict(self.frames), "bad_messages": self.bad_messages,
+        return {"agents": self.agents, "frames_received": dict(self.frames), "lost_frames": self.lost_frames,
+                "bad_messages": self.bad_messages,
                 "events_endpoint": self.publisher.endpoint, "events_published": self.publisher.sent,
                 "events_dropped_at_hwm": self.publisher.dropped, **self.assembler.status()}

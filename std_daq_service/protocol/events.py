@@ -52,7 +52,8 @@ class EventHeader(BaseModel):
     multiplicity: int = Field(description="Distinct modules among the members.")
     modules: list[int]
     domes: list[str] = Field(description="Distinct known domes of the member modules.")
-    members: list[EventMember] = Field(description="In time order; their images follow in this order.")
+    members: list[EventMember] = Field(
+        description="Hit by hit in order of hit time (a hit's frames in time order); images follow in this order.")
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,8 @@ def test_event_message_round_trip_carries_members_and_images_and_matches_its_sch
         [(1, 0, 0, 50, 50), (1, 2, 1, 50, 50), (3, 1, 0, 77, 77)]
     assert [int(image[3, 4]) for image in event.images] == [50, 50, 77]
     again = decode_event(encode_event(event.header.model_dump(exclude={"kind", "protocol_version"}), event.images))
-    assert again.header == event.header and all(np.array_equal(x, y) for x, y in zip(again.images, event.images))
+    assert again.header == event.header
+    assert all(np.array_equal(x, y) for x, y in zip(again.images, event.images, strict=True))
 
 
 @pytest.mark.parametrize("parts", [[b"event.", b"{}", b""], [b"x.", b"{}", b""], [b"event.", b"not json", b""]])
