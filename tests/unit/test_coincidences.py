@@ -109,6 +109,32 @@ def test_the_anchor_window_does_not_chain_beyond_its_width():
     assert events_of([T0, T0 + 900, T0 + 1800], [1, 2, 3], MatchRules(1000)) == [[1, 2]]
 
 
+def reference_events(times, modules, rules):
+    """The rules of coincidence.py read literally, one hit at a time (slow, obviously right)."""
+    events, i = [], 0
+    while i < len(times):
+        j = i
+        while j < len(times) and times[j] - times[i] <= rules.window_ns:
+            j += 1
+        if rules.accepts(set(modules[i:j])):
+            events.append((i, j))
+            i = j
+        else:
+            i += 1
+    return events
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_matching_equals_the_rules_read_one_hit_at_a_time(seed):
+    rng = np.random.default_rng(seed)
+    times = np.sort(rng.integers(0, 2_000_000, 3000))  # dense: many crowded windows and isolated pairs
+    modules = rng.choice([1, 2, 3, 4], len(times))
+    rules = MatchRules(1000, min_modules=2, domes={1: "a", 2: "a", 3: "b"})
+    events = find_events(times, modules, rules)
+    assert list(zip(events.start.tolist(), events.stop.tolist(), strict=True)) == \
+        reference_events(times.tolist(), modules.tolist(), rules)
+
+
 def test_time_offsets_move_a_module_before_matching():
     config = dict(coincidence_window_ns=1000, time_offsets_ns={3: 5000}, max_latency_ms=1)
     builder = assembler(**config)
