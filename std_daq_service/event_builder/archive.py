@@ -131,6 +131,6 @@ def find_coincidences(run_dir: Path, module_ids: list[int], search: ArchiveSearc
         "time_differences_ns": differences,
         "accidental": {"shift_ns": search.shift_ns, "shifts": search.n_shifts, "events_per_shift_mean":
                        float(shifted.mean()), "events_per_shift_max": int(shifted.max(initial=0)),
-                       "poisson_expectation": poisson},
+                       "poisson_expectation": float(poisson)},
         "listed_events": listed,
     }
