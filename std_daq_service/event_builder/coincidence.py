@@ -104,15 +104,11 @@ class Events:
         return len(self.start)
 
 
-def find_events(time_ns: np.ndarray, module: np.ndarray, rules: MatchRules, until_ns: float = np.inf,
-                first: int = 0) -> Events:
+def find_events(time_ns: np.ndarray, module: np.ndarray, rules: MatchRules, until_ns: float = np.inf) -> Events:
     """Greedy events among hits sorted by time; only anchors with `time + window <= until_ns` are tried.
 
     Only hits with a hit of another module within the window after them are tried as anchors: the
     Python loop runs over those candidates, not over every hit.
-
-    Args:
-        first: index of the first hit that may be an anchor or member (earlier ones are taken).
     """
     time_ns = np.asarray(time_ns, dtype=np.int64)
     module = np.asarray(module, dtype=np.int64)
@@ -124,9 +120,8 @@ def find_events(time_ns: np.ndarray, module: np.ndarray, rules: MatchRules, unti
         own = np.flatnonzero(module == m)
         others[own] -= np.searchsorted(time_ns[own], time_ns[own] + window, side="right") - np.arange(len(own)) - 1
     candidates = np.flatnonzero((others > 0) & (time_ns + window <= until_ns))
-    candidates = candidates[candidates >= first]
-    pair_start, pair_stop, candidates = _isolated_pairs(candidates, end, module, rules, first)
-    starts, stops, position = [], [], first
+    pair_start, pair_stop, candidates = _isolated_pairs(candidates, end, module, rules)
+    starts, stops, position = [], [], 0
     for i in candidates.tolist():
         if i < position:
             continue
@@ -141,11 +136,11 @@ def find_events(time_ns: np.ndarray, module: np.ndarray, rules: MatchRules, unti
     start = np.concatenate((pair_start, np.array(starts, dtype=np.int64)))
     stop = np.concatenate((pair_stop, np.array(stops, dtype=np.int64)))
     order = np.argsort(start, kind="stable")
-    return Events(start[order], stop[order], max(position, int(stop.max(initial=first)), limit))
+    return Events(start[order], stop[order], max(position, int(stop.max(initial=0)), limit))
 
 
-def _isolated_pairs(candidates: np.ndarray, end: np.ndarray, module: np.ndarray, rules: MatchRules,
-                    first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _isolated_pairs(candidates: np.ndarray, end: np.ndarray, module: np.ndarray,
+                    rules: MatchRules) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decide, vectorised, the candidates whose window holds one other hit and touches no other window.
 
     Such a pair is an event or not whatever the greedy loop decided before it (no earlier window reaches
@@ -156,7 +151,7 @@ def _isolated_pairs(candidates: np.ndarray, end: np.ndarray, module: np.ndarray,
         The accepted pairs' starts and stops, and the candidates left for the loop.
     """
     earlier_reaches = np.zeros(len(candidates), dtype=bool)
-    has_earlier = candidates > first
+    has_earlier = candidates > 0
     earlier_reaches[has_earlier] = end[candidates[has_earlier] - 1] > candidates[has_earlier]
     isolated = (end[candidates] == candidates + 2) & ~earlier_reaches
     isolated[isolated] &= end[candidates[isolated] + 1] == candidates[isolated] + 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import orjson
@@ -43,7 +44,7 @@ class EventHeader(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = "event"
+    kind: Literal["event"] = "event"
     protocol_version: str = PROTOCOL_VERSION
     source: str = Field(description="SERVICE_NAME of the event builder.")
     event_id: int = Field(description="Counts the builder's events from 0 since its start.")
