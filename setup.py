@@ -56,6 +56,7 @@ setup(
             "std_daq_hp_io_agent=std_daq_service.hp_io_agent.start:main",
             "std_daq_writer=std_daq_service.writer.start:main",
             "std_daq_rest=std_daq_service.rest.start:main",
+            "std_daq_event_builder=std_daq_service.event_builder.start:main",
         ],
     },
 )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 
 from std_daq_service import __version__
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
@@ -113,10 +113,37 @@ class RestConfig(ServiceConfig):
     sync_timeout_seconds: PositiveFloat = Field(60.0, description="Longest wait of a *_sync call.")
 
 
+class EventBuilderConfig(ServiceConfig):
+    """Configuration of a coincidence event builder (`<site>.<node>.event_builder`)."""
+
+    agents: list[AgentStream] = Field(min_length=1, description="Agents whose ph256/ph1024 streams are matched.")
+    events_bind: str = Field("tcp://127.0.0.1:5560", description="ZMQ PUB address of the coincidence events.")
+    hit_window_ns: NonNegativeInt = Field(
+        100, description="One module's frames this close in time (consecutively) are one hit (its quabos).")
+    coincidence_window_ns: PositiveInt = Field(
+        1000, description="Hits within this many ns of an event's earliest hit are its members (inclusive).")
+    time_offsets_ns: dict[int, int] = Field(
+        default_factory=dict, description="Per module id, its delay in ns: subtracted from its WR times.")
+    min_modules: PositiveInt = Field(2, description="Distinct modules an event needs.")
+    min_domes: PositiveInt = Field(
+        2, description="Distinct domes an event needs when the dome of every member module is known.")
+    domes: dict[int, str] = Field(default_factory=dict, description="Module id -> dome; overrides obs_config.")
+    obs_config: str | None = Field(
+        None, description="A run's obs_config.json: module id (last octet of ip_addr >> 2) -> dome name.")
+    max_latency_ms: PositiveFloat = Field(
+        1000.0, description="Reorder budget: frames wait until every live stream is this far (in WR time) past "
+        "them; a stream silent this long (wall time) holds no one. Frames behind it arrive late: counted, dropped.")
+    accidental_shifts: PositiveInt = Field(10, le=1000, description="Shifted copies for the accidental estimate.")
+    accidental_shift_ns: PositiveInt = Field(
+        20_000, description="Step of the shifts; module rank j moves by j * k * step, k = 1..accidental_shifts.")
+    archive_root: str = Field("/", description="find_coincidences reads run directories below this only.")
+
+
 CONFIG_MODELS: dict[str, type[ServiceConfig]] = {
     "hp_io_agent": HpIoAgentConfig,
     "writer": WriterConfig,
     "rest": RestConfig,
+    "event_builder": EventBuilderConfig,
 }
 
 

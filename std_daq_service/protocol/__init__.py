@@ -14,6 +14,14 @@ from std_daq_service.protocol.errors import (
     error_result,
     rebuild_error,
 )
+from std_daq_service.protocol.events import (
+    EVENT_TOPIC,
+    CoincidenceEvent,
+    EventHeader,
+    EventMember,
+    decode_event,
+    encode_event,
+)
 from std_daq_service.protocol.frames import (
     CONTROL_TOPIC,
     SOCKET_TOPIC_PREFIX,
@@ -35,6 +43,7 @@ from std_daq_service.protocol.frames import (
 )
 from std_daq_service.protocol.requests import (
     REQUEST_TYPES,
+    FindCoincidencesRequest,
     InitHpIoRequest,
     InitSimRequest,
     KillRequest,
@@ -59,6 +68,13 @@ from std_daq_service.protocol.statuses import (
 from std_daq_service.protocol.version import PROTOCOL_VERSION
 
 __all__ = [
+    "CoincidenceEvent",
+    "EVENT_TOPIC",
+    "EventHeader",
+    "EventMember",
+    "FindCoincidencesRequest",
+    "decode_event",
+    "encode_event",
     "Busy",
     "CONTROL_TOPIC",
     "ControlHeader",

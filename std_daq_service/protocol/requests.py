@@ -212,13 +212,29 @@ class WriteRequest(RequestBase):
         return self
 
 
+class FindCoincidencesRequest(RequestBase):
+    """Find coincidence events in an archived run: the event builder's matching, fed from the PFF files."""
+
+    request_type: Literal["find_coincidences"] = "find_coincidences"
+    path: str = Field(min_length=1, max_length=4096,
+                      description="Archived (flat) run directory, absolute or relative to the builder's archive_root.")
+    module_ids: list[ModuleId] = Field(default_factory=list, description="Empty means every module with ph files.")
+    coincidence_window_ns: PositiveInt | None = Field(
+        None, le=1_000_000_000, description="None: the builder's configured window.")
+    accidental_shifts: PositiveInt = Field(
+        100, le=10_000, description="Shifted copies averaged for the accidental estimate.")
+    max_events: NonNegativeInt = Field(1000, le=100_000, description="Most events listed in the result.")
+
+
 Request = Annotated[
-    InitHpIoRequest | InitSimRequest | StopHpIoRequest | StatusRequest | StreamRequest | WriteRequest,
+    InitHpIoRequest | InitSimRequest | StopHpIoRequest | StatusRequest | StreamRequest | WriteRequest
+    | FindCoincidencesRequest,
     Field(discriminator="request_type"),
 ]
 REQUEST_TYPES: dict[str, type[RequestBase]] = {
     model.model_fields["request_type"].default: model
-    for model in (InitHpIoRequest, InitSimRequest, StopHpIoRequest, StatusRequest, StreamRequest, WriteRequest)
+    for model in (InitHpIoRequest, InitSimRequest, StopHpIoRequest, StatusRequest, StreamRequest, WriteRequest,
+                  FindCoincidencesRequest)
 }
 _REQUEST_ADAPTER: TypeAdapter = TypeAdapter(Request)
 

@@ -1,0 +1,5 @@
+import sys
+
+from std_daq_service.event_builder.start import main
+
+sys.exit(main())
