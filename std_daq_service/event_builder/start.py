@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack
 
 import zmq
 
@@ -14,7 +13,7 @@ from std_daq_service.event_builder.event_publisher import EventPublisher
 from std_daq_service.event_builder.request_handlers import EventBuilderHandlers
 from std_daq_service.event_builder.stream_receiver import StreamReceiver
 from std_daq_service.protocol import InvalidRequest
-from std_daq_service.service_runtime import ServiceRuntime, configure_logging, parse_options
+from std_daq_service.service_runtime import ServiceRuntime
 
 DESCRIPTION = (
     "Coincidence event builder of the PANOSETI DAQ: subscribes to the pulse-height streams (ph256, ph1024) of "
@@ -25,20 +24,17 @@ DESCRIPTION = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_options("event_builder", DESCRIPTION, argv)
-    configure_logging(options.log_level)
-    with ExitStack() as stack:
-        runtime = stack.enter_context(ServiceRuntime(options))
-        config = runtime.load_config(EventBuilderConfig)
+    with ServiceRuntime.boot("event_builder", DESCRIPTION, EventBuilderConfig, argv) as (runtime, stack, config):
+        name = runtime.options.service_name
         try:
             domes = {**(domes_of_obs_config(config.obs_config) if config.obs_config else {}), **config.domes}
         except InvalidRequest as exc:
             runtime.refuse(str(exc))
         rules = match_rules(config, domes)
-        assembler = EventAssembler(runtime.service_name, config, rules, [agent.name for agent in config.agents])
+        assembler = EventAssembler(name, config, rules, [agent.name for agent in config.agents])
         publisher = runtime.start_or_refuse(stack, EventPublisher(config.events_bind),
                                             f"cannot bind events_bind {config.events_bind}", zmq.ZMQError)
-        receiver = stack.enter_context(StreamReceiver(config.agents, assembler, publisher))
+        receiver = stack.enter_context(StreamReceiver(name, config.agents, assembler, publisher))
         handlers = EventBuilderHandlers(config, rules, receiver)
         return runtime.serve(stack, handlers.handlers(), handlers.beacon_state)
 

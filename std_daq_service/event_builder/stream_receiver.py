@@ -13,7 +13,7 @@ from std_daq_service.event_builder.event_assembler import EventAssembler
 from std_daq_service.event_builder.event_publisher import EventPublisher
 from std_daq_service.event_builder.frame_table import PULSE_HEIGHT_PRODUCTS
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
-from std_daq_service.protocol import CONTROL_TOPIC, InvalidMessage, decode_frames, peek
+from std_daq_service.protocol import CONTROL_TOPIC, InvalidMessage, decode_frames, peek, subscriber_topic
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,12 @@ class StreamReceiver(Lifecycle):
     """One thread: a SUB socket per agent (ph256/ph1024 topics only), matching, and publishing of events.
 
     Messages are routed with `peek`; socket-hook snapshots are not matched (they are a sample, not the stream).
+    Each SUB declares itself an event builder (`subscriber_topic`), so the agents' inits do not wait for it.
     """
 
-    def __init__(self, agents: list[AgentStream], assembler: EventAssembler, publisher: EventPublisher):
+    def __init__(self, service_name: str, agents: list[AgentStream], assembler: EventAssembler,
+                 publisher: EventPublisher):
+        self.service_name = service_name
         self.agents = {agent.name: agent.data for agent in agents}
         self.assembler = assembler
         self.publisher = publisher
@@ -50,6 +53,7 @@ class StreamReceiver(Lifecycle):
             for dp in PULSE_HEIGHT_PRODUCTS:
                 sock.setsockopt(zmq.SUBSCRIBE, f"{dp}.".encode())
             sock.setsockopt(zmq.SUBSCRIBE, CONTROL_TOPIC)
+            sock.setsockopt(zmq.SUBSCRIBE, subscriber_topic("event_builder", self.service_name))  # infrastructure
             log.info("subscribed to the pulse-height streams of %s at %s", name, endpoint)
         self._thread.start()
 

@@ -107,6 +107,9 @@ def test_two_agents_injected_coincidences_are_all_found_and_accidentals_match_th
         try:
             with subscriber(endpoint, [EVENT_TOPIC.decode()]) as sock:
                 wait_until(lambda: ask(caller, builder_name, StatusRequest()).action == "request_success", 10)
+                for agent_name, _, _ in agents:  # infrastructure: an init without force does not wait for it
+                    wait_until(lambda n=agent_name: builder_name in ask(caller, n, StatusRequest()).result[
+                        "subscribed"]["names"].get("event_builder", []), 10, message="the builder declared")
                 write_modules(directories, {1: module_1, 3: module_3}, t0)
                 events = []
                 done = lambda: ask(caller, builder_name, StatusRequest()).result  # noqa: E731
