@@ -20,7 +20,8 @@ from typing import Any, NoReturn, TypeVar
 import redis
 
 from std_daq_service import __version__
-from std_daq_service.broker import Handler, RequestConsumer, broker_url
+from std_daq_service.broker import AuditTrail, Handler, RequestConsumer, broker_url
+from std_daq_service.broker.audit import DEFAULT_MAXLEN
 from std_daq_service.config import ConfigStore, LivenessBeacon, ServiceConfig, connect_redis, redis_url
 from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.protocol import DaqError
@@ -43,6 +44,7 @@ class ServiceOptions:
     redis_url: str
     broker_url: str
     log_level: str
+    audit_maxlen: int = DEFAULT_MAXLEN
 
     @property
     def prog(self) -> str:
@@ -64,6 +66,9 @@ def parse_options(kind: str, description: str, argv: list[str] | None = None) ->
     parser.add_argument("--broker-url", default=None,
                         help="default: $BROKER_URL or amqp://guest:guest@127.0.0.1:5672/%%2F")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="default: INFO")
+    parser.add_argument("--audit-maxlen", type=int, default=int(os.environ.get("AUDIT_MAXLEN", DEFAULT_MAXLEN)),
+                        help=f"entries kept in the Redis stream audit.requests (default: $AUDIT_MAXLEN or "
+                             f"{DEFAULT_MAXLEN})")
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
     if not args.service_name:
@@ -72,7 +77,7 @@ def parse_options(kind: str, description: str, argv: list[str] | None = None) ->
         parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: SERVICE_NAME {args.service_name!r} must end "
                                      f"in .{kind} (<site>.<node>.{kind})\n")
     return ServiceOptions(kind, args.service_name, redis_url(args.redis_url), broker_url(args.broker_url),
-                          args.log_level)
+                          args.log_level, args.audit_maxlen)
 
 
 def configure_logging(level: str) -> None:
@@ -140,10 +145,12 @@ class ServiceRuntime(Lifecycle):
               state: Callable[[], dict[str, Any]]) -> int:
         """Consume requests and keep the beacon alive until SIGTERM or SIGINT.
 
-        The consumer and the beacon are entered into `stack`: they stop when the caller leaves it.
+        The audit trail, the consumer and the beacon are entered into `stack`: they stop when the caller leaves
+        it (the audit trail last, so it records the final statuses of the requests the consumer ends).
         """
         name = self.options.service_name
-        consumer = RequestConsumer(self.options.broker_url, name, handlers)
+        audit = stack.enter_context(AuditTrail(self.redis, name, self.options.audit_maxlen))
+        consumer = RequestConsumer(self.options.broker_url, name, handlers, audit)
         dispatcher = consumer.dispatcher
 
         def beacon_state() -> dict[str, Any]:

@@ -7,10 +7,17 @@ import logging
 import sys
 
 from std_daq_service import __version__
-from std_daq_service.cli import agent_commands, client_commands, config_commands, h5_commands, pff_commands
+from std_daq_service.cli import (
+    agent_commands,
+    client_commands,
+    config_commands,
+    h5_commands,
+    history_commands,
+    pff_commands,
+)
 from std_daq_service.protocol import DaqError
 
-COMMAND_GROUPS = (pff_commands, h5_commands, config_commands, agent_commands, client_commands)
+COMMAND_GROUPS = (pff_commands, h5_commands, config_commands, agent_commands, client_commands, history_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
