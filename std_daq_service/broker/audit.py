@@ -33,6 +33,7 @@ _PENDING_LIMIT = 50_000
 _RETRY_S = 1.0
 _RAW_BODY_CHARS = 4000
 _SCAN_CHUNK = 2000
+_LATEST_TIME_S = 1e11
 
 
 @dataclass(frozen=True)
@@ -154,16 +155,16 @@ def parse_time(text: str | float | None, name: str) -> float | None:
     if text is None or text == "":
         return None
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidRequest(f"{name}: {text!r} is neither Unix seconds nor an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+        try:
+            parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRequest(f"{name}: {text!r} is neither Unix seconds nor an ISO 8601 time") from None
+        seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+    if not 0 <= seconds < _LATEST_TIME_S:  # also NaN
+        raise InvalidRequest(f"{name}: {text!r} is not a time between 1970 and 5138")
+    return seconds
 
 
 def read_history(client: redis.Redis, service: str | None = None, request_type: str | None = None,
