@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from std_daq_service import __version__
-from std_daq_service.broker import CallResult, Caller, SharedCaller, parse_time, read_history
+from std_daq_service.broker import Caller, CallResult, SharedCaller, parse_time, read_history
 from std_daq_service.config import ConfigStore, RestConfig, live_services, service_kind
 from std_daq_service.protocol import (
     DaqError,
