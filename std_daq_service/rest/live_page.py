@@ -89,16 +89,14 @@ class LivePage:
                 for r in rows]
 
     def state(self) -> dict[str, Any]:
-        now, mono = time.time(), time.monotonic()
+        now = time.time()
         services, beacons = self.services(now)
         states = {row["name"]: row["state"] for row in services}
         streams = []
-        for view in self.feed.streams():
-            stats = ((beacons.get(view.agent) or {}).get("streams") or {}).get(f"{view.module_id}/{view.dp}")
-            stream = {**view.summary(mono), "agent_state": states.get(view.agent, "down"), "stats": stats}
-            if not view.is_movie:
-                stream["distribution"] = view.distribution(mono)
-            streams.append(stream)
+        for stream in self.feed.summaries():
+            agent = stream["agent"]
+            stats = ((beacons.get(agent) or {}).get("streams") or {}).get(f"{stream['module_id']}/{stream['dp']}")
+            streams.append({**stream, "agent_state": states.get(agent, "down"), "stats": stats})
         return {"service": self.service_name, "time": now, "services": services, "streams": streams,
                 "running": self.running(beacons), "history": self.history(),
                 "broker_connected": self.caller.connected.is_set(), "token_required": bool(self.config.token),

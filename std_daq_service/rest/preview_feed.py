@@ -124,13 +124,13 @@ class PreviewFeed(Lifecycle):
     def _release(self) -> None:
         self._loop.close()
 
-    def streams(self) -> list[StreamView]:
+    def summaries(self) -> list[dict[str, Any]]:
+        """Every stream's `StreamView.summary`, with its distribution for pulse height (under the feed's lock)."""
+        now = time.monotonic()
         with self._lock:
-            return [self._views[key] for key in sorted(self._views)]
-
-    def view(self, agent: str, module_id: int, dp: str) -> StreamView | None:
-        with self._lock:
-            return self._views.get((agent, module_id, dp))
+            views = [self._views[key] for key in sorted(self._views)]
+            return [{**view.summary(now), **({} if view.is_movie else {"distribution": view.distribution(now)})}
+                    for view in views]
 
     def snapshot(self, agent: str, module_id: int, dp: str) -> tuple[np.ndarray, int, tuple[float, float]] | None:
         """The latest image of a stream, its `seq` and its colour limits (consistent with each other)."""
