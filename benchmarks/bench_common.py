@@ -1,5 +1,5 @@
-"""What the benchmarks share: services started as subprocesses, their CPU time from /proc, and the stream
-clients of the load run (tests/integration/test_load.py uses them too)."""
+"""What the benchmarks share: services started as subprocesses, their CPU time from /proc, the stream clients of
+the load run (tests/integration/test_load.py uses them too) and headless Chromium (test_webview.py too)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import zmq
@@ -63,3 +64,42 @@ def mixed_subscribers(data: str, preview: str, n: int, seconds: float,
     for sock in sockets:
         sock.close(0)
     context.term()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@contextmanager
+def headless_chromium(width: int = 1600, height: int = 1000) -> Iterator:
+    """Debian's Chromium driven by Selenium through Debian's chromedriver (no browser download)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     f"--window-size={width},{height}", "--hide-scrollbars", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, queue = [], [pid]
+    while queue:
+        tree.append(queue.pop())
+        queue += children.get(tree[-1], [])
+    return tree

@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry
 from pythonjsonlogger.json import JsonFormatter
 
 from std_daq_service import __version__
-from std_daq_service.broker import Handler, RequestConsumer, broker_url
+from std_daq_service.broker import AuditTrail, Handler, RequestConsumer, broker_url
+from std_daq_service.broker.audit import DEFAULT_MAXLEN
 from std_daq_service.config import ConfigStore, LivenessBeacon, ServiceConfig, connect_redis, redis_url
 from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.metrics import Families, MetricsServer, RuntimeState, StateCollector
@@ -49,6 +50,7 @@ class ServiceOptions:
     broker_url: str
     log_level: str
     log_format: str = "text"
+    audit_maxlen: int = DEFAULT_MAXLEN
 
     @property
     def prog(self) -> str:
@@ -73,6 +75,9 @@ def parse_options(kind: str, description: str, argv: list[str] | None = None) ->
     parser.add_argument("--log-format", choices=LOG_FORMATS, default=os.environ.get("LOG_FORMAT", "text"),
                         help="text (default: $LOG_FORMAT or text) or json: one JSON object per line with service, "
                              "request_id, level, host, time, logger, message")
+    parser.add_argument("--audit-maxlen", type=int, default=int(os.environ.get("AUDIT_MAXLEN", DEFAULT_MAXLEN)),
+                        help=f"entries kept in the Redis stream audit.requests (default: $AUDIT_MAXLEN or "
+                             f"{DEFAULT_MAXLEN})")
     parser.add_argument("--version", action="version", version=__version__)
     args = parser.parse_args(argv)
     if args.log_format not in LOG_FORMATS:
@@ -83,7 +88,7 @@ def parse_options(kind: str, description: str, argv: list[str] | None = None) ->
         parser.exit(EXIT_BAD_CONFIG, f"{parser.prog}: error: SERVICE_NAME {args.service_name!r} must end "
                                      f"in .{kind} (<site>.<node>.{kind})\n")
     return ServiceOptions(kind, args.service_name, redis_url(args.redis_url), broker_url(args.broker_url),
-                          args.log_level, args.log_format)
+                          args.log_level, args.log_format, args.audit_maxlen)
 
 
 class _TextFormatter(logging.Formatter):
@@ -190,14 +195,16 @@ class ServiceRuntime(Lifecycle):
               metrics: Callable[[Families], None] | None = None) -> int:
         """Consume requests, keep the beacon alive and serve the metrics until SIGTERM or SIGINT.
 
-        The consumer, the beacon and the metrics server (if `metrics_port` is set) are entered into `stack`:
-        they stop when the caller leaves it.
+        The audit trail, the consumer, the beacon and the metrics server (if `metrics_port` is set) are entered
+        into `stack`: they stop when the caller leaves it (the audit trail last, so it records the final statuses of
+        the requests the consumer ends).
 
         Args:
             metrics: adds the service's own metrics at each scrape (read from its state).
         """
         name = self.options.service_name
-        consumer = RequestConsumer(self.options.broker_url, name, handlers)
+        audit = stack.enter_context(AuditTrail(self.redis, name, self.options.audit_maxlen))
+        consumer = RequestConsumer(self.options.broker_url, name, handlers, audit)
         dispatcher = consumer.dispatcher
 
         def beacon_state() -> dict[str, Any]:

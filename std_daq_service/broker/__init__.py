@@ -1,5 +1,6 @@
 """RabbitMQ for requests and statuses: service side (consumer, dispatcher) and caller side."""
 
+from std_daq_service.broker.audit import AUDIT_STREAM, AuditTrail, Caller, parse_time, read_history
 from std_daq_service.broker.call_result import CallResult
 from std_daq_service.broker.caller import RequestCaller
 from std_daq_service.broker.consumer import RequestConsumer
@@ -17,6 +18,11 @@ from std_daq_service.broker.topology import (
 )
 
 __all__ = [
+    "AUDIT_STREAM",
+    "AuditTrail",
+    "Caller",
+    "parse_time",
+    "read_history",
     "SharedCaller",
     "CallResult",
     "DEFAULT_BROKER_URL",

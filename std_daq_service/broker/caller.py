@@ -10,6 +10,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from std_daq_service.broker.audit import Caller
 from std_daq_service.broker.call_result import CallResult
 from std_daq_service.broker.status_store import StatusStore
 from std_daq_service.broker.topology import (
@@ -44,14 +45,17 @@ class RequestCaller(Lifecycle):
     Args:
         listener: called with every status received (of any request), from the thread that pumps.
         store: where statuses are kept (a `SharedCaller` passes its own); by default one of this caller.
+        caller: who the requests come from, for the services' audit trail; by default this host and user.
     """
 
     def __init__(self, broker_url: str | None = None, name: str = "caller",
-                 listener: Callable[[Status], None] | None = None, store: StatusStore | None = None):
+                 listener: Callable[[Status], None] | None = None, store: StatusStore | None = None,
+                 caller: Caller | None = None):
         self.broker_url = broker_url
         self.name = name
         self.listener = listener
         self.store = store if store is not None else StatusStore()
+        self.caller = caller
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
 
@@ -99,8 +103,14 @@ class RequestCaller(Lifecycle):
         """Receive statuses for up to `timeout` seconds."""
         self._open_channel().connection.process_data_events(time_limit=timeout)
 
-    def publish(self, target: str, request: Request | bytes, request_id: str | None = None) -> str:
+    def _caller_headers(self, caller: Caller | None) -> dict[str, str]:
+        return (caller or self.caller or Caller.this_process()).headers()
+
+    def publish(self, target: str, request: Request | bytes, request_id: str | None = None,
+                caller: Caller | None = None) -> str:
         """Send a request to one service; return its request_id.
+
+        `caller` (default: the caller's own) is sent as the `caller_host` / `caller_user` headers.
 
         Raises:
             UnknownTarget: no queue is bound for `target` (the service never ran on this broker).
@@ -117,7 +127,8 @@ class RequestCaller(Lifecycle):
                 body=body,
                 properties=pika.BasicProperties(
                     correlation_id=request_id,
-                    headers={"request_type": request_type, "protocol_version": PROTOCOL_VERSION},
+                    headers={"request_type": request_type, "protocol_version": PROTOCOL_VERSION,
+                             **self._caller_headers(caller)},
                     delivery_mode=pika.DeliveryMode.Persistent,
                     content_type="application/json",
                 ),
@@ -132,7 +143,7 @@ class RequestCaller(Lifecycle):
             raise NoServiceAnswered(f"the broker refused the request for {target!r}") from None
         return request_id
 
-    def kill(self, target: str, request_id: str) -> None:
+    def kill(self, target: str, request_id: str, caller: Caller | None = None) -> None:
         """Ask `target` to stop request `request_id`."""
         channel = self._open_channel()
         try:
@@ -142,7 +153,7 @@ class RequestCaller(Lifecycle):
                 body=encode_request(KillRequest(request_id=request_id)),
                 properties=pika.BasicProperties(
                     correlation_id=request_id,
-                    headers={"protocol_version": PROTOCOL_VERSION},
+                    headers={"protocol_version": PROTOCOL_VERSION, **self._caller_headers(caller)},
                     delivery_mode=pika.DeliveryMode.Persistent,
                     content_type="application/json",
                 ),

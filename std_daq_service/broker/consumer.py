@@ -10,6 +10,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from std_daq_service.broker.audit import AuditTrail, Caller
 from std_daq_service.broker.dispatcher import Dispatcher, Handler
 from std_daq_service.broker.topology import (
     STATUS_EXCHANGE,
@@ -45,11 +46,14 @@ class RequestConsumer(Lifecycle):
     request is never lost (not acknowledged before that) and never run twice (redeliveries of an
     accepted request id are dropped). Statuses from handler threads go through an outbox that the
     I/O thread drains; while the broker is away they wait there and are sent after reconnecting.
+    With an `audit` trail, every request received (with its caller), status and kill is recorded there.
     """
 
-    def __init__(self, broker_url: str | None, service_name: str, handlers: dict[str, Handler]):
+    def __init__(self, broker_url: str | None, service_name: str, handlers: dict[str, Handler],
+                 audit: AuditTrail | None = None):
         self.broker_url = broker_url
         self.service_name = service_name
+        self.audit = audit
         self.dispatcher = Dispatcher(service_name, handlers, self.publish)
         self.connected = threading.Event()
         self.reconnects = 0
@@ -62,6 +66,8 @@ class RequestConsumer(Lifecycle):
 
     def publish(self, status: Status) -> None:
         """Queue a status for publication (thread-safe)."""
+        if self.audit is not None:
+            self.audit.status(status)
         if len(self._outbox) >= _OUTBOX_LIMIT:
             dropped = self._outbox.popleft()
             log.error("status outbox full while the broker is away; dropped %s %s", dropped.action, dropped.request_id)
@@ -205,7 +211,10 @@ class RequestConsumer(Lifecycle):
         except InvalidRequest as exc:
             request = exc
         self._drain()
-        self._send(channel, self.dispatcher.received(request_id, request))
+        received = self.dispatcher.received(request_id, request)
+        if self.audit is not None:
+            self.audit.received(received, Caller.from_headers(properties.headers), body)
+        self._send(channel, received)
         channel.basic_ack(method.delivery_tag)
         self.dispatcher.submit(request_id, request)
 
@@ -224,4 +233,6 @@ class RequestConsumer(Lifecycle):
             log.warning("%s: kill ignored: its body names %s, its correlation_id %s", self.service_name, named,
                         target)
             return
+        if self.audit is not None:
+            self.audit.kill(str(target or named), Caller.from_headers(properties.headers))
         self.dispatcher.kill(str(target or named))

@@ -11,6 +11,7 @@ from typing import Any
 
 import pika.exceptions
 
+from std_daq_service.broker.audit import Caller
 from std_daq_service.broker.call_result import CallResult
 from std_daq_service.broker.caller import RequestCaller
 from std_daq_service.broker.status_store import StatusStore
@@ -110,19 +111,19 @@ class SharedCaller(Lifecycle):
             self._fail_jobs(pika.exceptions.AMQPConnectionError("the broker connection closed; retry"))
         return future.result()
 
-    def publish(self, targets: Iterable[str], request: Request, request_id: str) -> None:
-        """Send one request (same id) to each target; raises UnknownTarget / NoServiceAnswered."""
+    def publish(self, targets: Iterable[str], request: Request, request_id: str, caller: Caller | None = None) -> None:
+        """Send one request (same id) to each target for `caller`; raises UnknownTarget / NoServiceAnswered."""
         targets = list(targets)
         self.store.register(request_id)
 
-        def send(caller: RequestCaller) -> None:
+        def send(sender: RequestCaller) -> None:
             for target in targets:
-                caller.publish(target, request, request_id)
+                sender.publish(target, request, request_id, caller)
 
         self._submit(send)
 
-    def kill(self, target: str, request_id: str) -> None:
-        self._submit(lambda caller: caller.kill(target, request_id))
+    def kill(self, target: str, request_id: str, caller: Caller | None = None) -> None:
+        self._submit(lambda sender: sender.kill(target, request_id, caller))
 
     def history(self, request_id: str) -> list[Status] | None:
         return self.store.history(request_id)

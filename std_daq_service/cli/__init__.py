@@ -11,11 +11,18 @@ import sys
 
 from std_daq_service import __version__
 from std_daq_service.broker import broker_url
-from std_daq_service.cli import agent_commands, client_commands, config_commands, h5_commands, pff_commands
+from std_daq_service.cli import (
+    agent_commands,
+    client_commands,
+    config_commands,
+    h5_commands,
+    history_commands,
+    pff_commands,
+)
 from std_daq_service.cli.errors import ArgumentParser, error_line, print_error
 from std_daq_service.config import redis_url
 
-COMMAND_GROUPS = (pff_commands, h5_commands, config_commands, agent_commands, client_commands)
+COMMAND_GROUPS = (pff_commands, h5_commands, config_commands, agent_commands, client_commands, history_commands)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 log = logging.getLogger("std_daq")

@@ -32,6 +32,10 @@ from std_daq_service.protocol import (
 
 log = logging.getLogger(__name__)
 
+_BEACON_STREAM_FIELDS = ("frames_published", "frames_per_second", "frames_lost", "corrupt_bytes_skipped", "lag_bytes",
+                         "seconds_since_data", "next_seq")
+"""What the beacon tells of each stream (`<module>/<dp>`), for the REST proxy's live page."""
+
 
 class AgentHandlers(Lifecycle):
     """Request handlers of one agent; inits and stops are serialised, the others run at any time.
@@ -191,10 +195,13 @@ class AgentHandlers(Lifecycle):
 
     def beacon_state(self) -> dict:
         tracking = self.tracker.tracking
+        modules = self.tracker.status()["modules"]
         return {
             "state": "tracking" if tracking else "idle",
             "data_dir": str(tracking.data_dir) if tracking else None,
             "endpoints": self.endpoints(),
+            "streams": {f"{module_id}/{dp}": {key: stream[key] for key in _BEACON_STREAM_FIELDS}
+                        for module_id, products in modules.items() for dp, stream in products.items()},
         }
 
     def metrics(self, families: Families) -> None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from std_daq_service import __version__
-from std_daq_service.broker import CallResult, SharedCaller
+from std_daq_service.broker import Caller, CallResult, SharedCaller, parse_time, read_history
 from std_daq_service.config import ConfigStore, RestConfig, live_services, service_kind
 from std_daq_service.protocol import (
     DaqError,
@@ -37,6 +37,9 @@ from std_daq_service.rest.openapi import ANY_OBJECT, TARGET_FIELDS, Route, opena
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+CALLER_USER_HEADER = "X-Caller-User"
+"""HTTP header naming the person behind a request, for the audit trail (the host is the client's address)."""
+HISTORY_LIMIT = 1000
 
 
 def _json(payload: dict[str, Any], code: int = 200) -> Response:
@@ -66,6 +69,11 @@ def _model(model: type[BaseModel], body: dict[str, Any]) -> BaseModel:
         return model.model_validate(fields)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid request: {describe_validation_error(exc)}") from exc
+
+
+def _http_caller() -> Caller:
+    """Who sent the HTTP request: its client address and the `X-Caller-User` header, as given."""
+    return Caller(request.remote_addr or "", request.headers.get(CALLER_USER_HEADER, ""))
 
 
 def _std_daq_response(started: float | None) -> Callable[[Status], dict[str, Any]]:
@@ -111,7 +119,7 @@ class RestApi:
 
     def call(self, targets: list[str], req: Request) -> CallResult:
         request_id = str(uuid.uuid4())
-        self.caller.publish(targets, req, request_id)  # its waiter exists before the request leaves
+        self.caller.publish(targets, req, request_id, _http_caller())  # its waiter exists before it leaves
         return self.caller.wait(request_id, targets, self.config.sync_timeout_seconds)
 
     @staticmethod
@@ -138,7 +146,7 @@ class RestApi:
 
     def write_async(self, req: WriteRequest, writers: list[str]) -> Response:
         request_id = str(uuid.uuid4())
-        self.caller.publish(writers, req, request_id)
+        self.caller.publish(writers, req, request_id, _http_caller())
         return _json({"status": "ok", "request_id": request_id, "writers": writers})
 
     def write_kill(self, req: KillRequest, writers: list[str]) -> Response:
@@ -149,7 +157,7 @@ class RestApi:
         """
         history = self.caller.history(req.request_id)
         for writer in writers:
-            self.caller.kill(writer, req.request_id)
+            self.caller.kill(writer, req.request_id, _http_caller())
         if history is None:
             raise UnknownTarget(f"kill sent to {', '.join(writers)}, but this proxy saw no status of request "
                                 f"{req.request_id} (it keeps the last 2000), so it cannot wait for its end")
@@ -165,11 +173,33 @@ class RestApi:
         return _json({"status": "ok", "services": live_services(self.redis)})
 
     def request_history(self, request_id: str) -> Response:
+        """Every status of a request: as this proxy saw them, else from the audit trail (older ones, or sent
+        before this proxy started)."""
         history = self.caller.history(request_id)
-        if history is None:
-            raise UnknownTarget(f"no request {request_id} seen by this proxy (it keeps the last 2000)")
-        return _json({"status": "ok", "request_id": request_id,
-                      "statuses": [s.model_dump(mode="json") for s in history]})
+        if history is not None:
+            return _json({"status": "ok", "request_id": request_id,
+                          "statuses": [s.model_dump(mode="json") for s in history]})
+        records = read_history(self.redis, request_id=request_id, limit=HISTORY_LIMIT)
+        if not records:
+            raise UnknownTarget(f"no request {request_id} seen by this proxy or in the audit trail")
+        statuses = sorted(({"request_id": request_id, "source": record["service"], "request": record["request"],
+                            "result": None, **step} for record in records for step in record["statuses"]
+                           if step["action"] != "kill"),
+                          key=lambda s: s["timestamp"])
+        return _json({"status": "ok", "request_id": request_id, "statuses": statuses})
+
+    def request_list(self) -> Response:
+        """The audit trail's requests, newest first, filtered by `service`, `type`, `since`, `until`, `limit`."""
+        args = request.args
+        try:
+            limit = int(args.get("limit", 100))
+        except ValueError:
+            raise InvalidRequest(f"limit: {args['limit']!r} is not an integer") from None
+        if not 1 <= limit <= HISTORY_LIMIT:
+            raise InvalidRequest(f"limit: between 1 and {HISTORY_LIMIT}")
+        records = read_history(self.redis, args.get("service") or None, args.get("type") or None,
+                               parse_time(args.get("since"), "since"), parse_time(args.get("until"), "until"), limit)
+        return _json({"status": "ok", "requests": records})
 
     def recent(self) -> Response:
         rows = []
@@ -216,7 +246,9 @@ ROUTES: tuple[Route, ...] = (
           "targets"),
     Route("POST", "/stop_hp_io", "Agents stop tracking.", RestApi.agent_call, StopHpIoRequest, "targets"),
     Route("GET", "/services", "Live services (from their liveness beacons).", RestApi.services),
-    Route("GET", "/requests/<request_id>", "Status history of a recent request.", RestApi.request_history),
+    Route("GET", "/requests", "Requests the services received (audit trail), newest first; times are Unix seconds "
+          "or ISO 8601.", RestApi.request_list, query=("service", "type", "since", "until", "limit")),
+    Route("GET", "/requests/<request_id>", "Status history of a request.", RestApi.request_history),
     Route("GET", "/status", "The 50 most recent requests and each service's latest status.", RestApi.recent),
     Route("GET", "/config/<service>", "The stored configuration of a service.", RestApi.get_config),
     Route("PUT", "/config/<service>", "Validate and store a service's configuration.", RestApi.put_config,

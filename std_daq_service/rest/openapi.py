@@ -52,6 +52,7 @@ class Route:
         view: the function answering it.
         body: the request model of the JSON body, `ANY_OBJECT`, or None for no body.
         targets: the body field naming the target services (a key of `TARGET_FIELDS`).
+        query: the optional query parameters (strings).
     """
 
     method: str
@@ -60,6 +61,7 @@ class Route:
     view: Callable[..., Any]
     body: type[BaseModel] | type[dict] | None = None
     targets: str | None = None
+    query: tuple[str, ...] = ()
 
     @property
     def path_parameters(self) -> list[str]:
@@ -101,6 +103,9 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
         if route.path_parameters:
             operation["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                                        for name in route.path_parameters]
+        if route.query:
+            operation["parameters"] = [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                                       for name in route.query]
         if route.body is not None:
             operation["requestBody"] = {"required": False,
                                         "content": {"application/json": {"schema": route.body_schema()}}}

@@ -10,14 +10,17 @@ from std_daq_service.config import RestConfig
 from std_daq_service.protocol import StatusRequest
 from std_daq_service.rest.app import create_app
 from std_daq_service.rest.http_server import HttpServer
+from std_daq_service.rest.live_page import LivePage, add_live_page
+from std_daq_service.rest.preview_feed import PreviewFeed
 from std_daq_service.service_runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "REST proxy of the PANOSETI DAQ: HTTP endpoints (write_sync, write_async, write_kill, init_hp_io, init_sim, "
-    "stop_hp_io, services, requests/<id>, status, config/<service>, health, openapi.json) turned into broker "
-    "requests to agents and writers. Binds host:port of its config (default 127.0.0.1:5000)."
+    "stop_hp_io, services, requests, requests/<id>, status, config/<service>, health, openapi.json) turned into "
+    "broker requests to agents and writers, and a live page at /ui. Binds host:port of its config (default "
+    "127.0.0.1:5000)."
 )
 
 
@@ -26,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         options = runtime.options
         caller = stack.enter_context(SharedCaller(options.broker_url, options.service_name))
         app = create_app(options.service_name, config, caller, runtime.redis)
+        feed = stack.enter_context(PreviewFeed(runtime.redis, options.service_name, config.agents))
+        add_live_page(app, LivePage(options.service_name, config, caller, runtime.redis, feed))
         server = runtime.start_or_refuse(stack, HttpServer(app, config.host, config.port),
                                          f"cannot listen on {config.host}:{config.port}")
         log.info("REST proxy listening on %s", server.url)

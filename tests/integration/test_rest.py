@@ -43,7 +43,7 @@ def test_health_services_and_openapi_document_every_route(rest):
     assert {rest.agent, rest.writer, rest.process.service_name} <= set(services)
     paths = requests.get(f"{rest.url}/openapi.json", timeout=5).json()["paths"]
     assert set(paths) == {"/write_sync", "/write_async", "/write_kill", "/init_hp_io", "/init_sim", "/stop_hp_io",
-                          "/services", "/requests/{request_id}", "/status", "/config/{service}", "/health",
+                          "/services", "/requests", "/requests/{request_id}", "/status", "/config/{service}", "/health",
                           "/openapi.json"}
     assert set(paths["/config/{service}"]) == {"get", "put"}
     assert "n_images" in paths["/write_sync"]["post"]["requestBody"]["content"]["application/json"]["schema"][
@@ -64,6 +64,28 @@ def test_write_sync_answers_like_std_daq_with_the_file(rest):
     assert {"request_received", "request_start"} <= {s["action"] for s in history}
     recent = requests.get(f"{rest.url}/status", timeout=5).json()["requests"]
     assert any(r["request_id"] == body["request_id"] and r["request_type"] == "write" for r in recent)
+
+
+def test_request_history_names_the_http_caller_and_filters(rest):
+    before = time.time()
+    answer = requests.post(f"{rest.url}/write_sync", json={"n_images": 5, "output_file": "audited.h5"},
+                           headers={"X-Caller-User": "alice"}, timeout=30).json()
+
+    def records(**query):
+        found = requests.get(f"{rest.url}/requests", params=query, timeout=5)
+        assert found.status_code == 200, found.text
+        return found.json()["requests"]
+
+    record = wait_until(lambda: next((r for r in records(service=rest.writer, type="write", since=before)
+                                      if r["request_id"] == answer["request_id"] and r["ended"]), None), 10,
+                        message="the write in the audit trail")
+    assert record["caller"] == {"host": "127.0.0.1", "user": "alice"} and record["outcome"] == "request_success"
+    assert record["request"]["output_file"] == "audited.h5" and record["result"]["frames"] > 0
+    assert not [r for r in records(service=rest.writer, until=before - 1) if r["request_id"] == answer["request_id"]]
+    assert not records(service=rest.writer, type="init_sim", since=before)
+    for bad in ({"since": "yesterday"}, {"until": "nan"}, {"limit": "0"}, {"limit": "x"}):
+        answered = requests.get(f"{rest.url}/requests", params=bad, timeout=5)
+        assert answered.status_code == 400 and answered.json()["status"] == "error", answered.text
 
 
 def test_write_async_then_kill(rest):
