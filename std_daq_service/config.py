@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
@@ -41,6 +42,17 @@ def connect_redis(url: str | None = None) -> redis.Redis:
 def service_kind(service_name: str) -> str:
     """`lick.daq1.hp_io_agent` -> `hp_io_agent`."""
     return service_name.rsplit(".", 1)[-1]
+
+
+def advertised_endpoint(bind: str, advertise_host: str | None) -> str:
+    """The address a client connects to for a bind address (wildcards become a host name)."""
+    parts = urlsplit(bind)
+    host = parts.hostname or ""
+    if advertise_host:
+        host = advertise_host
+    elif host in ("*", "0.0.0.0", ""):
+        host = socket.gethostname()
+    return f"{parts.scheme}://{host}:{parts.port}"
 
 
 class ServiceConfig(BaseModel):
@@ -90,6 +102,14 @@ class AgentStream(BaseModel):
     data: str = Field(description="The agent's ZMQ data address, e.g. tcp://127.0.0.1:5555.")
 
 
+class EventStream(BaseModel):
+    """One event builder whose coincidence events a writer records."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="The builder's SERVICE_NAME.")
+    events: str = Field(description="The builder's ZMQ events address (its beacon's events_endpoint).")
+
+
 class WriterConfig(ServiceConfig):
     """Configuration of an HDF5 writer (`<site>.<node>.writer`)."""
 
@@ -99,6 +119,8 @@ class WriterConfig(ServiceConfig):
     ring_buffer_bytes: PositiveInt = Field(256 << 20, description="Memory cap of all ring buffers.")
     max_concurrent_writes: PositiveInt = Field(8, description="Writes at once; more are refused.")
     compression: Literal["none", "gzip", "lzf", "bitshuffle_lz4", "blosc_lz4"] = "bitshuffle_lz4"
+    event_builders: list[EventStream] = Field(
+        default_factory=list, description="Event builders whose coincidence events a write may record.")
 
 
 class RestConfig(ServiceConfig):
@@ -118,6 +140,9 @@ class EventBuilderConfig(ServiceConfig):
 
     agents: list[AgentStream] = Field(min_length=1, description="Agents whose ph256/ph1024 streams are matched.")
     events_bind: str = Field("tcp://127.0.0.1:5560", description="ZMQ PUB address of the coincidence events.")
+    advertise_host: str | None = Field(
+        None, description="Host name clients and writers connect to for the events; default: the bind address's host."
+    )
     hit_window_ns: NonNegativeInt = Field(
         100, description="One module's frames this close in time (consecutively) are one hit (its quabos).")
     coincidence_window_ns: PositiveInt = Field(

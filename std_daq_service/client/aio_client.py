@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +16,23 @@ from std_daq_service.protocol import Request
 _END = object()
 
 
-class ImageStream:
-    """What `AioDaqDataClient.stream_images` returns: an async iterator of PanoImage dicts.
+class AsyncStream:
+    """What `AioDaqDataClient.stream_images` and `stream_events` return: an async iterator of dicts.
 
     Awaiting it gives itself, since panoseti_grpc's README shows both `client.stream_images(...)` and
     `await client.stream_images(...)` before the `async for`.
     """
 
-    def __init__(self, images: AsyncIterator[dict[str, Any]]):
-        self._images = images
+    def __init__(self, items: AsyncIterator[dict[str, Any]]):
+        self._items = items
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        return self._images
+        return self._items
 
-    def __await__(self) -> Generator[Any, None, ImageStream]:
+    def __await__(self) -> Generator[Any, None, AsyncStream]:
         return self._itself().__await__()
 
-    async def _itself(self) -> ImageStream:
+    async def _itself(self) -> AsyncStream:
         return self
 
 
@@ -40,9 +40,9 @@ class AioDaqDataClient:
     """Async context manager; every method of `DaqDataClient` (`CLIENT_METHODS`) is a coroutine here.
 
     Requests run one at a time in a worker thread on one `DaqDataClient` (the broker connection is
-    blocking); each `stream_images` iterator reads in a thread of its own, with its own client, so streams
-    never wait for requests or for each other. Setting `stop_event` (as in panoseti_grpc) ends every stream of
-    this client; `options` are `DaqDataClient`'s keywords.
+    blocking); each `stream_images` or `stream_events` iterator reads in a thread of its own, with its own
+    client, so streams never wait for requests or for each other. Setting `stop_event` (as in panoseti_grpc)
+    ends every stream of this client; `options` are `DaqDataClient`'s keywords.
     """
 
     def __init__(self, daq_config: str | Path | dict | None = None, network_config: str | Path | dict | None = None,
@@ -114,29 +114,33 @@ class AioDaqDataClient:
     def stream_images(self, hosts: Hosts, stream_movie_data: bool = True, stream_pulse_height_data: bool = True,
                       update_interval_seconds: float = 1.0, module_ids: Iterable[int] = (),
                       wait_for_ready: bool = False, parse_pano_images: bool = True,
-                      stop_event: threading.Event | None = None) -> ImageStream:
+                      stop_event: threading.Event | None = None) -> AsyncStream:
         """Async iterator over PanoImage dicts (see `DaqDataClient.stream_images`), awaitable too; `stop_event`
         is set when it ends. It ends when the client's `stop_event` is set."""
-        return ImageStream(self._images(hosts, stream_movie_data, stream_pulse_height_data, update_interval_seconds,
-                                        module_ids, wait_for_ready, parse_pano_images, stop_event))
+        return AsyncStream(self._stream(lambda client, stop: client.stream_images(
+            hosts, stream_movie_data, stream_pulse_height_data, update_interval_seconds, module_ids, wait_for_ready,
+            parse_pano_images, stop), stop_event))
 
-    async def _images(self, hosts: Hosts, stream_movie_data: bool, stream_pulse_height_data: bool,
-                      update_interval_seconds: float, module_ids: Iterable[int], wait_for_ready: bool,
-                      parse_pano_images: bool, stop_event: threading.Event | None) -> AsyncIterator[dict[str, Any]]:
+    def stream_events(self, builders: Hosts = None, stop_event: threading.Event | None = None) -> AsyncStream:
+        """Async iterator over coincidence event dicts (see `DaqDataClient.stream_events`), awaitable too;
+        `stop_event` is set when it ends. It ends when the client's `stop_event` is set."""
+        return AsyncStream(self._stream(lambda client, stop: client.stream_events(builders, stop), stop_event))
+
+    async def _stream(self, items: Callable[[DaqDataClient, threading.Event], Iterator[dict[str, Any]]],
+                      stop_event: threading.Event | None) -> AsyncIterator[dict[str, Any]]:
+        """Run `items` on a client of its own in a reader thread; hand what it yields to the loop."""
         loop = asyncio.get_running_loop()
-        images: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        queued: asyncio.Queue = asyncio.Queue(maxsize=1000)
         stop = stop_event if stop_event is not None else threading.Event()
 
         def put(item: Any) -> None:
-            asyncio.run_coroutine_threadsafe(images.put(item), loop).result()
+            asyncio.run_coroutine_threadsafe(queued.put(item), loop).result()
 
         def read() -> None:
             try:
                 with DaqDataClient(*self._args, **self._options) as client:
-                    for image in client.stream_images(hosts, stream_movie_data, stream_pulse_height_data,
-                                                      update_interval_seconds, module_ids, wait_for_ready,
-                                                      parse_pano_images, stop):
-                        put(image)
+                    for item in items(client, stop):
+                        put(item)
                     put(_END)
             except Exception as exc:  # handed to the awaiting side, raised there
                 with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
@@ -149,7 +153,7 @@ class AioDaqDataClient:
             client_stop.add_done_callback(lambda _: stop.set())  # the reader ends, then _END comes
         try:
             while True:
-                item = await images.get()
+                item = await queued.get()
                 if item is _END or (self._stop_event is not None and self._stop_event.is_set()):
                     return
                 if isinstance(item, Exception):
@@ -159,6 +163,6 @@ class AioDaqDataClient:
             stop.set()
             if client_stop is not None:
                 client_stop.cancel()
-            while not images.empty():
-                images.get_nowait()
+            while not queued.empty():
+                queued.get_nowait()
             await asyncio.to_thread(reader.join, 5)

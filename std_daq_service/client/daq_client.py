@@ -13,6 +13,7 @@ import pika.exceptions
 
 from std_daq_service.broker import RequestCaller
 from std_daq_service.client.discovery import Discovery, Hosts, load_json_arg
+from std_daq_service.client.event_stream import stream_events
 from std_daq_service.client.frame_stream import Subscription
 from std_daq_service.client.image_stream import stream_images
 from std_daq_service.config import connect_redis
@@ -31,7 +32,8 @@ from std_daq_service.protocol import (
 log = logging.getLogger(__name__)
 
 CLIENT_METHODS = ("get_valid_daq_hosts", "ping", "reflect_services", "init_hp_io", "init_sim", "stop_hp_io",
-                  "status", "write", "write_async", "kill", "wait", "stream_images", "default_writer", "request")
+                  "status", "write", "write_async", "kill", "wait", "stream_images", "stream_events", "default_writer",
+                  "request")
 """The public methods of `DaqDataClient`; `AioDaqDataClient` has each with the same signature, awaited (tested)."""
 
 OnStatus = Callable[[Status], None] | None
@@ -191,6 +193,23 @@ class DaqDataClient:
                                         update_interval_seconds, list(module_ids), wait_for_ready)
         yield from stream_images(subscriptions, update_interval_seconds, parse_pano_images, self.failed_hosts,
                                  self.discovery.live_agents, stop_event, self._answer_heartbeats)
+
+    def stream_events(self, builders: Hosts = None,
+                      stop_event: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        """Yield the coincidence events of event builders (SERVICE_NAMEs; None or empty: every live one).
+
+        Each event is a dict of the `EventHeader` fields (`event_id`, `time_ns`, `window_ns`, `multiplicity`,
+        `modules`, `domes`, `members`, `source`...), each member with its image as `image_array` (int16). Events
+        published before the subscription took hold are not seen. A builder whose beacon expires is logged and
+        listed in `failed_hosts`; the others go on. Setting `stop_event` ends the iteration (from another thread).
+
+        Raises:
+            UnknownTarget: a named builder is not live.
+            NoServiceAnswered: none named and no event builder is live.
+        """
+        endpoints = self.discovery.event_endpoints(builders)
+        yield from stream_events(endpoints, self.failed_hosts, self.discovery.live_builders, stop_event,
+                                 self._answer_heartbeats)
 
     def _answer_heartbeats(self) -> None:
         """Keep the broker connection alive while a stream runs (it sends no requests, but the broker

@@ -52,6 +52,27 @@ class Discovery:
     def live_agents(self) -> set[str]:
         return set(live_services(self.redis, "hp_io_agent"))
 
+    def live_builders(self) -> set[str]:
+        return set(live_services(self.redis, "event_builder"))
+
+    def event_endpoints(self, builders: Hosts) -> dict[str, str]:
+        """The events address of each builder meant by `builders` (SERVICE_NAMEs; None or empty: every live one),
+        from its liveness beacon (`events_endpoint`).
+
+        Raises:
+            NoServiceAnswered: `builders` empty or None and no event builder is live.
+            UnknownTarget: a named builder is not live.
+        """
+        live = {name: beacon["events_endpoint"] for name, beacon in live_services(self.redis, "event_builder").items()
+                if isinstance(beacon.get("events_endpoint"), str)}
+        given = [] if not builders else [builders] if isinstance(builders, str) else list(builders)
+        if not given and not live:
+            raise NoServiceAnswered("no live event builders (std_daq list-hosts)")
+        missing = [name for name in given if name not in live]
+        if missing:
+            raise UnknownTarget(f"no live event builder {', '.join(missing)} (std_daq list-hosts)")
+        return {name: live[name] for name in given or sorted(live)}
+
     def valid_daq_hosts(self) -> set[str]:
         """Live agents, limited to daq_config's `agents` (SERVICE_NAMEs) or to the agents on its `daq_nodes`
         (panoseti's daq_config.json: `ip_addr` of each node) when given."""

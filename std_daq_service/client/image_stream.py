@@ -56,7 +56,7 @@ def stream_images(subscriptions: list[Subscription], update_interval_seconds: fl
                 yield from pano_images(batch, host, parse_pano_images)
             if time.monotonic() - last_check > _LIVENESS_CHECK_S:
                 last_check = time.monotonic()
-                _check_hosts(set(sockets.values()), live_agents(), failed_hosts)
+                check_hosts(set(sockets.values()), live_agents(), failed_hosts)
     finally:
         for sock in sockets:
             sock.close(linger=0)
@@ -78,7 +78,8 @@ def _receive(sock: zmq.Socket, host: str, throttle: Throttle, failed_hosts: dict
     return throttle.offer(host, message)
 
 
-def _check_hosts(hosts: set[str], live: set[str], failed_hosts: dict[str, str]) -> None:
+def check_hosts(hosts: set[str], live: set[str], failed_hosts: dict[str, str]) -> None:
+    """Enter each streamed host that left `live` (its beacon expired) in `failed_hosts`, once, and log it."""
     for host in sorted(hosts - live):
         if host not in failed_hosts:
             failed_hosts[host] = "liveness beacon expired"

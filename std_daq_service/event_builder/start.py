@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime.refuse(str(exc))
         rules = match_rules(config, domes)
         assembler = EventAssembler(name, config, rules, [agent.name for agent in config.agents])
-        publisher = runtime.start_or_refuse(stack, EventPublisher(config.events_bind),
+        publisher = runtime.start_or_refuse(stack, EventPublisher(config.events_bind, config.advertise_host),
                                             f"cannot bind events_bind {config.events_bind}", zmq.ZMQError)
         receiver = stack.enter_context(StreamReceiver(name, config.agents, assembler, publisher))
         handlers = EventBuilderHandlers(config, rules, receiver)

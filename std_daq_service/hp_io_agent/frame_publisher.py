@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import collections
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
@@ -31,17 +29,6 @@ class FrameSource(NamedTuple):
     run: str | None = None
     file: str | None = None
     seqno: int | None = None
-
-
-def advertised_endpoint(bind: str, advertise_host: str | None) -> str:
-    """The address a client connects to for a bind address (wildcards become a host name)."""
-    parts = urlsplit(bind)
-    host = parts.hostname or ""
-    if advertise_host:
-        host = advertise_host
-    elif host in ("*", "0.0.0.0", ""):
-        host = socket.gethostname()
-    return f"{parts.scheme}://{host}:{parts.port}"
 
 
 USER = "user"

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from std_daq_service.broker import Handler, RequestContext
-from std_daq_service.config import HpIoAgentConfig
-from std_daq_service.hp_io_agent.frame_publisher import USER, advertised_endpoint
+from std_daq_service.config import HpIoAgentConfig, advertised_endpoint
+from std_daq_service.hp_io_agent.frame_publisher import USER
 from std_daq_service.hp_io_agent.simulator import DEFAULT_SOURCE, Simulator
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
 from std_daq_service.lifecycle import Lifecycle

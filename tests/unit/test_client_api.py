@@ -19,8 +19,8 @@ def test_the_method_table_lists_every_public_method_of_the_sync_client():
 def test_sync_and_async_signatures_are_equal(name):
     sync, aio = getattr(DaqDataClient, name), getattr(AioDaqDataClient, name)
     assert inspect.signature(aio).parameters == inspect.signature(sync).parameters
-    if name == "stream_images":  # an async iterator that may also be awaited, as panoseti's README does both
-        assert inspect.signature(aio).return_annotation == "ImageStream"
+    if name.startswith("stream_"):  # an async iterator that may also be awaited, as panoseti's README does both
+        assert inspect.signature(aio).return_annotation == "AsyncStream"
     else:
         assert inspect.iscoroutinefunction(aio)
 
