@@ -166,11 +166,12 @@ class WriteRequest(RequestBase):
     request_type: Literal["write"] = "write"
     output_file: str = Field(min_length=1, max_length=1024, description="Path relative to the output root.")
     sources: list[str] = Field(
-        default_factory=list, description="Agent service names to record from; empty means all configured."
+        default_factory=list, description="Agent service names to record frames from (empty: all configured), or "
+        "one event builder's name (of the writer's event_builders) to record its coincidence events."
     )
     module_ids: list[ModuleId] = Field(default_factory=list, description="Empty means all modules.")
     data_products: list[DataProductName] = Field(default_factory=list, description="Empty means all.")
-    n_images: PositiveInt | None = Field(None, description="Stop after this many frames per stream.")
+    n_images: PositiveInt | None = Field(None, description="Stop after this many frames per stream (or events).")
     duration_seconds: PositiveFloat | None = Field(None, le=7 * 86400, description="Record this long.")
     start_time: NonNegativeInt | None = Field(
         None, le=MAX_UNIX_NS, description="Unix ns (an integer or a string of digits) or ISO 8601 (UTC unless it "

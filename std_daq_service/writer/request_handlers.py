@@ -9,7 +9,9 @@ from pathlib import Path
 from std_daq_service.broker import Handler, RequestContext
 from std_daq_service.config import WriterConfig
 from std_daq_service.metrics import Families, fill_writer
-from std_daq_service.protocol import Busy, StatusRequest, UnknownTarget, WriteRequest
+from std_daq_service.protocol import Busy, InvalidRequest, StatusRequest, UnknownTarget, WriteRequest
+from std_daq_service.writer.event_receiver import EventReceiver
+from std_daq_service.writer.event_write_job import EventWriteJob
 from std_daq_service.writer.h5_recording import H5Recording
 from std_daq_service.writer.output_paths import confined_path, make_folders, stale_parts
 from std_daq_service.writer.stream_receiver import StreamReceiver
@@ -21,10 +23,12 @@ log = logging.getLogger(__name__)
 class WriterHandlers:
     """Request handlers of one writer; writes run concurrently up to `max_concurrent_writes`."""
 
-    def __init__(self, service_name: str, config: WriterConfig, receiver: StreamReceiver):
+    def __init__(self, service_name: str, config: WriterConfig, receiver: StreamReceiver,
+                 event_receiver: EventReceiver):
         self.service_name = service_name
         self.config = config
         self.receiver = receiver
+        self.event_receiver = event_receiver
         self.output_root = Path(config.output_root)
         self._lock = threading.Lock()
         self._writing: dict[Path, str] = {}
@@ -38,13 +42,22 @@ class WriterHandlers:
     def handlers(self) -> dict[str, Handler]:
         return {"write": self.write, "status": self.status}
 
-    def _selection(self, request: WriteRequest) -> Selection:
-        known = set(self.receiver.agents)
+    def _selection(self, request: WriteRequest) -> Selection | str:
+        """The frames a write records, or the event builder whose events it records."""
+        known, builders = set(self.receiver.agents), set(self.event_receiver.builders)
         sources = set(request.sources) or known
-        unknown = sources - known
+        unknown = sources - known - builders
         if unknown:
             raise UnknownTarget(f"{self.service_name} does not record {', '.join(sorted(unknown))}; "
-                                f"it records {', '.join(sorted(known))}")
+                                f"it records {', '.join(sorted(known | builders))}")
+        if sources & builders:
+            if len(sources) > 1:
+                raise InvalidRequest("sources: a write records the events of one event builder, or frames of "
+                                     f"agents, not both: {', '.join(sorted(sources))}")
+            if request.module_ids or request.data_products:
+                raise InvalidRequest("module_ids, data_products: select frames of agents, not events of "
+                                     f"{', '.join(sources)}")
+            return sources.pop()
         return Selection(frozenset(sources), frozenset(request.module_ids), frozenset(request.data_products))
 
     def _claim(self, path: Path, request: WriteRequest, request_id: str, recording: H5Recording) -> None:
@@ -63,13 +76,16 @@ class WriterHandlers:
         selection = self._selection(request)
         path = confined_path(self.output_root, request.output_file)
         attrs = {"request": request.model_dump(mode="json"), "request_id": ctx.request_id,
-                 "writer": self.service_name, "sources": sorted(selection.sources),
+                 "writer": self.service_name,
+                 "sources": [selection] if isinstance(selection, str) else sorted(selection.sources),
                  "start_time_ns": request.start_time if request.start_time is not None else -1,
                  "stop_time_ns": request.stop_time if request.stop_time is not None else -1}
         recording = H5Recording(path, request.compression or self.config.compression, attrs)
         self._claim(path, request, ctx.request_id, recording)
         try:
             make_folders(self.output_root, path)
+            if isinstance(selection, str):
+                return EventWriteJob(request, ctx, self.event_receiver, recording, selection).run()
             return WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds).run()
         finally:
             with self._lock:
@@ -81,7 +97,8 @@ class WriterHandlers:
     def status(self, request: StatusRequest, ctx: RequestContext) -> dict:
         with self._lock:
             writing = {str(path): request_id for path, request_id in self._writing.items()}
-        return {**self.receiver.status(), "output_root": str(self.output_root), "writing": writing,
+        return {**self.receiver.status(), **self.event_receiver.status(), "output_root": str(self.output_root),
+                "writing": writing,
                 "stale_part_files": self.stale_parts}
 
     def beacon_state(self) -> dict:

@@ -6,6 +6,7 @@ import sys
 
 from std_daq_service.config import WriterConfig
 from std_daq_service.service_runtime import ServiceRuntime
+from std_daq_service.writer.event_receiver import EventReceiver
 from std_daq_service.writer.request_handlers import WriterHandlers, check_output_root
 from std_daq_service.writer.ring_buffer import RingBuffer
 from std_daq_service.writer.stream_receiver import StreamReceiver
@@ -24,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
             runtime.refuse(problem)
         ring = RingBuffer(config.ring_buffer_seconds, config.ring_buffer_bytes)
         receiver = stack.enter_context(StreamReceiver(runtime.options.service_name, config.agents, ring))
-        handlers = WriterHandlers(runtime.options.service_name, config, receiver)
+        events = stack.enter_context(EventReceiver(config.event_builders, RingBuffer(
+            config.ring_buffer_seconds, config.ring_buffer_bytes)))
+        handlers = WriterHandlers(runtime.options.service_name, config, receiver, events)
         return runtime.serve(stack, handlers.handlers(), handlers.beacon_state, handlers.metrics)
 
 
