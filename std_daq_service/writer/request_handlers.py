@@ -18,10 +18,16 @@ log = logging.getLogger(__name__)
 
 
 class WriterHandlers:
-    """Request handlers of one writer; writes run concurrently up to `max_concurrent_writes`."""
+    """Request handlers of one writer; writes run concurrently up to `max_concurrent_writes`.
 
-    def __init__(self, service_name: str, config: WriterConfig, receiver: StreamReceiver):
+    Args:
+        broker_url: where writes reaching back past the ring buffer ask the agents for replays.
+    """
+
+    def __init__(self, service_name: str, config: WriterConfig, receiver: StreamReceiver,
+                 broker_url: str | None = None):
         self.service_name = service_name
+        self.broker_url = broker_url
         self.config = config
         self.receiver = receiver
         self.output_root = Path(config.output_root)
@@ -66,7 +72,8 @@ class WriterHandlers:
         self._claim(path, request, ctx.request_id)
         try:
             make_folders(self.output_root, path)
-            return WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds).run()
+            return WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds,
+                            broker_url=self.broker_url).run()
         finally:
             with self._lock:
                 self._writing.pop(path, None)
