@@ -69,6 +69,7 @@ class Replay:
         self.batch_frames = max(1, min(max_batch_frames, batch))
         self.streams: dict[str, _StreamResult] = {}
         self.notes: list[str] = []
+        self._began = time.monotonic()
 
     def _check(self) -> int:
         """The window's stop, clipped to now; refuse a window that lies in the future.
@@ -98,7 +99,11 @@ class Replay:
             raise UnknownTarget(f"no run {request.run} with PFF files under {self.data_dir} on {self.service_name}")
         history = {key: files for key, files in history.items()
                    if not request.data_products or key[1] in request.data_products}
-        self.publisher.wait_for_subscriber(self.ctx.request_id, SUBSCRIBER_WAIT_S, self.ctx.cancelled)
+        try:
+            self.publisher.wait_for_subscriber(self.ctx.request_id, SUBSCRIBER_WAIT_S, self.ctx.cancelled)
+        except RequestKilled:
+            return self._result(stop_ns, None)  # killed before anything was sent: request_killed
+        self._began = time.monotonic()
         error: DaqError | None = None
         try:
             for (module_id, dp), files in history.items():
@@ -191,6 +196,7 @@ class Replay:
         return {"replay_id": self.ctx.request_id, "source": self.service_name, "data_dir": str(self.data_dir),
                 "start_time_ns": self.request.start_time, "stop_time_ns": stop_ns, "frames": frames,
                 "bytes": sum(s.bytes for s in self.streams.values()), "no_data": not frames,
+                "seconds": round(time.monotonic() - self._began, 3),
                 "complete": not (partial or killed or error is not None), "partial": partial,
                 "streams": {name: s.as_dict() for name, s in sorted(self.streams.items())},
                 "notes": self.notes, "message": message}

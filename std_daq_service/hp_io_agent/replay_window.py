@@ -58,6 +58,9 @@ class Piece:
             inside = np.flatnonzero((times >= self.start_ns) & (times < self.stop_ns))
             if not len(inside):
                 continue
+            if len(inside) == len(block):  # the usual case: the block itself, its decoded headers reused
+                yield block.first_frame_number - self.start, block
+                continue
             breaks = np.flatnonzero(np.diff(inside) > 1) + 1
             for run in np.split(inside, breaks):
                 offset = block.first_frame_number - self.start + int(run[0])
