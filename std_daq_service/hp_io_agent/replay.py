@@ -20,7 +20,7 @@ import numpy as np
 from std_daq_service.broker import RequestContext
 from std_daq_service.hp_io_agent.replay_publisher import ReplayPublisher
 from std_daq_service.hp_io_agent.replay_window import Piece, candidate_files, file_piece, replay_seq
-from std_daq_service.hp_io_agent.run_discovery import stream_history
+from std_daq_service.hp_io_agent.run_discovery import StreamFile, stream_history
 from std_daq_service.hp_io_agent.seq_index import SeqIndex
 from std_daq_service.pff import PffError
 from std_daq_service.protocol import (
@@ -125,20 +125,22 @@ class Replay:
             raise error
         return result
 
-    def _open_pieces(self, name: str, files: list, start_ns: int, stop_ns: int) -> list[Piece]:
+    def _open_pieces(self, name: str, files: list[StreamFile], start_ns: int, stop_ns: int) -> list[Piece]:
         pieces = []
         for file in files:
             try:
                 piece = file_piece(file, start_ns, stop_ns)
-            except (PffError, OSError) as exc:
+            except (PffError, OSError) as exc:  # gone (its run dir collected) or unreadable: the stream is partial
                 log.warning("replay %s: %s skipped: %s", self.ctx.request_id, file.path, exc)
-                self.streams.setdefault(name, _StreamResult()).skipped_files.append(f"{file.path.name}: {exc}")
+                result = self.streams.setdefault(name, _StreamResult())
+                result.skipped_files.append(f"{file.path.name}: {exc}")
+                result.partial = result.partial or f"{file.path} could not be replayed: {exc}"
                 continue
             if piece is not None:
                 pieces.append(piece)
         return pieces
 
-    def _replay_stream(self, name: str, files: list, start_ns: int, stop_ns: int) -> None:
+    def _replay_stream(self, name: str, files: list[StreamFile], start_ns: int, stop_ns: int) -> None:
         pieces = self._open_pieces(name, files, start_ns, stop_ns)
         try:
             if not pieces:
