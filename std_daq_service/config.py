@@ -88,6 +88,17 @@ class HpIoAgentConfig(ServiceConfig):
     poll_interval_seconds: PositiveFloat = Field(0.5, description="Polling period where inotify is missing.")
     max_batch_frames: PositiveInt = Field(1000, description="Most frames per ZMQ message.")
     send_hwm: PositiveInt = Field(100_000, description="ZMQ messages queued per subscriber before drops.")
+    replay_bind: str = Field(
+        "tcp://127.0.0.1:*", description="ZMQ XPUB address of replay requests (past frames from the PFF files); a "
+        "`*` port picks a free one, reported as endpoints.replay by stream and status."
+    )
+    replay_max_frames_per_second: PositiveFloat = Field(
+        50_000, description="Most frames per second all replays together publish, so the live stream keeps its "
+        "latency."
+    )
+    replay_max_bytes_per_second: PositiveFloat = Field(
+        200e6, description="Most image and header bytes per second all replays together publish."
+    )
     socket_hook: bool = Field(False, description="Listen on Hashpipe's low-latency Unix sockets.")
     socket_path_template: str = Field(
         "/tmp/hashpipe_grpc.dp_{dp}.sock", description="Path of the Unix socket per data product."

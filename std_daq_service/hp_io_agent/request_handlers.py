@@ -11,6 +11,8 @@ from pathlib import Path
 from std_daq_service.broker import Handler, RequestContext
 from std_daq_service.config import HpIoAgentConfig, advertised_endpoint
 from std_daq_service.hp_io_agent.frame_publisher import USER
+from std_daq_service.hp_io_agent.replay import Replay
+from std_daq_service.hp_io_agent.replay_publisher import ReplayPublisher
 from std_daq_service.hp_io_agent.simulator import DEFAULT_SOURCE, Simulator
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
 from std_daq_service.lifecycle import Lifecycle
@@ -22,6 +24,7 @@ from std_daq_service.protocol import (
     InitHpIoRequest,
     InitSimRequest,
     InvalidRequest,
+    ReplayRequest,
     StatusRequest,
     StopHpIoRequest,
     StreamRequest,
@@ -38,15 +41,16 @@ _BEACON_STREAM_FIELDS = ("frames_published", "frames_per_second", "frames_lost",
 
 
 class AgentHandlers(Lifecycle):
-    """Request handlers of one agent; inits and stops are serialised, the others run at any time.
+    """Request handlers of one agent; inits and stops are serialised, the others (replays too) run at any time.
 
     Closing stops the simulator, if one runs.
     """
 
-    def __init__(self, service_name: str, config: HpIoAgentConfig, tracker: Tracker):
+    def __init__(self, service_name: str, config: HpIoAgentConfig, tracker: Tracker, replays: ReplayPublisher):
         self.service_name = service_name
         self.config = config
         self.tracker = tracker
+        self.replays = replays
         self.simulator: Simulator | None = None
         self._init_lock = threading.Lock()
 
@@ -57,6 +61,7 @@ class AgentHandlers(Lifecycle):
             "stop_hp_io": self.stop_hp_io,
             "status": self.status,
             "stream": self.stream,
+            "replay": self.replay,
         }
 
     def _preview_interval(self, seconds: float) -> tuple[float, dict[str, str]]:
@@ -171,7 +176,18 @@ class AgentHandlers(Lifecycle):
         return {
             "data": advertised_endpoint(publisher.data_endpoint, self.config.advertise_host),
             "preview": advertised_endpoint(publisher.preview_endpoint, self.config.advertise_host),
+            "replay": advertised_endpoint(self.replays.endpoint, self.config.advertise_host),
         }
+
+    def replay(self, request: ReplayRequest, ctx: RequestContext) -> dict:
+        """Publish a past window from the PFF files on the replay socket (`Replay`)."""
+        tracking = self.tracker.tracking
+        if request.data_dir is None and tracking is None:
+            raise InvalidRequest(f"{self.service_name} tracks no data dir: give data_dir (a data dir or an archived "
+                                 "run dir) to replay from")
+        data_dir = Path(request.data_dir) if request.data_dir else tracking.data_dir
+        return Replay(self.service_name, request, ctx, data_dir, self.replays, self.tracker.seq_index,
+                      self.config.max_batch_frames).run()
 
     def stream(self, request: StreamRequest, ctx: RequestContext) -> dict:
         """Where to subscribe; any `update_interval_seconds` is fine, as clients throttle their own copy."""

@@ -138,6 +138,26 @@ def discover(data_dir: Path, module_ids: set[int] | None = None) -> dict[tuple[i
     return streams
 
 
+def stream_history(data_dir: Path, module_ids: set[int] | None = None,
+                   run: str | None = None) -> dict[tuple[int, str], list[StreamFile]]:
+    """Every file of every stream under a data dir (or of one archived run dir), in stream order.
+
+    Args:
+        run: only the run dirs of this name (every module has one of the same name on a DAQ node).
+    """
+    if is_run_dir(data_dir):
+        run_dirs = [data_dir] if run is None or data_dir.name == run else []
+    else:
+        run_dirs = [d for m in sorted(data_dir.glob("module_*")) if _MODULE_DIR.match(m.name)
+                    for d in _run_dirs(m) if run is None or d.name == run]
+    streams: dict[tuple[int, str], list[StreamFile]] = {}
+    for run_dir in run_dirs:
+        for found in _stream_files(run_dir):
+            if not module_ids or found.module_id in module_ids:
+                streams.setdefault(found.key, []).append(found)
+    return {key: sorted(files, key=lambda f: (f.order, f.path.name)) for key, files in sorted(streams.items())}
+
+
 def watched_dirs(data_dir: Path) -> list[Path]:
     """Directories whose changes matter: the data dir, its module dirs and each module's newest run dir."""
     if is_run_dir(data_dir):

@@ -12,6 +12,7 @@ from std_daq_service.config import HpIoAgentConfig
 from std_daq_service.hp_io_agent.checkpoint import Checkpoint
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
 from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
+from std_daq_service.hp_io_agent.replay_publisher import ReplayPublisher
 from std_daq_service.hp_io_agent.request_handlers import AgentHandlers
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.tracker import Tracker, Tracking
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 DESCRIPTION = (
     "Node agent of the PANOSETI DAQ: finds Hashpipe runs under a data dir, tails their PFF files and publishes "
     "every frame over ZMQ (plus a preview stream); can replay an archived run as a live one (init_sim). "
-    "Requests over RabbitMQ: init_hp_io, init_sim, stop_hp_io, status, stream."
+    "Past windows are published again from the files on a replay socket (replay). "
+    "Requests over RabbitMQ: init_hp_io, init_sim, stop_hp_io, status, stream, replay."
 )
 
 
@@ -33,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         publisher = runtime.start_or_refuse(
             stack, FramePublisher(options.service_name, config.data_bind, config.preview_bind, config.send_hwm),
             f"cannot bind {config.data_bind} / {config.preview_bind}", zmq.ZMQError,
+        )
+        replays = runtime.start_or_refuse(
+            stack, ReplayPublisher(config.replay_bind, config.replay_max_frames_per_second,
+                                   config.replay_max_bytes_per_second),
+            f"cannot bind {config.replay_bind}", zmq.ZMQError,
         )
         watcher = stack.enter_context(FileWatcher(config.poll_interval_seconds))
         hook = None
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames, hook, checkpoint,
                     config.rollover_grace_seconds)
         )
-        handlers = stack.enter_context(AgentHandlers(options.service_name, config, tracker))
+        handlers = stack.enter_context(AgentHandlers(options.service_name, config, tracker, replays))
         if config.data_dir:
             tracker.track(Tracking(Path(config.data_dir), set(), 1.0), "reinit", f"tracking {config.data_dir}")
         elif state.get("tracking"):

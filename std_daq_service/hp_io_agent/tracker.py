@@ -20,6 +20,7 @@ from std_daq_service.hp_io_agent.run_discovery import (
     stream_file,
     watched_dirs,
 )
+from std_daq_service.hp_io_agent.seq_index import SeqIndex
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock, StreamTailer
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
@@ -76,6 +77,8 @@ class Tracker(Lifecycle):
                  max_batch_frames: int, socket_hook: SocketHook | None = None, checkpoint: Checkpoint | None = None,
                  rollover_grace_s: float = 2.0):
         self.rollover_grace_s = rollover_grace_s
+        self.seq_index = SeqIndex()
+        """The live `seq` of the frames published since the tracking began, for replays."""
         self.publisher = publisher
         self.watcher = watcher
         self.socket_hook = socket_hook
@@ -142,6 +145,8 @@ class Tracker(Lifecycle):
         self._resuming = bool(change.resume)
         if change.resume:  # subscribers of the agent before its restart reconnect first
             self._hold_until = time.monotonic() + _RESUME_HOLD_S
+        if not change.resume:
+            self.seq_index.clear()
         if self.checkpoint is not None and not change.resume:
             self.checkpoint.set_tracking(change.tracking.to_dict() if change.tracking else None, change.simulation)
         self.publisher.control(change.event, change.message)
@@ -314,6 +319,8 @@ class Tracker(Lifecycle):
         for stream, block in read:
             self.publisher.publish(block, tracking.origin)
             stream.published(block)
+            self.seq_index.record(str(block.file.path), block.block.first_frame_number, int(block.seq[0]),
+                                  len(block.block))
         self.publisher.publish_previews(tracking.update_interval_s)
         self.publisher.poll_monitors()
         self._check_run_end()

@@ -10,7 +10,11 @@ for module images). `image_bytes` holds the n images back to back, exactly as in
 cost no parsing at either end, however many frames a message carries.
 
 A control message is two parts `[b"control.", header_json]` (schema: `ControlHeader`) with an `event`:
-`run_start`, `run_end`, `reinit`, `stop`.
+`run_start`, `run_end`, `reinit`, `stop`, and `replay_end` (the last message of a replay).
+
+Replayed frames (an agent's `replay` request, published on its replay socket) travel in the same format on the
+same topics, with `origin: "replay"` and the replay request's id as `replay_id` in the header (a key that live
+frames do not carry).
 
 Receivers that route messages before decoding them use `peek`; `decode_stream_message` gives a `FrameBatch`
 or a `ControlHeader`.
@@ -45,7 +49,7 @@ SUBSCRIBER_TOPIC_PREFIX = b"subscriber."
 Kind `user` is a stream a client opened (the agent hands it out with the `stream` answer); any other kind
 (`writer`, later `event_builder`) is infrastructure, which the agent's inits do not wait for.
 """
-ControlEvent = Literal["run_start", "run_end", "reinit", "stop"]
+ControlEvent = Literal["run_start", "run_end", "reinit", "stop", "replay_end"]
 PER_FRAME_COLUMNS = ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_ns")
 """The columns every frame message carries first, in this order; the PFF header columns follow."""
 PFF_COLUMN_PREFIX = "pff_header."
@@ -118,7 +122,13 @@ class FrameBatchHeader(BaseModel):
     kind: Literal["frames"] = "frames"
     protocol_version: str = PROTOCOL_VERSION
     source: str = Field(description="SERVICE_NAME of the publishing agent.")
-    origin: Literal["file", "socket", "simulator"] = Field(description="Where the frames were read.")
+    origin: Literal["file", "socket", "simulator", "replay"] = Field(
+        description="Where the frames were read: live from files (or the simulator's), from the socket hook, or "
+        "from the files again by a replay request."
+    )
+    replay_id: str | None = Field(
+        None, description="Replayed frames only: the id of the replay request that published them."
+    )
     module_id: int
     dp: str = Field(description="Data product: one of pff.DATA_PRODUCTS.")
     shape: list[int] = Field(description="Image height and width, those of the data product.")
@@ -145,6 +155,8 @@ class ControlHeader(BaseModel):
     message: str = ""
     run: str | None = None
     module_id: int | None = None
+    replay_id: str | None = Field(None, description="replay_end only: the replay request it ends.")
+    result: dict[str, Any] | None = Field(None, description="replay_end only: what the replay published.")
 
 
 def encode_frames(
@@ -163,12 +175,14 @@ def encode_frames(
     host_timestamp_ns: np.ndarray,
     pff_fields: dict[str, np.ndarray],
     image_bytes: bytes,
+    replay_id: str | None = None,
 ) -> list[bytes]:
     """Encode n frames of one stream as a multipart message.
 
     Args:
         pff_fields: header numbers, arrays of shape (n,) or (n, 4) for module images.
         wr_timestamp_ns: -1 where WR time is invalid.
+        replay_id: the replay request of replayed frames (origin "replay"); live frames carry no such key.
     """
     columns = dict(zip(PER_FRAME_COLUMNS, (frame_number, seq, wr_timestamp_ns, host_timestamp_ns), strict=True))
     columns.update({f"{PFF_COLUMN_PREFIX}{name}": values for name, values in pff_fields.items()})
@@ -190,6 +204,8 @@ def encode_frames(
         "n_frames": len(frame_number),
         "columns": [[name, COLUMN_DTYPE, list(a.shape[1:])] for name, a in zip(columns, arrays, strict=True)],
     }
+    if replay_id is not None:
+        header["replay_id"] = replay_id
     columns_part = b"".join(a.tobytes() for a in arrays)
     return [frame_topic(dp, module_id, origin), orjson.dumps(header), columns_part, image_bytes]
 
@@ -197,7 +213,8 @@ def encode_frames(
 def encode_control(source: str, event: ControlEvent, message: str = "", **fields: Any) -> list[bytes]:
     """Encode a control message for the frame stream."""
     header = ControlHeader(source=source, event=event, message=message, **fields)
-    return [CONTROL_TOPIC, header.model_dump_json().encode()]
+    replay_fields = {"replay_id", "result"} if header.replay_id is None else set()  # live bytes as before
+    return [CONTROL_TOPIC, header.model_dump_json(exclude=replay_fields).encode()]
 
 
 @dataclass(frozen=True)
@@ -206,7 +223,8 @@ class Peek:
 
     Attributes:
         kind: "frames" or "control"; the other fields describe frames only.
-        origin: "socket" for the socket hook's streams, else "file" (simulated frames travel as file frames).
+        origin: "socket" for the socket hook's streams, else "file" (simulated and replayed frames travel as file
+            frames: the header tells them apart).
         n_frames: from the length of the image part.
     """
 
@@ -263,6 +281,7 @@ class FrameBatch:
     pff_columns: dict[str, np.ndarray]
     images: np.ndarray
     protocol_version: str = PROTOCOL_VERSION
+    replay_id: str | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -371,6 +390,6 @@ def decode_frames(parts: Sequence[bytes | memoryview]) -> FrameBatch:
             run=header["run"], file=header["file"], seqno=header["seqno"],
             **{name: named[name] for name in PER_FRAME_COLUMNS}, pff_columns=pff,
             images=np.frombuffer(parts[_IMAGES_PART], dtype=product.dtype).reshape(n, *product.shape),
-            protocol_version=header["protocol_version"])
+            protocol_version=header["protocol_version"], replay_id=header.get("replay_id"))
     except KeyError as exc:
         raise InvalidMessage(f"bad frame header: {exc} missing") from exc

@@ -160,7 +160,22 @@ def to_unix_ns(value: int | str | None) -> int | None:
     return calendar.timegm(when.utctimetuple()) * 1_000_000_000 + int(fraction.ljust(9, "0"))
 
 
-class WriteRequest(RequestBase):
+class TimedRequest(RequestBase):
+    """A request with `start_time` / `stop_time`: both parsed by `to_unix_ns` (the one owner of time parsing)."""
+
+    @field_validator("start_time", "stop_time", mode="before", check_fields=False)
+    @classmethod
+    def _time(cls, value):
+        return to_unix_ns(value)
+
+
+_RUN_DESCRIPTION = ("Only this run (its obs_*.pffd dir name) of the data dir; default: every run whose files hold "
+                    "frames of the window.")
+_DATA_DIR_DESCRIPTION = ("Where the agent finds the PFF files: a data dir (module_<N>/obs_*.pffd) or one archived "
+                         "run dir, on the agent's node; default: the dir it tracks.")
+
+
+class WriteRequest(TimedRequest):
     """Record selected frames into one HDF5 file under the writer's output root."""
 
     request_type: Literal["write"] = "write"
@@ -175,7 +190,8 @@ class WriteRequest(RequestBase):
     duration_seconds: PositiveFloat | None = Field(None, le=7 * 86400, description="Record this long.")
     start_time: NonNegativeInt | None = Field(
         None, le=MAX_UNIX_NS, description="Unix ns (an integer or a string of digits) or ISO 8601 (UTC unless it "
-        "names a zone, up to 9 fractional digits); may lie in the past, within the ring buffer."
+        "names a zone, up to 9 fractional digits); may lie in the past: what the ring buffer no longer holds is "
+        "replayed from the agents' PFF files."
     )
     stop_time: NonNegativeInt | None = Field(
         None, le=MAX_UNIX_NS, description="Unix ns (an integer or a string of digits) or ISO 8601, as start_time."
@@ -185,16 +201,15 @@ class WriteRequest(RequestBase):
     )
     overwrite: bool = Field(False, description="Replace an existing file.")
     compression: CompressionName | None = Field(None, description="None: the writer's configured default.")
+    run: str | None = Field(None, min_length=1, max_length=255,
+                            description=f"Replayed part (needs start_time): {_RUN_DESCRIPTION}")
+    data_dir: str | None = Field(None, min_length=1, max_length=4096,
+                                 description=f"Replayed part (needs start_time): {_DATA_DIR_DESCRIPTION}")
 
     @field_validator("sources", mode="before")
     @classmethod
     def _one_source(cls, value):
         return [value] if isinstance(value, str) else value
-
-    @field_validator("start_time", "stop_time", mode="before")
-    @classmethod
-    def _time(cls, value):
-        return to_unix_ns(value)
 
     @field_validator("output_file")
     @classmethod
@@ -210,6 +225,33 @@ class WriteRequest(RequestBase):
             raise ValueError(f"give at most one of n_images, duration_seconds, stop_time (got {limits})")
         if self.start_time is not None and self.stop_time is not None and self.stop_time <= self.start_time:
             raise ValueError("stop_time must be after start_time")
+        if (self.run or self.data_dir) and self.start_time is None:
+            raise ValueError("run and data_dir choose the files a past window is replayed from: give start_time")
+        return self
+
+
+class ReplayRequest(TimedRequest):
+    """Publish the frames of a past time window again, from the agent's PFF files, on its replay socket.
+
+    Subscribe to the replay endpoint (`endpoints.replay` of `stream` or `status`) with the frame topics wanted and
+    `subscriber.replay.<request id>.` before sending: the agent waits for that subscription, then publishes.
+    """
+
+    request_type: Literal["replay"] = "replay"
+    start_time: NonNegativeInt = Field(
+        le=MAX_UNIX_NS, description="Unix ns or ISO 8601, as in write: frames whose time (WR, else host) lies in "
+        "[start_time, stop_time) are published."
+    )
+    stop_time: NonNegativeInt = Field(le=MAX_UNIX_NS, description="Unix ns or ISO 8601; after start_time.")
+    module_ids: list[ModuleId] = Field(default_factory=list, description="Empty means all modules.")
+    data_products: list[DataProductName] = Field(default_factory=list, description="Empty means all.")
+    run: str | None = Field(None, min_length=1, max_length=255, description=_RUN_DESCRIPTION)
+    data_dir: str | None = Field(None, min_length=1, max_length=4096, description=_DATA_DIR_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _window(self) -> ReplayRequest:
+        if self.stop_time <= self.start_time:
+            raise ValueError("the window is empty: stop_time must be after start_time")
         return self
 
 
@@ -229,13 +271,13 @@ class FindCoincidencesRequest(RequestBase):
 
 Request = Annotated[
     InitHpIoRequest | InitSimRequest | StopHpIoRequest | StatusRequest | StreamRequest | WriteRequest
-    | FindCoincidencesRequest,
+    | FindCoincidencesRequest | ReplayRequest,
     Field(discriminator="request_type"),
 ]
 REQUEST_TYPES: dict[str, type[RequestBase]] = {
     model.model_fields["request_type"].default: model
     for model in (InitHpIoRequest, InitSimRequest, StopHpIoRequest, StatusRequest, StreamRequest, WriteRequest,
-                  FindCoincidencesRequest)
+                  FindCoincidencesRequest, ReplayRequest)
 }
 _REQUEST_ADAPTER: TypeAdapter = TypeAdapter(Request)
 

@@ -21,11 +21,16 @@ log = logging.getLogger(__name__)
 
 
 class WriterHandlers:
-    """Request handlers of one writer; writes run concurrently up to `max_concurrent_writes`."""
+    """Request handlers of one writer; writes run concurrently up to `max_concurrent_writes`.
+
+    Args:
+        broker_url: where writes reaching back past the ring buffer ask the agents for replays.
+    """
 
     def __init__(self, service_name: str, config: WriterConfig, receiver: StreamReceiver,
-                 event_receiver: EventReceiver):
+                 event_receiver: EventReceiver, broker_url: str | None = None):
         self.service_name = service_name
+        self.broker_url = broker_url
         self.config = config
         self.receiver = receiver
         self.event_receiver = event_receiver
@@ -86,7 +91,8 @@ class WriterHandlers:
             make_folders(self.output_root, path)
             if isinstance(selection, str):
                 return EventWriteJob(request, ctx, self.event_receiver, recording, selection).run()
-            return WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds).run()
+            return WriteJob(request, ctx, self.receiver, recording, selection, self.config.ring_buffer_seconds,
+                            broker_url=self.broker_url).run()
         finally:
             with self._lock:
                 self._writing.pop(path, None)

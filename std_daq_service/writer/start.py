@@ -14,7 +14,8 @@ from std_daq_service.writer.stream_receiver import StreamReceiver
 DESCRIPTION = (
     "HDF5 writer of the PANOSETI DAQ: subscribes to the frame streams of the agents in its config, keeps the "
     "last ring_buffer_seconds of every stream, and records selected frames (also from before the request) into "
-    "HDF5 files under output_root. Requests over RabbitMQ: write, status; kill stops a write."
+    "HDF5 files under output_root; what lies before the ring buffer is replayed from the agents' PFF files. "
+    "Requests over RabbitMQ: write, status; kill stops a write."
 )
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         receiver = stack.enter_context(StreamReceiver(runtime.options.service_name, config.agents, ring))
         events = stack.enter_context(EventReceiver(config.event_builders, RingBuffer(
             config.ring_buffer_seconds, config.ring_buffer_bytes)))
-        handlers = WriterHandlers(runtime.options.service_name, config, receiver, events)
+        handlers = WriterHandlers(runtime.options.service_name, config, receiver, events, runtime.options.broker_url)
         return runtime.serve(stack, handlers.handlers(), handlers.beacon_state, handlers.metrics)
 
 

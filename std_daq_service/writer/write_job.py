@@ -6,7 +6,9 @@ the file, marked complete or not; a failed write keeps what it recorded, marked 
 How much is recorded:
 - `n_images`: that many frames per selected stream (module and data product), then done.
 - `start_time` / `stop_time` (or `start_time` + `duration_seconds`): frames whose time (`frame_time_ns`: WR, or
-  host time where WR is invalid) lies in [start, stop); a start in the past is served from the ring buffer.
+  host time where WR is invalid) lies in [start, stop); a start in the past is served from the ring buffer, and
+  what lies before the ring buffer is replayed from the agents' PFF files first (`replay_receiver`), joined to the
+  ring buffer by frame identity (`replay_seam`).
 - `duration_seconds` without `start_time`: frames that arrive during that many seconds from the request.
 - none of these: until killed; the file is then complete.
 """
@@ -22,8 +24,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from std_daq_service.broker import RequestContext
-from std_daq_service.protocol import DaqError, InvalidMessage, RequestTimeout, StorageError, WriteRequest
+from std_daq_service.protocol import (
+    DaqError,
+    FrameBatch,
+    InvalidMessage,
+    ReplayRequest,
+    RequestTimeout,
+    StorageError,
+    WriteRequest,
+)
 from std_daq_service.writer.h5_recording import H5Recording, describe_hdf5_error
+from std_daq_service.writer.replay_receiver import ReplayReceiver
+from std_daq_service.writer.replay_seam import Seam
 from std_daq_service.writer.stream_receiver import ReceivedBatch, StreamReceiver
 
 log = logging.getLogger(__name__)
@@ -82,12 +94,17 @@ class WriteJob:
 
     Args:
         max_backlog_bytes: frames offered but not yet written beyond this are dropped and counted.
+        broker_url: where to ask the agents for replays of what lies before the ring buffer.
     """
 
     def __init__(self, request: WriteRequest, ctx: RequestContext, receiver: StreamReceiver,
                  recording: H5Recording, selection: Selection, active_within_s: float,
-                 max_backlog_bytes: int = MAX_BACKLOG_BYTES):
+                 max_backlog_bytes: int = MAX_BACKLOG_BYTES, broker_url: str | None = None):
         self.request = request
+        self.broker_url = broker_url
+        self.seam: Seam | None = None
+        self.replay: dict | None = None
+        self.replay_complete = True
         self.ctx = ctx
         self.receiver = receiver
         self.recording = recording
@@ -153,14 +170,14 @@ class WriteJob:
             try:
                 complete, reason = self._record()
                 summary, (first, last) = recording.summary(), recording.time_span()
-                recording.commit(complete, reason, {"warnings": self.warnings})
+                recording.commit(complete, reason, self._commit_attrs())
             except Exception as exc:
                 if isinstance(exc, OSError) and not isinstance(exc, DaqError):  # a RequestTimeout is an OSError too
                     raise StorageError(f"writing {recording.path} failed, nothing kept: "
                                        f"{describe_hdf5_error(exc)}") from exc
                 self._keep_or_discard()
                 raise
-        return {
+        result = {
             "output_file": str(recording.path),
             "complete": complete,
             "end_reason": reason,
@@ -172,28 +189,44 @@ class WriteJob:
             "last_timestamp_ns": last,
             "warnings": self.warnings,
         }
+        if self.replay is not None:
+            result["replay"] = self.replay
+        return result
+
+    def _commit_attrs(self) -> dict:
+        return {"warnings": self.warnings, **({"replay": self.replay} if self.replay is not None else {})}
 
     def _keep_or_discard(self) -> None:
         """After a failure: commit what was recorded, marked incomplete; with nothing recorded, leave nothing."""
         if not any(s["frames"] for s in self.recording.summary().values()):
             return
         try:
-            self.recording.commit(False, "failed; see the request's status", {"warnings": self.warnings})
+            self.recording.commit(False, "failed; see the request's status", self._commit_attrs())
         except OSError as exc:
             log.warning("keeping what %s recorded failed, nothing kept: %s", self.recording.path, exc)
 
     def _record(self) -> tuple[bool, str]:
         """Record until the end; returns (complete, end_reason)."""
+        complete, reason = self._record_all()
+        if not self.replay_complete:
+            return False, f"{reason}; the replayed part is incomplete (see replay)"
+        return complete, reason
+
+    def _record_all(self) -> tuple[bool, str]:
         handle, past = self.receiver.attach(self.offer)
         try:
             if self.window_start is not None:
-                self._use_past([b for b in past if self.selection.matches(b)])
+                past = [b for b in past if self.selection.matches(b) and _decodes(b)]
+                self._replay_past(past)
+                self._use_past(past)
             last_flush = time.monotonic()
             while True:
                 if self.ctx.cancelled.is_set():
                     if self.open_ended:
                         return True, "stopped by kill (open-ended write)"
                     return False, f"killed after {self._frames()} frames"
+                if self.seam is not None and self.seam.whole_window:
+                    return True, "the window was replayed from the agents' PFF files"
                 finished = self._finished()
                 if finished:
                     return True, finished
@@ -215,17 +248,52 @@ class WriteJob:
                 self.warnings.append(f"the file could not keep up with the stream: {self.dropped_frames} frames "
                                      "were dropped (seq gaps in the file)")
 
+    def _replay_past(self, past: list[ReceivedBatch]) -> None:
+        """Record what the window holds from before the ring buffer, replayed from the agents' files."""
+        seam = Seam.plan(self.window_start, self.window_stop, [b.batch for b in past], time.time_ns())
+        if seam.stop_ns is None:
+            return
+        self.seam = seam
+        s = self.selection
+        request = ReplayRequest(start_time=self.window_start, stop_time=seam.stop_ns, module_ids=sorted(s.module_ids),
+                                data_products=sorted(s.data_products), run=self.request.run,
+                                data_dir=self.request.data_dir)
+        log.info("%s: replaying [%d, %d) from %s", self.recording.path, request.start_time, request.stop_time,
+                 ", ".join(sorted(s.sources)))
+        receiver = ReplayReceiver(self.broker_url, self.ctx.service_name, sorted(s.sources), request,
+                                  self.request.timeout_seconds, self.ctx.cancelled)
+        agents = receiver.run(self._take_replayed)
+        self.replay = {"start_time_ns": request.start_time, "stop_time_ns": request.stop_time, "agents": agents}
+        for agent, result in sorted(agents.items()):
+            if result.get("error"):
+                self.replay_complete = False
+                self.warnings.append(f"replay from {agent} failed: {result['error']}")
+            elif result.get("no_data"):
+                self.warnings.append(f"{agent} has no frames of [{request.start_time}, {request.stop_time}) in its "
+                                     "files")
+            elif not result.get("complete", False):
+                self.replay_complete = False
+                self.warnings.append(f"replay from {agent} is partial: {result.get('message', '')}")
+        now = time.monotonic()
+        self.silence_deadline = now + self.request.timeout_seconds
+        for state in self.pairs.values():
+            state.last_seen = now
+
+    def _take_replayed(self, agent: str, batch: FrameBatch) -> None:
+        stop = self.seam.replayed_rows(batch)
+        if stop:
+            self._take_batch(agent, batch, time.monotonic(), stop)
+            self.seam.recorded(batch, stop)
+        self.ctx.progress(f"{self._frames()} frames (replaying the past from the PFF files)",
+                          {"streams": self.recording.summary(), "bytes": self.recording.bytes})
+
     def _use_past(self, past: list[ReceivedBatch]) -> None:
-        if not past:
-            return
-        past = [b for b in past if _decodes(b)]
-        if not past:
-            return
-        oldest = min(int(b.batch.frame_times_ns[0]) for b in past)
-        if self.window_start < oldest:
-            self.warnings.append(
-                f"start_time lies {(oldest - self.window_start) / 1e9:.1f} s before the oldest frame in the ring "
-                f"buffer; the file starts at {oldest} ns")
+        if past and self.seam is None:
+            oldest = min(int(b.batch.frame_times_ns[0]) for b in past)
+            if self.window_start < oldest:
+                self.warnings.append(
+                    f"start_time lies {(oldest - self.window_start) / 1e9:.1f} s before the oldest frame in the "
+                    f"ring buffer; the file starts at {oldest} ns")
         for received in past:
             self._take(received)
 
@@ -241,7 +309,13 @@ class WriteJob:
     def _take(self, received: ReceivedBatch) -> None:
         """Record what a batch holds of the window; batches reach here decoded (see `_decodes`)."""
         batch = received.batch
-        _, module_id, dp = received.key
+        first = self.seam.live_first_row(batch) if self.seam is not None else 0
+        if first < len(batch):
+            self._take_batch(received.agent, batch, received.arrival_monotonic, len(batch), first)
+
+    def _take_batch(self, agent: str, batch: FrameBatch, arrival: float, rows: int, skip: int = 0) -> None:
+        """Record what rows `skip` to `rows` of a batch hold of the window."""
+        module_id, dp = batch.module_id, batch.dp
         state = self.pairs.get((module_id, dp))
         if state is None:
             state = self.pairs[(module_id, dp)] = _PairState()
@@ -249,14 +323,14 @@ class WriteJob:
         state.last_seen = time.monotonic()
         if state.ended:
             return
-        if self.arrival_stop is not None and received.arrival_monotonic >= self.arrival_stop:
+        if self.arrival_stop is not None and arrival >= self.arrival_stop:
             state.ended = True
             return
-        first, stop = 0, len(batch)
+        first, stop = skip, rows
         if self.window_start is not None or self.window_stop is not None:
-            times = batch.frame_times_ns
+            times = batch.frame_times_ns[:rows]
             if self.window_start is not None:
-                first = int(np.searchsorted(times, self.window_start, side="left"))
+                first = max(skip, int(np.searchsorted(times, self.window_start, side="left")))
             if self.window_stop is not None:
                 stop = int(np.searchsorted(times, self.window_stop, side="left"))
                 if stop < len(times):
@@ -266,7 +340,7 @@ class WriteJob:
             if state.frames + max(0, stop - first) >= self.request.n_images:
                 state.ended = True
         if stop > first:
-            state.frames += self.recording.append(received.agent, batch, slice(first, stop))
+            state.frames += self.recording.append(agent, batch, slice(first, stop))
 
     def _finished(self) -> str | None:
         now = time.monotonic()

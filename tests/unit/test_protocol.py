@@ -139,6 +139,7 @@ def encoded(path, origin="file", module_id=1, first=10, n=10):
             file=path.name, seqno=0, frame_number=block.frame_numbers, seq=np.arange(100, 100 + n),
             wr_timestamp_ns=block.wr_timestamp_ns, host_timestamp_ns=block.host_timestamp_ns,
             pff_fields=block.fields, image_bytes=block.image_bytes,
+            replay_id="r-1" if origin == "replay" else None,
         )
     return parts, block
 
@@ -187,11 +188,14 @@ def test_frame_batch_round_trip_is_exact(path):
 
 
 @pytest.mark.parametrize("path", [SAMPLE_IMG16, SAMPLE_PH256_M1], ids=["img16", "ph256"])
-@pytest.mark.parametrize("origin", ["file", "socket", "simulator"])
+@pytest.mark.parametrize("origin", ["file", "socket", "simulator", "replay"])
 def test_encoded_frame_messages_follow_the_documented_schema(path, origin):
     parts, block = encoded(path, origin, module_id=3)
     header = orjson.loads(parts[1])
-    assert FrameBatchHeader.model_validate(header).model_dump(mode="json") == header, "no field undocumented"
+    documented = FrameBatchHeader.model_validate(header).model_dump(mode="json", exclude_unset=True)
+    assert documented == header, "no field undocumented"
+    assert ("replay_id" in header) == (origin == "replay"), "live frames carry no replay_id"
+    assert decode_stream_message(parts).replay_id == header.get("replay_id")
     product = DATA_PRODUCTS[header["dp"]]
     assert (header["dtype"], header["bytes_per_pixel"], tuple(header["shape"])) == (
         product.dtype.str, product.dtype.itemsize, product.shape)
