@@ -174,7 +174,10 @@ def test_status_counts_match_what_was_published_and_stop_ends_the_stream(agent, 
         status = ask(caller, agent.service_name, StatusRequest()).result
         assert status["modules"]["1"]["img16"]["frames_published"] == count(messages, 1, "img16") == 1000
         assert status["modules"]["3"]["ph256"]["frames_published"] == 1000
-        assert status["modules"]["1"]["img16"]["lag_bytes"] == 640
+        img16 = status["modules"]["1"]["img16"]  # the file ends in a torn frame of 640 bytes: still unread while
+        # the run is live, counted lost once the run has been idle for run_end_idle_seconds (a race under load)
+        assert img16["lag_bytes"] + img16["corrupt_bytes_skipped"] == 640
+        assert img16["frames_lost"] == (0 if img16["lag_bytes"] == 640 else 1)
         assert ask(caller, agent.service_name, StopHpIoRequest()).action == "request_success"
         stop = receive(sock, lambda ms: any(isinstance(m, ControlHeader) and m.event == "stop" for m in ms), 10)
     assert stop
