@@ -131,7 +131,7 @@ class FrameScanner:
                         if embedded.any():
                             good = int(embedded.argmax()) + 1  # _verdict finds where the next frame begins
                     if good:
-                        self._remember(rows[: good - 1, : self.prefix])  # whole: the next frame follows each
+                        self._remember(rows[:good, : self.prefix])  # module ids: each row has a valid header
                         last = pos + (good - 1) * row
                         verdict, torn_at = self._verdict(buf, last, row, layout, final)
                         accepted = good if verdict == "whole" else good - 1
@@ -140,7 +140,6 @@ class FrameScanner:
                             out.block = block if accepted == k else block[:accepted]
                             out.prefixes = rows[:accepted, : self.prefix]
                             out.end = pos + accepted * row
-                            self._remember(out.prefixes[good - 1 :])
                             return out
                         if verdict == "undecided":
                             break
