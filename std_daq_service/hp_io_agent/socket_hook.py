@@ -96,6 +96,7 @@ class SocketHook(Lifecycle):
         self.blocks: queue.SimpleQueue[SocketBlock] = queue.SimpleQueue()
         self.counters = HookCounters()
         self._next_seq: dict[tuple[int, str], int] = {}
+        self._module_prefixes: dict[str, set[bytes]] = {dp: set() for dp in DATA_PRODUCTS}
         self._accepted = 0
         self._listeners: list[socket.socket] = []
         self._selector: selectors.BaseSelector | None = None
@@ -188,7 +189,7 @@ class SocketHook(Lifecycle):
         except BlockingIOError:
             return
         connection.setblocking(False)
-        scanner = FrameScanner(dp, prefix=_PREFIX, check_every_row=True)
+        scanner = FrameScanner(dp, prefix=_PREFIX, check_every_row=True, known_prefixes=self._module_prefixes[dp.name])
         self._accepted += 1
         self._selector.register(connection, selectors.EVENT_READ, _Connection(dp, scanner, self._accepted))
         self.counters.connections += 1

@@ -14,7 +14,14 @@ lost frame, and reading goes on at the frame that begins inside it. Bytes that a
 all are skipped up to the next frame and counted. A row whose end could be the start of a frame
 that has not arrived yet is left undecided until more bytes come or the caller says `final`.
 
-Records may carry a fixed prefix before each frame (the socket hook's 2-byte module id).
+Records may carry a fixed prefix before each frame (the socket hook's 2-byte module id). There
+partial writes can tear records one after another, so that their pieces add up to exactly one
+row: a row is torn as soon as a record of this stream (one of its prefixes, then `{`) begins in
+its image or just past it, even one cut off after its `{` by the row end, the data end or the next
+record (so a whole frame whose image ends in `<module id>{` is dropped and counted too). What cannot
+be told from image bytes: a record cut within its prefix (1 or 2 bytes sent), or within its first
+four header bytes when its module has not been seen on the stream; if the torn record before it
+and it add up to exactly one row, that row is taken for a frame.
 """
 
 from __future__ import annotations
@@ -78,15 +85,18 @@ class FrameScanner:
             where torn records can follow each other (partial socket writes), pieces of them can add
             up to exactly one row. A file has one writer appending whole frames, so there only
             the last row of a block (and a row before a bad one) can be torn.
+        known_prefixes: record prefixes of this stream seen before (a set shared by the scanners of
+            one stream's successive connections); the prefixes of whole frames are added to it.
     """
 
-    def __init__(self, dp: DataProduct, prefix: int = 0, max_rows: int = 65536, check_every_row: bool = False):
+    def __init__(self, dp: DataProduct, prefix: int = 0, max_rows: int = 65536, check_every_row: bool = False,
+                 known_prefixes: set[bytes] | None = None):
         self.dp = dp
         self.prefix = prefix
         self.check_every_row = check_every_row
         self.max_rows = max_rows
         self.layout: HeaderLayout | None = None
-        self.known_prefixes: set[bytes] = set()
+        self.known_prefixes: set[bytes] = set() if known_prefixes is None else known_prefixes
         self._layouts: OrderedDict[bytes, HeaderLayout] = OrderedDict()
 
     def reset(self) -> None:
@@ -121,6 +131,7 @@ class FrameScanner:
                         if embedded.any():
                             good = int(embedded.argmax()) + 1  # _verdict finds where the next frame begins
                     if good:
+                        self._remember(rows[:good, : self.prefix])  # module ids: each row has a valid header
                         last = pos + (good - 1) * row
                         verdict, torn_at = self._verdict(buf, last, row, layout, final)
                         accepted = good if verdict == "whole" else good - 1
@@ -129,7 +140,6 @@ class FrameScanner:
                             out.block = block if accepted == k else block[:accepted]
                             out.prefixes = rows[:accepted, : self.prefix]
                             out.end = pos + accepted * row
-                            self._remember(out.prefixes)
                             return out
                         if verdict == "undecided":
                             break
@@ -184,27 +194,54 @@ class FrameScanner:
             if lead.startswith(visible):  # the data ends inside its opening text
                 if not final:
                     return "undecided", 0
-                if len(visible) >= _STRONG_MATCH:
+                if len(visible) >= _STRONG_MATCH or self._sure_start(buf, begin, len(visible), start, end):
                     return "torn", begin
+            elif self._cut_by_record(buf, candidate, visible, lead, start, end):
+                return "torn", begin
+        if self.prefix and not final and end < len(buf) <= end + self.prefix:
+            return "undecided", 0  # the next record's `{` tells where it begins
         if end == len(buf) and self.prefix and not final:
+            own = buf[start : start + self.prefix].tobytes()
             for cut in range(1, self.prefix + 1):
-                if self._known_prefix_start(buf[end - cut : end].tobytes()):
+                tail = buf[end - cut : end].tobytes()
+                if own.startswith(tail) or self._known_prefix_start(tail):
                     return "undecided", 0
         return "whole", 0
 
     def _sure_start(self, buf: np.ndarray, begin: int, seen: int, start: int, end: int) -> bool:
-        """Is a frame whose opening text (`seen` bytes of it) is cut off by the row end at `end` a real one?
+        """Is a frame whose opening text is cut off after `seen` bytes (by the row or data end, or the next
+        record) a real one?
 
-        Eight bytes of it are sure; with record prefixes, two are when its prefix is one of this stream's:
-        known already, or that of the row itself or of the record after it.
+        Eight bytes of it are sure. With record prefixes (partial writes can tear records one after
+        another), four are, and its `{` alone is when its prefix is one of this stream's (`_stream_prefix`).
+        Image data ending in such bytes is then taken for a tear: a lost frame, counted, rather than a
+        torn record published as a frame.
         """
         if seen >= _SURE_MATCH:
             return True
-        if not self.prefix or seen < 2:
-            return False
-        own = buf[begin : begin + self.prefix].tobytes()
+        return bool(self.prefix) and (seen >= _STRONG_MATCH or self._stream_prefix(buf, begin, start, end))
+
+    def _stream_prefix(self, buf: np.ndarray, at: int, start: int, end: int) -> bool:
+        """Is the record prefix at `at` one of this stream's: known, or that of the row at `start` or the next?"""
+        own = buf[at : at + self.prefix].tobytes()
         return own in self.known_prefixes or own in (buf[start : start + self.prefix].tobytes(),
                                                       buf[end : end + self.prefix].tobytes())
+
+    def _cut_by_record(self, buf: np.ndarray, candidate: int, visible: bytes, lead: bytes, start: int,
+                       end: int) -> bool:
+        """Is the `{` at `candidate` a record cut off within its opening text where another record begins?
+
+        (Partial writes: the rest of a record never comes, the next record follows directly.) The next
+        record begins with a prefix of this stream and `{`, or with four bytes of the opening text.
+        """
+        if not self.prefix:
+            return False
+        seen = next(i for i, (a, b) in enumerate(zip(visible, lead, strict=False)) if a != b)
+        cut = candidate + seen
+        following = buf[cut + self.prefix : cut + self.prefix + _STRONG_MATCH].tobytes()
+        begins = following == lead[:_STRONG_MATCH] or (
+            following[:1] == b"{" and self._stream_prefix(buf, cut, start, end))
+        return begins and self._sure_start(buf, candidate - self.prefix, seen, start, end)
 
     def _embedded_starts(self, buf: np.ndarray, pos: int, k: int, row: int, layout: HeaderLayout) -> np.ndarray:
         """Bool per row of the k rows at `pos`: may a frame (its `{` and opening text) begin inside its image?

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import PYPFF_PH256, SAMPLE_IMG16, SAMPLE_PH256_M1, SAMPLE_PH256_M3, SHARED_DATA
 from helpers.hashpipe import header_text, quabo_fields
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from std_daq_service.pff import WR_INVALID, PffReader, PffTailer
@@ -198,6 +198,8 @@ def test_a_file_replaced_by_rename_is_noticed_and_the_new_one_read_from_its_firs
 @given(pieces=st.lists(st.one_of(st.integers(0, 59), st.binary(min_size=1, max_size=3000),
                                  st.tuples(st.integers(0, 59), st.integers(1, 2539))), max_size=25),
        prefix=st.sampled_from([0, 2]))
+@example(pieces=[(0, 2537), (0, 1)], prefix=2)  # torn records adding up to one row, the second cut after its `{`
+@example(pieces=[(0, 2538), (0, 1), 0], prefix=2)  # the same, its `{` just after the row
 def test_any_mix_of_frames_torn_frames_and_garbage_ends_and_yields_only_real_frames(pieces, prefix):
     """The scanner always finishes, and whatever it returns is a frame that was written whole.
 
@@ -228,6 +230,29 @@ def test_any_mix_of_frames_torn_frames_and_garbage_ends_and_yields_only_real_fra
     assert set(found) <= set(rows)
     whole = [p for p in pieces if isinstance(p, int)]
     assert len(found) <= len(whole)
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["at_the_end", "then_a_whole_record"])
+@pytest.mark.parametrize(("torn", "module_id", "sent"), [(2537, 7, 3), (2537, 3, 3), (2538, 7, 3), (2534, 9, 6)],
+                         ids=["brace_ends_the_row", "other_known_module", "brace_after_the_row", "new_module"])
+def test_torn_records_that_add_up_to_one_row_are_not_taken_for_a_frame(torn, module_id, sent, follow):
+    """Partial writes: a record torn a few bytes short, then one cut after its `{` (or a few bytes more).
+
+    The row's image then ends in `<module id>{`, and no real image does: both records are lost, not published.
+    """
+    from std_daq_service.pff import FrameScanner, data_product
+
+    rows = [SAMPLE_IMG16.read_bytes()[i * 2540 : (i + 1) * 2540] for i in range(4)]
+    data = (b"\x00\x07" + rows[0] + b"\x00\x03" + rows[1] + b"\x00\x07" + rows[2][:torn]
+            + (module_id.to_bytes(2, "big") + rows[3])[:sent] + (b"\x00\x07" + rows[3] if follow else b""))
+    scanner = FrameScanner(data_product("img16"), prefix=2, check_every_row=True)
+    buf, position, found, lost = np.frombuffer(data, dtype=np.uint8), 0, [], 0
+    while (step := scanner.step(buf[position:], final=True)).end:
+        lost += step.lost_frames
+        found += [bytes(r) for r in step.block.raw] if step.block is not None else []
+        position += step.end
+    assert found == rows[:2] + rows[3:] * follow
+    assert lost + (position < len(data)) == 2, "the torn record and the cut one are each a lost frame"
 
 
 @pytest.mark.parametrize("prefix", [0, 2])

@@ -150,8 +150,8 @@ def test_image_snapshots_with_hashpipes_478_byte_headers_are_all_published(hook)
 def test_partial_writes_never_publish_a_torn_record_and_show_as_seq_gaps_of_its_module(hook, plan, reconnect_at):
     """snapshot.c counts a partial writev as sent and goes on with the next record: the rest never comes.
 
-    (A record cut within its first 8 bytes cannot always be told from image bytes: it is counted in
-    bad_records but may not be a gap of its module's stream; the plan cuts at 10 bytes or more.)
+    (A record cut within its first bytes cannot always be told from image bytes, see `FrameScanner`:
+    the plan cuts at 10 bytes or more.)
     """
     frames = {m: snapshot_records(m, len(plan), seed=len(plan)) for m in (1, 2, 3)}
     list(iter_queue(hook))  # what an earlier example left
