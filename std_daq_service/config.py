@@ -94,6 +94,7 @@ class WriterConfig(ServiceConfig):
     ring_buffer_bytes: PositiveInt = Field(256 << 20, description="Memory cap of all ring buffers.")
     max_concurrent_writes: PositiveInt = Field(8, description="Writes at once; more are refused.")
     compression: Literal["none", "gzip", "lzf", "bitshuffle_lz4", "blosc_lz4"] = "bitshuffle_lz4"
+    swmr: bool = Field(True, description="Write files in HDF5 SWMR mode, so readers can open them while they grow.")
 
 
 class RestConfig(ServiceConfig):

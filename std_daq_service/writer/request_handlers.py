@@ -62,7 +62,9 @@ class WriterHandlers:
                  "writer": self.service_name, "sources": sorted(selection.sources),
                  "start_time_ns": request.start_time if request.start_time is not None else -1,
                  "stop_time_ns": request.stop_time if request.stop_time is not None else -1}
-        recording = H5Recording(path, request.compression or self.config.compression, attrs)
+        recording = H5Recording(path, request.compression or self.config.compression, attrs,
+                                max_frames_per_file=request.max_frames_per_file,
+                                max_file_size_mb=request.max_file_size_mb, swmr=self.config.swmr)
         self._claim(path, request, ctx.request_id)
         try:
             make_folders(self.output_root, path)
