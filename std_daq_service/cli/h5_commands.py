@@ -83,9 +83,11 @@ def describe(path: Path) -> dict[str, Any]:
                                 "missing_frames": g.get("missing_frames"), "source": g.get("source"),
                                 "compression": g.get("compression"), "first": _iso(first), "last": _iso(last),
                                 "seconds": None if first is None or last is None else (last - first) / 1e9})
-    return {"file": str(path), "bytes": path.stat().st_size, "complete": bool(attrs.get("complete")),
+    parts = attrs.get("parts") or []
+    size = path.stat().st_size + sum((path.parent / p).stat().st_size for p in parts if (path.parent / p).exists())
+    return {"file": str(path), "bytes": size, "complete": bool(attrs.get("complete")),
             "end_reason": attrs.get("end_reason"), "request_id": attrs.get("request_id"),
-            "writer": attrs.get("writer"), "runs": attrs.get("runs"), "parts": attrs.get("parts"),
+            "writer": attrs.get("writer"), "runs": attrs.get("runs"), "parts": parts,
             "first": _iso(attrs.get("first_timestamp_ns")), "last": _iso(attrs.get("last_timestamp_ns")),
             "needs_hdf5plugin": any(s["compression"] in PLUGIN_FILTERS for s in streams),
             "streams": streams}
@@ -172,7 +174,8 @@ def _copy_dataset(d, dst, done: int, total: int, progress) -> int:
     _copy_attrs(d, out)
     if not d.ndim:
         out[()] = d[()]
-        return done
+        progress(done + d.nbytes, total)
+        return done + d.nbytes
     row_bytes = max(1, d.nbytes // max(d.shape[0], 1))
     step = max(1, _EXPORT_ROWS_BYTES // row_bytes)
     for start in range(0, d.shape[0], step):

@@ -6,8 +6,9 @@ every stream's datasets exist (no object can be created after). From then on a r
 last `publish()`; each stream's `counts` dataset (refresh it too) says how many rows every dataset of the stream
 holds for sure. `close_as(path)` closes the file and renames it; closing without it discards the file.
 
-NeXus markup around the layout of ARCHITECTURE.md §6: the root is `NXroot` with `default` naming the first module
-group; each `module_<id>` group is an `NXentry` whose `default` names its first stream; each stream group is an
+NeXus markup around the layout of ARCHITECTURE.md §6: the root is `NXroot` with `default` naming the module
+group of the first stream (movies before pulse heights, then by module id); each `module_<id>` group is an
+`NXentry` whose `default` names its first stream; each stream group is an
 `NXdata` (`signal="data"`, `axes=["wr_timestamp_ns", "pixel_y", "pixel_x"]`), `data` has
 `interpretation="image"`; the time datasets have `units="ns"`; `wr_timestamp_ns`, `pixel_y` and `pixel_x` are h5py
 dimension scales of `data` (and `wr_timestamp_ns` of every per-frame dataset), so xarray opens a stream group
@@ -132,12 +133,22 @@ def mark_up(group: h5py.Group) -> None:
         group[name].dims[0].attach_scale(time)
 
 
+def _rank(module_id: int, dp: str) -> tuple[bool, int, str]:
+    return not dp.startswith("img"), module_id, dp
+
+
 def mark_up_entry(file: h5py.File, module_id: int, dp: str) -> None:
-    """`default` attributes down to the first stream of the file and of each module."""
+    """`default` attributes down to the first stream: movies before pulse heights, then by module and name."""
     entry = file[f"module_{module_id}"]
     entry.attrs["NX_class"] = "NXentry"
-    entry.attrs.setdefault("default", dp)
-    file.attrs.setdefault("default", f"module_{module_id}")
+    if "default" not in entry.attrs or _rank(module_id, dp) < _rank(module_id, entry.attrs["default"]):
+        entry.attrs["default"] = dp
+    if "default" in file.attrs:
+        current = file.attrs["default"]
+        current_id = int(current.removeprefix("module_"))
+        if _rank(current_id, file[current].attrs["default"]) <= _rank(module_id, entry.attrs["default"]):
+            return
+    file.attrs["default"] = f"module_{module_id}"
 
 
 def create_pixel_scales(group: h5py.Group, image_shape: tuple[int, int]) -> None:
