@@ -3,8 +3,9 @@
 The file is written as `<name>.part` with `libver="latest"`; `start_swmr()` switches it to SWMR write mode once
 every stream's datasets exist (no object can be created after). From then on a reader opening it with
 `h5py.File(path, "r", swmr=True, libver="latest")` sees, after `dataset.refresh()`, the rows appended up to the
-last `publish()`; each stream's `counts` dataset (refresh it too) says how many rows every dataset of the stream
-holds for sure. `close_as(path)` closes the file and renames it; closing without it discards the file.
+last `publish()`; each stream's `counts` dataset, refreshed and read before the others are refreshed, says how
+many rows every dataset of the stream holds for sure. `close_as(path)` closes the file and renames it; closing
+without it discards the file.
 
 NeXus markup around the layout of ARCHITECTURE.md §6: the root is `NXroot` with `default` naming the module
 group of the first stream (movies before pulse heights, then by module id); each `module_<id>` group is an

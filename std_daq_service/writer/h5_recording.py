@@ -16,7 +16,8 @@ Layout (ARCHITECTURE.md §6, NeXus markup and SWMR in `h5_part`):
 Files: with neither `max_frames_per_file` nor `max_file_size_mb` the recording is one file at `path`. With either,
 it is parts `<stem>_part0001<suffix>`, `..._part0002...` beside `path`, and `path` is an index file whose
 datasets are virtual: each stream's rows of every part, as one stack. A stream that first appears after the file
-went into SWMR mode (no dataset can be added then) starts the next part, so a one-file recording becomes parts too.
+went into SWMR mode (no dataset can be added then; that is at the first flush that finds no new stream, about
+1 s after the first frames) starts the next part, so a one-file recording becomes parts too.
 Each file is written as `<name>.part` and renamed when closed: a crash leaves whole parts and one `.part`.
 
 Flushing: frames are appended in whole chunks of `data`; a partial chunk waits at most one `flush()` (the job calls
@@ -132,6 +133,7 @@ class H5Recording(Lifecycle):
         self.conflicts: set[str] = set()
         self.bytes = 0
         self.committed = False
+        self._streams_at_last_flush = 0
 
     @property
     def part(self) -> Path:
@@ -143,6 +145,7 @@ class H5Recording(Lifecycle):
 
     def _open(self) -> None:
         self.parts, self.streams, self.conflicts, self.bytes, self.committed = [], {}, set(), 0, False
+        self._streams_at_last_flush = 0
         self._open_part()
 
     def _open_part(self) -> None:
@@ -272,7 +275,8 @@ class H5Recording(Lifecycle):
     def flush(self, everything: bool = False) -> None:
         """Append queued frames (whole chunks; a partial chunk held back once already, too) and show them to readers.
 
-        The first flush of a file with streams switches it to SWMR mode.
+        The first flush that finds the same streams in the file as the flush before switches it to SWMR mode, so
+        streams that start within one flush period of each other are in one file.
 
         Raises:
             OSError: the data could not be written (disk full, file too large, I/O error).
@@ -281,8 +285,10 @@ class H5Recording(Lifecycle):
             for key, stream in self.streams.items():
                 self._write(key, stream, everything or stream.tail_held)
                 stream.tail_held = stream.pending_frames > 0
-            if self.swmr and self.current.streams and not self.current.swmr:
+            settled = len(self.current.streams) == self._streams_at_last_flush
+            if self.swmr and self.current.streams and settled and not self.current.swmr:
                 self.current.start_swmr()
+            self._streams_at_last_flush = len(self.current.streams)
             self.current.publish({})
         except (OSError, RuntimeError) as exc:  # h5py reports failed writes of cached chunks as RuntimeError
             raise OSError(describe_hdf5_error(exc)) from exc

@@ -1,7 +1,7 @@
 """A reader of a file being recorded, as a user runs it: `python swmr_reader.py LIVE FINAL REPORT`.
 
 Waits for LIVE (`<name>.part`) to be readable in SWMR mode, then, until FINAL exists (the writer renamed the file),
-reads module 1 img16 over and over: refreshes every dataset, takes the live `counts`, checks that every dataset
+reads module 1 img16 over and over: takes the live `counts`, then refreshes every dataset and checks that each
 holds at least that many rows and that `seq` has no gap in them, and notes what it read. REPORT gets a JSON list
 of observations ({"n", "seq_first", "seq_last", "data_sum"}); the exit code is 1 with the error on stderr if a
 read failed or a check did not hold.
@@ -29,11 +29,13 @@ def open_live(live: Path, final: Path, deadline: float) -> h5py.File | None:
 
 
 def observe(group: h5py.Group) -> dict:
+    counts = group["counts"]
+    counts.refresh()
+    n = int(counts[()]["n_frames"])  # first: the rows it counts reached the file before it
     datasets = [group[name] for name in group if isinstance(group[name], h5py.Dataset)]
     datasets += [group["pff_header"][name] for name in group["pff_header"]]
     for dataset in datasets:
         dataset.refresh()
-    n = int(group["counts"][()]["n_frames"])
     short = [d.name for d in datasets if d.ndim and d.maxshape[0] is None and d.shape[0] < n]
     if short:
         raise AssertionError(f"counts say {n} rows, but {short} hold fewer")

@@ -97,9 +97,12 @@ def test_rollover_parts_and_their_index_equal_a_single_file_of_the_same_frames(s
                15, interval=0.2, message="3 s of frames in the ring buffer")
     stop = time.time_ns() - 200_000_000
     window = {"start_time": stop - 2_000_000_000, "stop_time": stop}  # in the ring buffer: the same frames thrice
-    single = write(caller, name, output_file="single.h5", **window)
-    by_frames = write(caller, name, output_file="night/rolled.h5", max_frames_per_file=300, **window)
-    by_size = write(caller, name, output_file="sized.h5", max_file_size_mb=0.5, **window)
+    requests = [WriteRequest(output_file="single.h5", **window),  # at once: all while the window is in the buffer
+                WriteRequest(output_file="night/rolled.h5", max_frames_per_file=300, **window),
+                WriteRequest(output_file="sized.h5", max_file_size_mb=0.5, **window)]
+    single, by_frames, by_size = [caller.wait(request_id, [name], 60).finals[name]
+                                  for request_id in [caller.publish(name, r) for r in requests]]
+    assert all(final.action == "request_success" for final in (single, by_frames, by_size))
     def frames(final) -> dict:
         return {key: (s["frames"], s["missing_frames"], s["first_timestamp_ns"], s["last_timestamp_ns"])
                 for key, s in final.result["streams"].items()}
@@ -136,8 +139,8 @@ def test_rollover_parts_and_their_index_equal_a_single_file_of_the_same_frames(s
 
 
 def test_nexus_readers_and_xarray_get_the_image_stack_with_its_time_axis(system, caller):
-    from silx.io.nxdata import NXdata, get_default
     import xarray
+    from silx.io.nxdata import NXdata, get_default
 
     name = system.writer.service_name
     write(caller, name, output_file="nexus.h5", n_images=500)

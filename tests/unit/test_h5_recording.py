@@ -1,5 +1,5 @@
-"""A recording's files: chunk-aligned appends, SWMR mode at the first flush, a stream arriving after it starts a new
-part, rollover by frames and bytes, and a discarded recording leaves nothing, not even its closed parts."""
+"""A recording's files: chunk-aligned appends, SWMR mode once the streams settle, a stream arriving after it starts a
+new part, rollover by frames and bytes, and a discarded recording leaves nothing, not even its closed parts."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def test_flushes_append_whole_chunks_and_a_partial_chunk_at_the_next_flush(tmp_p
             recording.append(AGENT, batch(1, 100 * i), slice(None))
         recording.flush()  # 300 frames: one chunk of 256, the rest held once
         assert recording.summary()["1/img16"]["rows_in_file"] == 256
-        assert recording.current.swmr, "the first flush opens the file to readers"
+        assert not recording.current.swmr, "a new stream came since the last flush: others may follow"
         recording.flush()
         assert recording.summary()["1/img16"]["rows_in_file"] == 300
+        assert recording.current.swmr, "no new stream since the last flush: open to readers"
         recording.commit(True, "done")
     with h5py.File(tmp_path / "x.h5") as f:
         assert f["module_1/img16/data"].shape[0] == f["module_1/img16/counts"][()]["n_frames"] == 300
@@ -41,6 +42,7 @@ def test_flushes_append_whole_chunks_and_a_partial_chunk_at_the_next_flush(tmp_p
 def test_a_stream_arriving_after_the_file_opened_to_readers_starts_a_part(tmp_path):
     with H5Recording(tmp_path / "x.h5", "none", {"request_id": "r"}) as recording:
         recording.append(AGENT, batch(1, 0), slice(None))
+        recording.flush()
         recording.flush()
         recording.append(AGENT, batch(2, 0), slice(None))
         recording.append(AGENT, batch(1, 100), slice(None))
