@@ -232,3 +232,12 @@ def test_a_crash_leaves_whole_parts_and_one_incomplete_part(system, caller, new_
             assert group["data"].shape[0] == group.attrs["n_frames"] == 300 and bool(f.attrs["complete"])
             seq.append(group["seq"][()])
     assert (np.diff(np.concatenate(seq)) == 1).all(), "the whole parts hold consecutive frames"
+
+
+def test_a_rolled_over_name_whose_parts_would_be_too_long_is_refused(system, caller):
+    name = system.writer.service_name
+    output_file = "x" * 240 + ".h5"  # 243 bytes: fine alone, but x..._part0001.h5.part would be 257
+    final = caller.call(name, WriteRequest(output_file=output_file, n_images=5, max_frames_per_file=2), 30).finals[name]
+    assert final.action == "request_fail" and "longer than 255" in final.message, final.message
+    assert final.result["http_status"] == 400
+    assert not list(system.output_root.glob("x" * 240 + "*"))
