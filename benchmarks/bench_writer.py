@@ -1,6 +1,7 @@
 """Writer throughput: img16 frames arriving on ZMQ to rows in the HDF5 file, next to raw batched h5py appends.
 
 Usage: .venv/bin/python benchmarks/bench_writer.py [--frames 200000] [--compression none bitshuffle_lz4 ...]
+       [--swmr on off]
 
 A PUB socket in this process plays the agent: it sends one pre-encoded 1000-frame message of real Lick img16 at
 --rate-hz (non-blocking; what the writer cannot take is dropped and not counted). The writer
@@ -8,6 +9,7 @@ A PUB socket in this process plays the agent: it sends one pre-encoded 1000-fram
 frames / (request_success - request_start). The reference appends the same frames to an h5py dataset in
 batches of 1000 with the same compression and chunks, in this process, in the same run. The compression ratio
 is measured on the real Lick img16 frames (the full file of ../shared/data when present, else the excerpt).
+`--swmr on off` runs each compression with the writer's files in SWMR mode (the default) and without.
 Needs Redis and RabbitMQ.
 """
 
@@ -77,7 +79,7 @@ def raw_h5py_rate(images: np.ndarray, n_frames: int, compression: str, directory
 
 
 def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: Path,
-                rate_hz: float) -> tuple[float, float]:
+                rate_hz: float, swmr: bool = True) -> tuple[float, float]:
     """(frames/s recorded, CPU share of the writer while the stream runs and no write does)."""
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.PUB)
@@ -86,7 +88,8 @@ def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: 
     agent, name = "bench.local.hp_io_agent", f"bench.{uuid.uuid4().hex[:6]}.writer"
     redis = connect_redis()
     writer = start_service("writer", name, {"agents": [{"name": agent, "data": f"tcp://127.0.0.1:{port}"}],
-                                            "output_root": str(directory), "compression": compression}, redis)
+                                            "output_root": str(directory), "compression": compression,
+                                            "swmr": swmr}, redis)
     stop = threading.Event()
 
     def publish() -> None:
@@ -109,8 +112,8 @@ def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: 
         idle_cpu = (cpu_seconds(writer.pid) - cpu0) / 3
         times = {}
         with RequestCaller(None, "bench-writer") as caller:
-            request = WriteRequest(output_file=f"w_{compression}.h5", module_ids=[1], data_products=["img16"],
-                                   n_images=n_frames)
+            request = WriteRequest(output_file=f"w_{compression}_{'swmr' if swmr else 'plain'}.h5", module_ids=[1],
+                                   data_products=["img16"], n_images=n_frames, overwrite=True)
             result = caller.call(name, request, 600, on_status=lambda s: times.setdefault(s.action, time.monotonic()))
         final = result.finals[name]
         assert final.action == "request_success", final.message
@@ -131,20 +134,23 @@ def main() -> None:
     parser.add_argument("--rate-hz", type=float, default=150_000,
                         help="frames/s offered (default 150000, 1.5x four img16 modules at 25 kHz); 0: flood")
     parser.add_argument("--compression", nargs="+", default=["none", "bitshuffle_lz4", "blosc_lz4", "gzip"])
+    parser.add_argument("--swmr", nargs="+", choices=["on", "off"], default=["on"],
+                        help="write files in SWMR mode (on, the writer's default) or not; both: on off")
     args = parser.parse_args()
     images, source = lick_frames()
     parts = message(images[:1000] if len(images) >= 1000 else images)
     print(f"img16, {args.frames:,} frames per run; compression ratio on {len(images):,} frames of {source}")
-    print("| compression | writer frames/s | writer MB/s | raw h5py batched frames/s | writer / raw | ratio | "
+    print("| compression | SWMR | writer frames/s | writer MB/s | raw h5py batched frames/s | writer / raw | ratio | "
           "idle writer CPU |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for compression in args.compression:
-            raw, ratio = raw_h5py_rate(images[:1000], args.frames, compression, Path(tmp))
-            rate, idle_cpu = writer_rate(compression, args.frames, parts, Path(tmp), args.rate_hz)
             _, real_ratio = raw_h5py_rate(images, 1000, compression, Path(tmp))
-            print(f"| {compression} | {rate:,.0f} | {rate * 2048 / 1e6:,.0f} | {raw:,.0f} | {rate / raw:.0%} | "
-                  f"{real_ratio:.2f} | {idle_cpu:.0%} |")
+            for swmr in args.swmr:
+                raw, _ = raw_h5py_rate(images[:1000], args.frames, compression, Path(tmp))
+                rate, idle_cpu = writer_rate(compression, args.frames, parts, Path(tmp), args.rate_hz, swmr == "on")
+                print(f"| {compression} | {swmr} | {rate:,.0f} | {rate * 2048 / 1e6:,.0f} | {raw:,.0f} | "
+                      f"{rate / raw:.0%} | {real_ratio:.2f} | {idle_cpu:.0%} |", flush=True)
 
 
 if __name__ == "__main__":

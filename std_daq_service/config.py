@@ -132,6 +132,7 @@ class WriterConfig(ServiceConfig):
     compression: Literal["none", "gzip", "lzf", "bitshuffle_lz4", "blosc_lz4"] = "bitshuffle_lz4"
     event_builders: list[EventStream] = Field(
         default_factory=list, description="Event builders whose coincidence events a write may record.")
+    swmr: bool = Field(True, description="Write files in HDF5 SWMR mode, so readers can open them while they grow.")
 
 
 class RestConfig(ServiceConfig):

@@ -205,6 +205,14 @@ class WriteRequest(TimedRequest):
                             description=f"Replayed part (needs start_time): {_RUN_DESCRIPTION}")
     data_dir: str | None = Field(None, min_length=1, max_length=4096,
                                  description=f"Replayed part (needs start_time): {_DATA_DIR_DESCRIPTION}")
+    max_frames_per_file: PositiveInt | None = Field(
+        None, description="Roll over to a new part after this many frames of a stream: the recording is then "
+        "parts <stem>_part0001<suffix>, ... and output_file is an index presenting them as one stack per stream."
+    )
+    max_file_size_mb: PositiveFloat | None = Field(
+        None, le=1e9, description="Roll over to a new part at this size (MB = 10^6 bytes of frames before "
+        "compression); parts and index as with max_frames_per_file."
+    )
 
     @field_validator("sources", mode="before")
     @classmethod

@@ -1,46 +1,50 @@
-"""One HDF5 output file: frames of each stream appended in batches, written as `.part`, renamed when committed.
+"""A recording: the frames of a write appended in batches to one HDF5 file, or to numbered parts and an index.
 
-Layout (ARCHITECTURE.md §6):
+Layout (ARCHITECTURE.md §6, NeXus markup and SWMR in `h5_part`):
 
     /                                  attrs: format, request (JSON), request_id, writer, software_version,
                                               runs, start/stop time asked, first/last frame time, complete,
-                                              end_reason, created_utc, closed_utc
+                                              end_reason, created_utc, closed_utc, default (NeXus)
     /module_<id>/<dp>/data             (N, H, W) frames, chunked, compressed as asked
     /module_<id>/<dp>/wr_timestamp_ns  (N,) int64, -1 where WR time is invalid
     /module_<id>/<dp>/host_timestamp_ns, frame_number, seq, seqno (-1: no file), file_index (into attr files)
     /module_<id>/<dp>/pff_header/<field>   (N,) for pulse height, (N, 4) per quabo for images
+    /module_<id>/<dp>/pixel_y, pixel_x, counts (the group's n_frames etc., readable while the file grows)
                                        group attrs: module_id, dp, source, origin, runs, files, n_frames,
                                               missing_frames (sum of seq gaps), first/last timestamps
+
+Files: with neither `max_frames_per_file` nor `max_file_size_mb` the recording is one file at `path`. With either,
+it is parts `<stem>_part0001<suffix>`, `..._part0002...` beside `path`, and `path` is an index file whose
+datasets are virtual: each stream's rows of every part, as one stack. A stream that first appears after the file
+went into SWMR mode (no dataset can be added then; that is at the first flush that finds no new stream, about
+1 s after the first frames) starts the next part, so a one-file recording becomes parts too.
+Each file is written as `<name>.part` and renamed when closed: a crash leaves whole parts and one `.part`.
+
+Flushing: frames are appended in whole chunks of `data`; a partial chunk waits at most one `flush()` (the job calls
+it every 0.5 s), so a reader sees every frame within two flush periods, and compressed chunks are seldom rewritten.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import h5py
 import hdf5plugin
 import numpy as np
 
-from std_daq_service import __version__
 from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.protocol import FrameBatch
+from std_daq_service.writer.h5_index import write_index
+from std_daq_service.writer.h5_part import PER_FRAME, TIME_COLUMNS, H5Part, StreamShape, strings
 from std_daq_service.writer.output_paths import part_path
 
 log = logging.getLogger(__name__)
 
-FORMAT = "panoseti-std-daq-h5"
-FORMAT_VERSION = "1"
 FLUSH_FRAMES = 4096
-_CHUNK_BYTES = 512 << 10
-_CHUNK_FRAMES = 1024  # of the per-frame arrays
-_PER_FRAME = ("wr_timestamp_ns", "host_timestamp_ns", "frame_number", "seq", "seqno", "file_index")
+"""Frames queued per stream that are appended at once (a multiple of every data product's chunk)."""
 
 
 def compression_options(name: str) -> dict[str, Any]:
@@ -65,26 +69,20 @@ def describe_hdf5_error(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _strings(values: list[str]) -> np.ndarray:
-    return np.array(values, dtype=h5py.string_dtype())
+def part_name(path: Path, number: int) -> Path:
+    """The final name of part `number` (from 1) of a recording at `path`."""
+    return path.with_name(f"{path.stem}_part{number:04d}{path.suffix}")
 
 
 @dataclass
 class _Stream:
-    """Datasets of one stream in the file, and the frames waiting to be appended."""
+    """A stream over the whole recording: frames taken, frames waiting to be appended, and what they tell."""
 
-    group: h5py.Group
-    source: str
-    datasets: dict[str, h5py.Dataset] = field(default_factory=dict)
-    """Kept open for the whole recording: a dataset closing writes its cached chunks, out of our sight."""
-    fields: dict[str, h5py.Dataset] = field(default_factory=dict)
+    shape: StreamShape
     files: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
-    n: int = 0
+    taken: int = 0
+    written: int = 0
     missing: int = 0
     next_seq: int | None = None
     first: dict[str, int] = field(default_factory=dict)
@@ -93,49 +91,95 @@ class _Stream:
     first_time: int | None = None
     """Time (`frame_time_ns`) of the first frame; `last_time` of the last."""
     last_time: int | None = None
-    pending: list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
+    pending: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]] = field(default_factory=list)
+    """Batches waiting: (`data` and per-frame columns, PFF header columns, frame times)."""
     pending_frames: int = 0
+    tail_held: bool = False
+    """A partial chunk was held back at the last `flush()`: the next one writes it."""
+
+    def group_attrs(self) -> dict[str, Any]:
+        return {"n_frames": self.written, "missing_frames": self.missing,
+                "files": strings(self.files), "runs": strings(self.runs),
+                **{f"first_{k}": self.first.get(k, -1) for k in TIME_COLUMNS},
+                **{f"last_{k}": self.last.get(k, -1) for k in TIME_COLUMNS}}
 
 
 class H5Recording(Lifecycle):
-    """One output file: `start()` creates `<path>.part`; `commit()` closes it under `path`, complete or not.
+    """One recording: `start()` creates the first file (`.part`); `commit()` closes it under `path`, complete or not.
 
-    Closing without a commit discards the file: nothing is left. `start()` and the writing methods raise
-    OSError (from h5py) when the file cannot be created or written.
+    Closing without a commit discards the recording: nothing is left, no part either. `start()` and the writing
+    methods raise OSError when a file cannot be created or written.
+
+    Args:
+        max_frames_per_file: rows of any stream per part; with `max_file_size_mb`, the recording is in parts.
+        max_file_size_mb: bytes of the rows of a part before compression (so the file is at most about that).
+        swmr: switch each file to SWMR write mode at its first `flush()`, so readers can open it live.
     """
 
-    def __init__(self, path: Path, compression: str, attrs: dict[str, Any]):
+    def __init__(self, path: Path, compression: str, attrs: dict[str, Any], max_frames_per_file: int | None = None,
+                 max_file_size_mb: float | None = None, swmr: bool = True):
         self.path = path
-        self.part = part_path(path)
         self.compression = compression_options(compression)
         self.compression_name = compression
         self.attrs = attrs
-        self.file: h5py.File | None = None
+        self.max_frames = max_frames_per_file
+        self.max_bytes = None if max_file_size_mb is None else int(max_file_size_mb * 1e6)
+        self.swmr = swmr
+        self.rolling = max_frames_per_file is not None or max_file_size_mb is not None
+        self.current: H5Part | None = None
+        self.parts: list[Path] = []
+        """Parts closed so far, in order."""
         self.streams: dict[tuple[int, str], _Stream] = {}
         self.conflicts: set[str] = set()
         self.bytes = 0
         self.committed = False
+        self._streams_at_last_flush = 0
+
+    @property
+    def part(self) -> Path:
+        """The file being written (`<name>.part`)."""
+        return part_path(self._file_name(len(self.parts) + 1))
+
+    def _file_name(self, number: int) -> Path:
+        return part_name(self.path, number) if self.rolling else self.path
 
     def _open(self) -> None:
-        self.streams, self.conflicts, self.bytes, self.committed = {}, set(), 0, False
-        self.part.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
-        self.file = h5py.File(self.part, "w-", libver="latest")
-        self.file.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
-                                "software_version": __version__, "created_utc": _utc_now(),
-                                "complete": False, "end_reason": "being written"})
-        self._set_attrs(self.attrs)
+        self.parts, self.streams, self.conflicts, self.bytes, self.committed = [], {}, set(), 0, False
+        self._streams_at_last_flush = 0
+        self._open_part()
 
-    def _set_attrs(self, attrs: dict[str, Any]) -> None:
-        for key, value in attrs.items():
-            self.file.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
+    def _open_part(self) -> None:
+        self.current = H5Part(self.part, self.compression, self.attrs)
+        self.current.start()
+        for stream in self.streams.values():
+            self.current.add_stream(stream.shape)
+        if self.swmr and self.streams:
+            self.current.start_swmr()
+
+    def _close_part(self, complete: bool, end_reason: str, attrs: dict[str, Any]) -> None:
+        number = len(self.parts) + 1
+        final = self._file_name(number)
+        if self.rolling:
+            attrs = {"part": number, "index_file": self.path.name, **attrs}
+        self.current.close_as(final, {"complete": complete, "end_reason": end_reason,
+                                      "conflicts": strings(sorted(self.conflicts)), **attrs})
+        self.parts.append(final)
+
+    def _roll(self, reason: str) -> None:
+        """Close the file being written as a whole part and go on in the next."""
+        self.rolling = True  # a one-file recording becomes parts: its file is part 1
+        number = len(self.parts) + 1
+        log.info("%s: part %d closed (%s)", self.path, number, reason)
+        self._close_part(True, f"continued in {part_name(self.path, number + 1).name}: {reason}", {})
+        self._open_part()
 
     def append(self, source: str, batch: FrameBatch, rows: slice) -> int:
         """Queue frames `rows` of a batch for writing; returns how many were taken (0 on a conflict)."""
         key = (batch.module_id, batch.dp)
         stream = self.streams.get(key) or self._new_stream(key, source, batch)
-        if stream.source != source:
-            self.conflicts.add(f"module {key[0]} {key[1]} is published by {stream.source} and {source}; "
-                               f"recorded from {stream.source} only")
+        if stream.shape.source != source:
+            self.conflicts.add(f"module {key[0]} {key[1]} is published by {stream.shape.source} and {source}; "
+                               f"recorded from {stream.shape.source} only")
             return 0
         images = batch.images[rows]
         n = len(images)
@@ -146,7 +190,8 @@ class H5Recording(Lifecycle):
         if batch.run and batch.run not in stream.runs:
             stream.runs.append(batch.run)
         file_index = stream.files.index(batch.file) if batch.file else -1
-        per_frame = {
+        columns = {
+            "data": images,
             "wr_timestamp_ns": batch.wr_timestamp_ns[rows],
             "host_timestamp_ns": batch.host_timestamp_ns[rows],
             "frame_number": batch.frame_number[rows],
@@ -154,13 +199,13 @@ class H5Recording(Lifecycle):
             "seqno": np.full(n, -1 if batch.seqno is None else batch.seqno, dtype=np.int64),
             "file_index": np.full(n, file_index, dtype=np.int32),
         }
-        seq = per_frame["seq"]
+        seq = columns["seq"]
         if stream.next_seq is not None and seq[0] > stream.next_seq:
             stream.missing += int(seq[0] - stream.next_seq)
         stream.missing += int((np.diff(seq) - 1).clip(min=0).sum())
         stream.next_seq = int(seq[-1]) + 1
-        for name in ("wr_timestamp_ns", "host_timestamp_ns"):
-            valid = per_frame[name][per_frame[name] >= 0]
+        for name in TIME_COLUMNS:
+            valid = columns[name][columns[name] >= 0]
             if len(valid):
                 stream.first.setdefault(name, int(valid[0]))
                 stream.last[name] = int(valid[-1])
@@ -168,72 +213,91 @@ class H5Recording(Lifecycle):
         if stream.first_time is None:
             stream.first_time = int(times[0])
         stream.last_time = int(times[-1])
-        stream.pending.append((images, per_frame, {name: values[rows] for name, values in batch.pff_columns.items()}))
+        stream.pending.append((columns, {name: values[rows] for name, values in batch.pff_columns.items()}, times))
         stream.pending_frames += n
+        stream.taken += n
         if stream.pending_frames >= FLUSH_FRAMES:
-            self._flush(stream)
+            self._write(key, stream, everything=False)
         return n
 
     def _new_stream(self, key: tuple[int, str], source: str, batch: FrameBatch) -> _Stream:
-        module_id, dp = key
-        group = self.file.require_group(f"module_{module_id}").create_group(dp)
-        height, width = batch.images.shape[1:]
-        frame_bytes = batch.images[0].nbytes if len(batch) else height * width * 2
-        chunk = max(1, _CHUNK_BYTES // frame_bytes)
-        datasets = {"data": group.create_dataset(
-            "data", shape=(0, height, width), maxshape=(None, height, width), dtype=batch.images.dtype,
-            chunks=(chunk, height, width), **self.compression)}
-        for name in _PER_FRAME:
-            datasets[name] = group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(_CHUNK_FRAMES,),
-                                                  dtype=np.int32 if name == "file_index" else np.int64)
-        header_group = group.create_group("pff_header")
-        fields = {}
-        for name, values in batch.pff_columns.items():
-            shape = values.shape[1:]
-            fields[name] = header_group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
-                                                       chunks=(_CHUNK_FRAMES, *shape), dtype=np.int64)
-        group.attrs.update({"module_id": module_id, "dp": dp, "source": source,
-                            "origin": batch.origin, "compression": self.compression_name})
-        stream = self.streams[key] = _Stream(group, source, datasets, fields)
+        shape = StreamShape(module_id=key[0], dp=key[1], source=source, origin=batch.origin,
+                            image_shape=tuple(batch.images.shape[1:]), dtype=batch.images.dtype,
+                            pff_columns={name: values.shape[1:] for name, values in batch.pff_columns.items()},
+                            compression_name=self.compression_name)
+        stream = self.streams[key] = _Stream(shape)
+        if self.current.swmr:
+            self._roll(f"module {key[0]} {key[1]} appeared after the file was opened for readers")
+        else:
+            self.current.add_stream(shape)
         return stream
 
-    def _flush(self, stream: _Stream) -> None:
-        """Append a stream's queued frames (errors of cached chunks show at the next `flush()`)."""
+    def _room(self, key: tuple[int, str], stream: _Stream) -> int:
+        """Rows of the stream the file being written still takes."""
+        room = FLUSH_FRAMES << 20
+        if self.max_frames is not None:
+            room = self.max_frames - self.current.streams[key].rows
+        if self.max_bytes is not None:
+            fits = (self.max_bytes - self.current.bytes) // stream.shape.row_bytes
+            room = min(room, fits if self.current.bytes else max(1, fits))
+        return room
+
+    def _write(self, key: tuple[int, str], stream: _Stream, everything: bool) -> None:
+        """Append a stream's queued frames in whole chunks (`everything`: the partial chunk at the end too)."""
         if not stream.pending:
             return
-        images = np.concatenate([p[0] for p in stream.pending])
-        n, start = len(images), stream.n
-        columns = {"data": images, **{name: np.concatenate([p[1][name] for p in stream.pending])
-                                      for name in _PER_FRAME}}
-        for name, dataset in stream.datasets.items():
-            dataset.resize(start + n, axis=0)
-            dataset[start:] = columns[name]
-        for name, dataset in stream.fields.items():
-            dataset.resize(start + n, axis=0)
-            dataset[start:] = np.concatenate([p[2][name] for p in stream.pending])
-        stream.n += n
-        self.bytes += images.nbytes
-        stream.pending.clear()
-        stream.pending_frames = 0
+        columns = {name: np.concatenate([p[0][name] for p in stream.pending]) for name in ("data", *PER_FRAME)}
+        headers = {name: np.concatenate([p[1][name] for p in stream.pending]) for name in stream.shape.pff_columns}
+        times = np.concatenate([p[2] for p in stream.pending])
+        n = len(times)
+        target = n
+        if not everything:
+            chunk, rows = stream.shape.chunk_frames, self.current.streams[key].rows
+            target = max(0, (rows + n) // chunk * chunk - rows)
+        done = 0
+        while done < target:
+            room = self._room(key, stream)
+            if room <= 0:
+                self._roll("max_frames_per_file reached" if self.max_frames is not None
+                           and self.current.streams[key].rows >= self.max_frames else "max_file_size_mb reached")
+                continue
+            rows = slice(done, done + min(room, target - done))
+            self.current.append(key, {k: v[rows] for k, v in columns.items()},
+                                {k: v[rows] for k, v in headers.items()}, times[rows], stream.files, stream.runs)
+            self.bytes += columns["data"][rows].nbytes
+            done = rows.stop
+        stream.written += done
+        rest = slice(done, n)
+        stream.pending = [({k: v[rest] for k, v in columns.items()}, {k: v[rest] for k, v in headers.items()},
+                           times[rest])] if done < n else []
+        stream.pending_frames = n - done
 
-    def flush(self) -> None:
-        """Write every queued frame to the file and out of HDF5's caches.
+    def flush(self, everything: bool = False) -> None:
+        """Append queued frames (whole chunks; a partial chunk held back once already, too) and show them to readers.
+
+        The first flush that finds the same streams in the file as the flush before switches it to SWMR mode, so
+        streams that start within one flush period of each other are in one file.
 
         Raises:
             OSError: the data could not be written (disk full, file too large, I/O error).
         """
         try:
-            for stream in self.streams.values():
-                self._flush(stream)
-            self.file.flush()
+            for key, stream in self.streams.items():
+                self._write(key, stream, everything or stream.tail_held)
+                stream.tail_held = stream.pending_frames > 0
+            settled = len(self.current.streams) == self._streams_at_last_flush
+            if self.swmr and self.current.streams and settled and not self.current.swmr:
+                self.current.start_swmr()
+            self._streams_at_last_flush = len(self.current.streams)
+            self.current.publish({})
         except (OSError, RuntimeError) as exc:  # h5py reports failed writes of cached chunks as RuntimeError
             raise OSError(describe_hdf5_error(exc)) from exc
 
     def summary(self) -> dict[str, Any]:
-        """Per stream (`<module>/<dp>`): frames taken, rows appended to the file, missing frames, first/last times."""
+        """Per stream (`<module>/<dp>`): frames taken, rows appended to the files, missing frames, first/last times."""
         return {
-            f"{module_id}/{dp}": {"frames": s.n + s.pending_frames, "rows_in_file": s.n, "missing_frames": s.missing,
-                                  "source": s.source, "first_timestamp_ns": s.first_time,
+            f"{module_id}/{dp}": {"frames": s.taken, "rows_in_file": s.written, "missing_frames": s.missing,
+                                  "source": s.shape.source, "first_timestamp_ns": s.first_time,
                                   "last_timestamp_ns": s.last_time}
             for (module_id, dp), s in sorted(self.streams.items())
         }
@@ -245,53 +309,38 @@ class H5Recording(Lifecycle):
         return min(firsts, default=None), max(lasts, default=None)
 
     def commit(self, complete: bool, end_reason: str, attrs: dict[str, Any] | None = None) -> Path:
-        """Write what is queued and the closing attributes, close, and rename the file to `path`.
+        """Write what is queued and the closing attributes, close, rename; in parts, write the index at `path`.
 
         Raises:
-            OSError: the file could not be written; it is still open (`close()` discards it).
+            OSError: a file could not be written; the recording is still open (`close()` discards it).
         """
-        self.flush()
-        runs: list[str] = []
-        for stream in self.streams.values():
-            stream.group.attrs.update({
-                "n_frames": stream.n, "missing_frames": stream.missing,
-                "files": _strings(stream.files), "runs": _strings(stream.runs),
-                **{f"first_{k}": v for k, v in stream.first.items()},
-                **{f"last_{k}": v for k, v in stream.last.items()},
-            })
-            runs += [r for r in stream.runs if r not in runs]
-        first, last = self.time_span()
-        self.file.attrs.update({
-            "complete": complete, "end_reason": end_reason, "closed_utc": _utc_now(), "runs": _strings(runs),
-            "first_timestamp_ns": -1 if first is None else first,
-            "last_timestamp_ns": -1 if last is None else last,
-            "conflicts": _strings(sorted(self.conflicts)),
-        })
-        self._set_attrs(attrs or {})
-        self.file.close()  # if this fails the file is still ours: close() discards it
-        self.file = None
-        os.replace(self.part, self.path)
+        self.flush(everything=True)
+        try:
+            self._close_part(complete, end_reason, attrs or {})
+            if self.rolling:
+                runs: list[str] = []
+                for stream in self.streams.values():
+                    runs += [r for r in stream.runs if r not in runs]
+                first, last = self.time_span()
+                write_index(self.path, self.parts, {
+                    **self.attrs, **(attrs or {}), "complete": complete, "end_reason": end_reason,
+                    "runs": strings(runs), "conflicts": strings(sorted(self.conflicts)),
+                    "parts": strings([p.name for p in self.parts]),
+                    "first_timestamp_ns": -1 if first is None else first,
+                    "last_timestamp_ns": -1 if last is None else last,
+                }, {s.shape.group_name: s.group_attrs() for s in self.streams.values()})
+        except (OSError, RuntimeError) as exc:
+            raise OSError(describe_hdf5_error(exc)) from exc
         self.committed = True
         self.close()
         return self.path
 
     def _release(self) -> None:
-        """Discard an uncommitted file (nothing is left), whatever state it is in."""
-        if self.committed:
-            return
-        file, self.file = self.file, None
-        self.streams.clear()  # drop every dataset handle before the file
-        try:
-            if file is not None and file.id.valid:
-                # What HDF5 still holds in its caches is not wanted: let it go to /dev/null. Closing a file whose
-                # writes keep failing crashes the HDF5 library (h5py 3.16), so the close must not see a failure.
-                null = os.open(os.devnull, os.O_RDWR)
-                try:
-                    os.dup2(null, file.id.get_vfd_handle())
-                finally:
-                    os.close(null)
-                file.close()
-        except (OSError, RuntimeError) as exc:  # the file goes anyway; the caller's own error is the one to see
-            log.warning("discarding %s: %s", self.part, exc)
-        finally:
-            self.part.unlink(missing_ok=True)
+        """Discard an uncommitted recording (nothing is left: the file being written, and the parts closed)."""
+        current, self.current = self.current, None
+        if current is not None:
+            current.close()
+        if not self.committed:
+            for path in self.parts:
+                path.unlink(missing_ok=True)
+            part_path(self.path).unlink(missing_ok=True)

@@ -12,8 +12,8 @@ from std_daq_service.metrics import Families, fill_writer
 from std_daq_service.protocol import Busy, InvalidRequest, StatusRequest, UnknownTarget, WriteRequest
 from std_daq_service.writer.event_receiver import EventReceiver
 from std_daq_service.writer.event_write_job import EventWriteJob
-from std_daq_service.writer.h5_recording import H5Recording
-from std_daq_service.writer.output_paths import confined_path, make_folders, stale_parts
+from std_daq_service.writer.h5_recording import H5Recording, part_name
+from std_daq_service.writer.output_paths import confined_path, make_folders, part_path, stale_parts
 from std_daq_service.writer.stream_receiver import StreamReceiver
 from std_daq_service.writer.write_job import Selection, WriteJob
 
@@ -80,12 +80,19 @@ class WriterHandlers:
     def write(self, request: WriteRequest, ctx: RequestContext) -> dict:
         selection = self._selection(request)
         path = confined_path(self.output_root, request.output_file)
+        rolling = request.max_frames_per_file is not None or request.max_file_size_mb is not None
+        longest = part_path(part_name(path, 9999)).name.encode()
+        if rolling and len(longest) > 255:
+            raise InvalidRequest(f"output_file {request.output_file!r}: its parts would be named {longest.decode()!r},"
+                                 f" {len(longest)} bytes, longer than 255")
         attrs = {"request": request.model_dump(mode="json"), "request_id": ctx.request_id,
                  "writer": self.service_name,
                  "sources": [selection] if isinstance(selection, str) else sorted(selection.sources),
                  "start_time_ns": request.start_time if request.start_time is not None else -1,
                  "stop_time_ns": request.stop_time if request.stop_time is not None else -1}
-        recording = H5Recording(path, request.compression or self.config.compression, attrs)
+        recording = H5Recording(path, request.compression or self.config.compression, attrs,
+                                max_frames_per_file=request.max_frames_per_file,
+                                max_file_size_mb=request.max_file_size_mb, swmr=self.config.swmr)
         self._claim(path, request, ctx.request_id, recording)
         try:
             make_folders(self.output_root, path)
