@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import hdf5plugin
 import numpy as np
 
@@ -139,6 +140,13 @@ class H5Recording(Lifecycle):
     def part(self) -> Path:
         """The file being written (`<name>.part`)."""
         return part_path(self._file_name(len(self.parts) + 1))
+
+    @property
+    def file(self) -> h5py.File:
+        """The open file of the current part, for groups beside the frames' streams (the coincidence events)."""
+        if self.current is None or self.current.file is None:
+            raise OSError(f"{self.path}: the recording is not open")
+        return self.current.file
 
     def _file_name(self, number: int) -> Path:
         return part_name(self.path, number) if self.rolling else self.path
