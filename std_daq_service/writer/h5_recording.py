@@ -30,8 +30,8 @@ import numpy as np
 
 from std_daq_service import __version__
 from std_daq_service.lifecycle import Lifecycle
-from std_daq_service.protocol import FrameBatch
-from std_daq_service.writer.output_paths import part_path
+from std_daq_service.protocol import Busy, FrameBatch
+from std_daq_service.writer.output_paths import move_into_place, part_path
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,15 @@ class _Stream:
 
 
 class H5Recording(Lifecycle):
-    """One output file: `start()` creates `<path>.part`; `commit()` closes it under `path`, complete or not.
+    """One output file: `start()` creates its `.part` file; `commit()` closes it under `path`, complete or not.
 
     Closing without a commit discards the file: nothing is left. `start()` and the writing methods raise
     OSError (from h5py) when the file cannot be created or written.
     """
 
-    def __init__(self, path: Path, compression: str, attrs: dict[str, Any]):
+    def __init__(self, path: Path, compression: str, attrs: dict[str, Any], overwrite: bool = False):
         self.path = path
+        self.overwrite = overwrite
         self.part = part_path(path)
         self.compression = compression_options(compression)
         self.compression_name = compression
@@ -249,6 +250,7 @@ class H5Recording(Lifecycle):
 
         Raises:
             OSError: the file could not be written; it is still open (`close()` discards it).
+            Busy: without overwrite, a file appeared at `path` meanwhile (`close()` discards this one).
         """
         self.flush()
         runs: list[str] = []
@@ -270,7 +272,11 @@ class H5Recording(Lifecycle):
         self._set_attrs(attrs or {})
         self.file.close()  # if this fails the file is still ours: close() discards it
         self.file = None
-        os.replace(self.part, self.path)
+        try:
+            move_into_place(self.part, self.path, self.overwrite)
+        except Busy:
+            self.close()  # discarded: what appeared under the name stays
+            raise
         self.committed = True
         self.close()
         return self.path

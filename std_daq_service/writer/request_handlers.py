@@ -66,7 +66,7 @@ class WriterHandlers:
                  "writer": self.service_name, "sources": sorted(selection.sources),
                  "start_time_ns": request.start_time if request.start_time is not None else -1,
                  "stop_time_ns": request.stop_time if request.stop_time is not None else -1}
-        recording = H5Recording(path, request.compression or self.config.compression, attrs)
+        recording = H5Recording(path, request.compression or self.config.compression, attrs, request.overwrite)
         self._claim(path, request, ctx.request_id, recording)
         try:
             make_folders(self.output_root, path)
