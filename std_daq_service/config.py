@@ -7,6 +7,7 @@ validate a configuration before storing it without importing the service.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -109,8 +110,22 @@ class RestConfig(ServiceConfig):
     writers: list[str] = Field(default_factory=list, description="Writers that write requests go to.")
     agents: list[str] = Field(default_factory=list, description="Agents that init_hp_io, init_sim and stop_hp_io go "
                               "to when a request names none (empty: every live agent this Redis knows).")
-    token: str | None = Field(None, description="If set, mutating endpoints need 'Authorization: Bearer <token>'.")
+    token: str | None = Field(None, description="If set, every POST and PUT (writes, kills, inits, config changes) "
+                              "needs 'Authorization: Bearer <token>'.")
+    allow_unauthenticated_remote: bool = Field(
+        False, description="Bind an address beyond loopback without a token. By default the proxy refuses to: "
+        "anyone who reaches the port could write, kill and change configurations.")
     sync_timeout_seconds: PositiveFloat = Field(60.0, description="Longest wait of a *_sync call.")
+
+
+def exposed_without_token(config: RestConfig) -> bool:
+    """Whether a REST config binds beyond loopback with no token and without `allow_unauthenticated_remote`."""
+    if config.token or config.allow_unauthenticated_remote or config.host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(config.host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return True
 
 
 class EventBuilderConfig(ServiceConfig):
