@@ -103,6 +103,14 @@ def test_rest_proxy_reconnects_to_the_broker(agent, new_service_name, redis_url,
             assert process.stop() == 0, process.log()
 
 
+def test_a_caller_whose_broker_connection_was_closed_reconnects_at_its_next_request(agent):
+    name = f"test-faults-{time.monotonic_ns()}"
+    with RequestCaller(None, name) as caller:
+        assert caller.call(agent[0], StatusRequest(), 15).finals[agent[0]].action == "request_success"
+        assert close_broker_connections(f"std_daq:{name}") == 1
+        assert caller.call(agent[0], StatusRequest(), 15).finals[agent[0]].action == "request_success"
+
+
 def test_redis_connections_dropped_beacons_come_back(agent, new_service_name, redis_url, redis_client, tmp_path,
                                                      caller):
     name = new_service_name("writer")
