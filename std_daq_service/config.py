@@ -75,7 +75,7 @@ class HpIoAgentConfig(ServiceConfig):
         "closed it (inotify) or it has not changed for this long; its last buffer is read first.",
     )
     poll_interval_seconds: PositiveFloat = Field(0.5, description="Polling period where inotify is missing.")
-    max_batch_frames: PositiveInt = Field(1000, description="Most frames per ZMQ message.")
+    max_batch_frames: PositiveInt = Field(1000, le=10_000, description="Most frames per ZMQ message.")
     send_hwm: PositiveInt = Field(100_000, description="ZMQ messages queued per subscriber before drops.")
     socket_hook: bool = Field(False, description="Listen on Hashpipe's low-latency Unix sockets.")
     socket_path_template: str = Field(
