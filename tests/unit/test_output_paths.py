@@ -95,28 +95,34 @@ def test_without_overwrite_a_file_that_appears_before_the_rename_is_kept(tmp_pat
     assert path.read_bytes() == b"mine" and not part.exists()
 
 
+def race(path: Path, parts: dict[str, Path]) -> dict[str, str]:
+    """Each writer moves its part to `path` without overwrite at the same moment; who won, who was refused."""
+    outcomes: dict[str, str] = {}
+    barrier = threading.Barrier(len(parts))
+
+    def commit(writer: str, part: Path) -> None:
+        barrier.wait()
+        try:
+            move_into_place(part, path, overwrite=False)
+            outcomes[writer] = "won"
+        except Busy:
+            outcomes[writer] = "refused"
+
+    threads = [threading.Thread(target=commit, args=item) for item in parts.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
 def test_two_writers_racing_for_one_name_without_overwrite_never_clobber(tmp_path):
     for round_ in range(200):
         path = tmp_path / f"race{round_}.h5"
-        parts = [tmp_path / f"race{round_}.h5.{writer}.part" for writer in "ab"]
-        for writer, part in zip("ab", parts):
+        parts = {writer: tmp_path / f"race{round_}.h5.{writer}.part" for writer in "ab"}
+        for writer, part in parts.items():
             part.write_bytes(writer.encode())
-        outcomes: dict[str, str] = {}
-        barrier = threading.Barrier(2)
-
-        def commit(writer: str, part: Path) -> None:
-            barrier.wait()
-            try:
-                move_into_place(part, path, overwrite=False)
-                outcomes[writer] = "won"
-            except Busy:
-                outcomes[writer] = "refused"
-
-        threads = [threading.Thread(target=commit, args=(w, p)) for w, p in zip("ab", parts)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        outcomes = race(path, parts)
         assert sorted(outcomes.values()) == ["refused", "won"], outcomes
         winner = next(w for w, o in outcomes.items() if o == "won")
         assert path.read_bytes() == winner.encode(), "the file is the winner's, whole"
