@@ -230,7 +230,9 @@ class LivenessBeacon(Lifecycle):
     """Keep `status.<SERVICE_NAME>` alive in Redis: a hash refreshed every `period_s` with a TTL.
 
     `start()` begins the refreshes; `close()` stops them and deletes the hash. The Redis client stays its
-    owner's.
+    owner's. Each refresh also stores the config the service runs with as `config.<SERVICE_NAME>` if that key is
+    missing (a Redis restarted without persistence lost it), so the service starts again after a restart of its
+    own; a stored config is never replaced.
 
     Args:
         state: called at each refresh; its dict (JSON-encoded values) is merged into the hash.
@@ -286,6 +288,7 @@ class LivenessBeacon(Lifecycle):
 
     def beat(self) -> None:
         pipe = self.redis.pipeline()
+        pipe.set(f"config.{self.service_name}", self.config.model_dump_json(exclude_unset=True), nx=True)
         pipe.delete(self.key)
         pipe.hset(self.key, mapping=self.fields())  # type: ignore[arg-type]  # redis types keys as any encodable
         pipe.expire(self.key, self.ttl_s)
