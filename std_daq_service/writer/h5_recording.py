@@ -250,7 +250,7 @@ class H5Recording(Lifecycle):
 
         Raises:
             OSError: the file could not be written; it is still open (`close()` discards it).
-            Busy: without overwrite, a file appeared at `path` meanwhile (`close()` discards this one).
+            Busy: without overwrite, a file appeared at `path` meanwhile; this one is discarded.
         """
         self.flush()
         runs: list[str] = []

@@ -4,6 +4,8 @@ on the same port and data dir, while services write, init or idle."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -178,6 +180,9 @@ def test_rabbitmq_killed_mid_write_the_write_ends_once_and_every_caller_reconnec
         answer = requests.post(f"{url}/write_sync", json={"output_file": "after.h5", "n_images": 5}, timeout=60)
         assert answer.status_code == 200, answer.text
         assert agent.service_name in client.status([agent.service_name]), "the client reconnects"
+    cli = subprocess.run([sys.executable, "-m", "std_daq_service.cli", "--broker-url", own_rabbitmq.url, "--redis-url",
+                          stack.redis_url, "status", agent.service_name], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and "update_interval_seconds" in cli.stdout, cli.stderr
     with capsys.disabled():
         print(f"\nRabbitMQ kill -9 mid-write: broker booted again in {boot_s:.1f} s, agent, writer and proxy "
               f"reconnected {back_s - boot_s:.1f} s after it answered")
