@@ -7,6 +7,7 @@ validate a configuration before storing it without importing the service.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -86,7 +87,7 @@ class HpIoAgentConfig(ServiceConfig):
         "closed it (inotify) or it has not changed for this long; its last buffer is read first.",
     )
     poll_interval_seconds: PositiveFloat = Field(0.5, description="Polling period where inotify is missing.")
-    max_batch_frames: PositiveInt = Field(1000, description="Most frames per ZMQ message.")
+    max_batch_frames: PositiveInt = Field(1000, le=10_000, description="Most frames per ZMQ message.")
     send_hwm: PositiveInt = Field(100_000, description="ZMQ messages queued per subscriber before drops.")
     replay_bind: str = Field(
         "tcp://127.0.0.1:*", description="ZMQ XPUB address of replay requests (past frames from the PFF files); a "
@@ -143,8 +144,22 @@ class RestConfig(ServiceConfig):
     writers: list[str] = Field(default_factory=list, description="Writers that write requests go to.")
     agents: list[str] = Field(default_factory=list, description="Agents that init_hp_io, init_sim and stop_hp_io go "
                               "to when a request names none (empty: every live agent this Redis knows).")
-    token: str | None = Field(None, description="If set, mutating endpoints need 'Authorization: Bearer <token>'.")
+    token: str | None = Field(None, description="If set, every POST and PUT (writes, kills, inits, config changes) "
+                              "needs 'Authorization: Bearer <token>'.")
+    allow_unauthenticated_remote: bool = Field(
+        False, description="Bind an address beyond loopback without a token. By default the proxy refuses to: "
+        "anyone who reaches the port could write, kill and change configurations.")
     sync_timeout_seconds: PositiveFloat = Field(60.0, description="Longest wait of a *_sync call.")
+
+
+def exposed_without_token(config: RestConfig) -> bool:
+    """Whether a REST config binds beyond loopback with no token and without `allow_unauthenticated_remote`."""
+    if config.token or config.allow_unauthenticated_remote or config.host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(config.host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return True
 
 
 class EventBuilderConfig(ServiceConfig):
@@ -252,7 +267,9 @@ class LivenessBeacon(Lifecycle):
     """Keep `status.<SERVICE_NAME>` alive in Redis: a hash refreshed every `period_s` with a TTL.
 
     `start()` begins the refreshes; `close()` stops them and deletes the hash. The Redis client stays its
-    owner's.
+    owner's. Each refresh also stores the config the service runs with as `config.<SERVICE_NAME>` if that key is
+    missing (a Redis restarted without persistence lost it), so the service starts again after a restart of its
+    own; a stored config is never replaced.
 
     Args:
         state: called at each refresh; its dict (JSON-encoded values) is merged into the hash.
@@ -308,6 +325,7 @@ class LivenessBeacon(Lifecycle):
 
     def beat(self) -> None:
         pipe = self.redis.pipeline()
+        pipe.set(f"config.{self.service_name}", self.config.model_dump_json(exclude_unset=True), nx=True)
         pipe.delete(self.key)
         pipe.hset(self.key, mapping=self.fields())  # type: ignore[arg-type]  # redis types keys as any encodable
         pipe.expire(self.key, self.ttl_s)

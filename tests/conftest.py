@@ -233,10 +233,13 @@ def only_loopback_addresses(loopback_guard):
 
 
 class ServiceProcess:
-    """A service started as a subprocess with its own SERVICE_NAME and config; stopped by PID."""
+    """A service started as a subprocess with its own SERVICE_NAME and config; stopped by PID.
+
+    `env` adds environment variables (a `BROKER_URL` of the test's own broker).
+    """
 
     def __init__(self, kind: str, service_name: str, config: dict, redis_url: str, log_dir: Path,
-                 preexec_fn=None):
+                 preexec_fn=None, env: dict[str, str] | None = None):
         import json
         import sys
 
@@ -247,9 +250,10 @@ class ServiceProcess:
         client = connect_redis(redis_url)
         client.set(f"config.{service_name}", json.dumps(config))
         client.close()
-        env = {**os.environ, "SERVICE_NAME": service_name, "REDIS_URL": redis_url}
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", f"std_daq_service.{kind}"], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", f"std_daq_service.{kind}"],
+                                        env={**os.environ, **(env or {}), "SERVICE_NAME": service_name,
+                                             "REDIS_URL": redis_url},
                                         stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
                                         preexec_fn=preexec_fn)
 

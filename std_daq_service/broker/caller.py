@@ -70,7 +70,9 @@ class RequestCaller(Lifecycle):
         channel.basic_consume(queue, self._on_status, auto_ack=True)
 
     def _open_channel(self) -> BlockingChannel:
-        """The channel, connecting first if needed."""
+        """The channel, connecting first if needed, and again if the connection was lost (a broker restart)."""
+        if self._connection is not None and not self._connection.is_open:
+            self.close()
         self.start()
         if self._channel is None:
             raise NoServiceAnswered(f"no connection to the broker at {self.broker_url or 'the default URL'}")
@@ -115,13 +117,12 @@ class RequestCaller(Lifecycle):
         Raises:
             UnknownTarget: no queue is bound for `target` (the service never ran on this broker).
         """
-        channel = self._open_channel()
         request_id = request_id or str(uuid.uuid4())
         self.store.register(request_id)
         body = request if isinstance(request, bytes) else encode_request(request)
         request_type = "" if isinstance(request, bytes) else request.request_type
         try:
-            channel.basic_publish(
+            self._publish(
                 exchange=REQUEST_EXCHANGE,
                 routing_key=target,
                 body=body,
@@ -143,11 +144,20 @@ class RequestCaller(Lifecycle):
             raise NoServiceAnswered(f"the broker refused the request for {target!r}") from None
         return request_id
 
+    def _publish(self, **message) -> None:
+        """Publish with the broker's confirm; a connection found lost (the broker restarted since the last use) is
+        opened again and the message sent once more (a service runs a request id once, so a resend is harmless)."""
+        try:
+            self._open_channel().basic_publish(**message)
+        except (pika.exceptions.AMQPConnectionError, pika.exceptions.ChannelWrongStateError) as exc:
+            log.info("broker connection lost (%r); reconnecting to send again", exc)
+            self.close()
+            self._open_channel().basic_publish(**message)
+
     def kill(self, target: str, request_id: str, caller: Caller | None = None) -> None:
         """Ask `target` to stop request `request_id`."""
-        channel = self._open_channel()
         try:
-            channel.basic_publish(
+            self._publish(
                 exchange=KILL_EXCHANGE,
                 routing_key=target,
                 body=encode_request(KillRequest(request_id=request_id)),

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 3.0)
 _OUTBOX_LIMIT = 100_000
 _CANCEL_WAIT_S = 2.0
+MAX_REQUEST_BYTES = 1 << 20
+"""A request body longer than this (no valid request comes close) is refused unread: request_fail, 400."""
 
 
 class RequestConsumer(Lifecycle):
@@ -207,6 +209,8 @@ class RequestConsumer(Lifecycle):
             log.warning("request %s uses protocol version %s, this service speaks %s", request_id, version,
                         PROTOCOL_VERSION)
         try:
+            if len(body) > MAX_REQUEST_BYTES:
+                raise InvalidRequest(f"request body of {len(body)} bytes; the limit is {MAX_REQUEST_BYTES}")
             request: Request | InvalidRequest = decode_request(body)
         except InvalidRequest as exc:
             request = exc

@@ -27,6 +27,7 @@ from std_daq_service.protocol import (
     UnknownTarget,
     decode_request,
     decode_stream_message,
+    stream_subscriber,
 )
 
 
@@ -144,7 +145,7 @@ def run_stream(args) -> int:
                                           stream_pulse_height_data=not args.no_pulse_height,
                                           module_ids=module_ids(args.module_ids)))
     endpoint = answer["endpoints"]["preview" if args.preview else "data"]
-    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock = stream_subscriber(zmq.Context.instance())
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(endpoint)
     for topic in answer["topics"]:

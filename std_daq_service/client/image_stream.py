@@ -12,7 +12,7 @@ import zmq
 
 from std_daq_service.client.frame_stream import Subscription, Throttle
 from std_daq_service.client.pano_image import pano_images
-from std_daq_service.protocol import ControlHeader, InvalidMessage, decode_stream_message
+from std_daq_service.protocol import ControlHeader, InvalidMessage, decode_stream_message, stream_subscriber
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def stream_images(subscriptions: list[Subscription], update_interval_seconds: fl
     poller = zmq.Poller()
     try:
         for sub in subscriptions:
-            sock = context.socket(zmq.SUB)
+            sock = stream_subscriber(context)
             sock.setsockopt(zmq.RCVHWM, 0 if update_interval_seconds <= 0 else 1000)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(sub.endpoint)

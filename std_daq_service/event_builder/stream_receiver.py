@@ -13,7 +13,14 @@ from std_daq_service.event_builder.event_assembler import EventAssembler
 from std_daq_service.event_builder.event_publisher import EventPublisher
 from std_daq_service.event_builder.frame_table import PULSE_HEIGHT_PRODUCTS
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
-from std_daq_service.protocol import CONTROL_TOPIC, InvalidMessage, decode_frames, peek, subscriber_topic
+from std_daq_service.protocol import (
+    CONTROL_TOPIC,
+    InvalidMessage,
+    decode_frames,
+    peek,
+    stream_subscriber,
+    subscriber_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ class StreamReceiver(Lifecycle):
     def _open(self) -> None:
         context = zmq.Context.instance()
         for name, endpoint in self.agents.items():
-            sock = context.socket(zmq.SUB)
+            sock = stream_subscriber(context)
             self._sockets[sock] = name
             sock.setsockopt(zmq.RCVHWM, _RECEIVE_HWM)
             sock.setsockopt(zmq.LINGER, 0)

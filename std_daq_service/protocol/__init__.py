@@ -24,6 +24,7 @@ from std_daq_service.protocol.events import (
 )
 from std_daq_service.protocol.frames import (
     CONTROL_TOPIC,
+    MAX_STREAM_MESSAGE_BYTES,
     SOCKET_TOPIC_PREFIX,
     ControlHeader,
     FrameBatch,
@@ -39,6 +40,7 @@ from std_daq_service.protocol.frames import (
     parse_subscriber_topic,
     parse_topic,
     peek,
+    stream_subscriber,
     subscriber_topic,
 )
 from std_daq_service.protocol.requests import (
@@ -78,6 +80,7 @@ __all__ = [
     "encode_event",
     "Busy",
     "CONTROL_TOPIC",
+    "MAX_STREAM_MESSAGE_BYTES",
     "ControlHeader",
     "DaqError",
     "ERRORS",
@@ -125,5 +128,6 @@ __all__ = [
     "peek",
     "rebuild_error",
     "status_routing_key",
+    "stream_subscriber",
     "subscriber_topic",
 ]

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
+import zmq
 from pydantic import BaseModel, ConfigDict, Field
 
 from std_daq_service.pff import DATA_PRODUCTS, WR_INVALID
@@ -50,6 +51,10 @@ Kind `user` is a stream a client opened (the agent hands it out with the `stream
 (`writer`, later `event_builder`) is infrastructure, which the agent's inits do not wait for.
 """
 ControlEvent = Literal["run_start", "run_end", "reinit", "stop", "replay_end"]
+MAX_STREAM_MESSAGE_BYTES = 64 << 20
+"""Largest message part a stream subscriber accepts (`zmq.MAXMSGSIZE`): a peer sending more is disconnected, so an
+untrusted or broken one cannot exhaust memory. An agent's biggest part, `max_batch_frames` (at most 10 000) frames of
+2 KiB images, or their header columns, stays below a third of it."""
 PER_FRAME_COLUMNS = ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_ns")
 """The columns every frame message carries first, in this order; the PFF header columns follow."""
 PFF_COLUMN_PREFIX = "pff_header."
@@ -57,6 +62,13 @@ COLUMN_DTYPE = "<i8"
 _FRAME_PARTS = 4  # topic, header, columns, images
 _COLUMNS_PART = 2
 _IMAGES_PART = 3
+
+
+def stream_subscriber(context: zmq.Context) -> zmq.Socket:
+    """A SUB socket for the frame stream whose message parts are bounded by `MAX_STREAM_MESSAGE_BYTES`."""
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_STREAM_MESSAGE_BYTES)
+    return sock
 
 
 def frame_time_ns(wr_timestamp_ns: Any, host_timestamp_ns: Any) -> Any:

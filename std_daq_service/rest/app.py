@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -273,6 +274,11 @@ def _view(api: RestApi, route: Route) -> Callable[..., Response]:
     return view
 
 
+def token_matches(authorization: str, token: str) -> bool:
+    """Whether an `Authorization` header carries `Bearer <token>`, compared in constant time."""
+    return hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
 def create_app(service_name: str, config: RestConfig, caller: SharedCaller, redis_client: redis.Redis) -> Flask:
     """The Flask app of one REST proxy."""
     app = Flask("std_daq_rest")
@@ -283,8 +289,8 @@ def create_app(service_name: str, config: RestConfig, caller: SharedCaller, redi
 
     @app.before_request
     def _check_token():
-        if config.token and request.method not in ("GET", "HEAD", "OPTIONS") and (
-                request.headers.get("Authorization", "") != f"Bearer {config.token}"):
+        if config.token and request.method not in ("GET", "HEAD", "OPTIONS") and not token_matches(
+                request.headers.get("Authorization", ""), config.token):
             return _error("this endpoint needs 'Authorization: Bearer <token>' (the token of the REST config)", 401)
         return None
 

@@ -21,7 +21,13 @@ import zmq
 from std_daq_service.config import live_services
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
 from std_daq_service.pff import DATA_PRODUCTS
-from std_daq_service.protocol import FrameBatch, InvalidMessage, decode_frames, subscriber_topic
+from std_daq_service.protocol import (
+    FrameBatch,
+    InvalidMessage,
+    decode_frames,
+    stream_subscriber,
+    subscriber_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +194,7 @@ class PreviewFeed(Lifecycle):
                   data: [dp for dp, p in DATA_PRODUCTS.items() if not p.is_movie]}
         sockets = []
         for endpoint, products in topics.items():
-            sock = context.socket(zmq.SUB)
+            sock = stream_subscriber(context)
             sock.setsockopt(zmq.RCVHWM, _RECEIVE_HWM)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)

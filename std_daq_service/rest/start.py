@@ -6,7 +6,7 @@ import logging
 import sys
 
 from std_daq_service.broker import RequestContext, SharedCaller
-from std_daq_service.config import RestConfig
+from std_daq_service.config import RestConfig, exposed_without_token
 from std_daq_service.protocol import StatusRequest
 from std_daq_service.rest.app import create_app
 from std_daq_service.rest.http_server import HttpServer
@@ -27,6 +27,9 @@ DESCRIPTION = (
 def main(argv: list[str] | None = None) -> int:
     with ServiceRuntime.boot("rest", DESCRIPTION, RestConfig, argv) as (runtime, stack, config):
         options = runtime.options
+        if exposed_without_token(config):
+            runtime.refuse(f"host {config.host} is beyond loopback and no token is set: set a token, or "
+                           "allow_unauthenticated_remote: true to serve anyone who reaches the port")
         caller = stack.enter_context(SharedCaller(options.broker_url, options.service_name))
         app = create_app(options.service_name, config, caller, runtime.redis)
         feed = stack.enter_context(PreviewFeed(runtime.redis, options.service_name, config.agents))

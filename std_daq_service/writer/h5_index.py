@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from std_daq_service.writer.h5_part import (
     set_attrs,
     utc_now,
 )
-from std_daq_service.writer.output_paths import part_path
+from std_daq_service.writer.output_paths import move_into_place, part_path
 
 
 @dataclass
@@ -42,7 +41,8 @@ def _datasets(group: h5py.Group) -> list[str]:
     return names + [f"pff_header/{name}" for name in group["pff_header"]]
 
 
-def write_index(path: Path, parts: list[Path], attrs: dict[str, Any], stream_attrs: dict[str, dict]) -> Path:
+def write_index(path: Path, parts: list[Path], overwrite: bool, attrs: dict[str, Any],
+                stream_attrs: dict[str, dict]) -> Path:
     """Write the index at `path` (as `<path>.part`, then renamed) over the closed `parts`.
 
     Args:
@@ -91,5 +91,5 @@ def write_index(path: Path, parts: list[Path], attrs: dict[str, Any], stream_att
             totals = {**{k: -1 for k in COUNTS_DTYPE.names}, **stream_attrs.get(name, {})}
             group.create_dataset("counts", data=np.array(tuple(totals[k] for k in COUNTS_DTYPE.names),
                                                          dtype=COUNTS_DTYPE))
-    os.replace(live, path)
+    move_into_place(live, path, overwrite)
     return path

@@ -31,6 +31,7 @@ import numpy as np
 
 from std_daq_service import __version__
 from std_daq_service.lifecycle import Lifecycle
+from std_daq_service.writer.output_paths import move_into_place
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +272,18 @@ class H5Part(Lifecycle):
         stream.counts[()] = np.array(tuple(attrs[name] for name in COUNTS_DTYPE.names), dtype=COUNTS_DTYPE)
         set_attrs(stream.group, attrs)
 
-    def close_as(self, path: Path, attrs: dict[str, Any]) -> Path:
-        """Publish, write the closing attributes, close, and rename the file to `path`.
+    def close_as(self, path: Path, attrs: dict[str, Any], overwrite: bool) -> Path:
+        """Publish, write the closing attributes, close, and rename the file to `path` (replacing a file there
+        only with `overwrite`).
 
         Raises:
             OSError, RuntimeError: the file could not be written; it is still open (`close()` discards it).
+            Busy: without overwrite, a file appeared at `path` meanwhile (`close()` discards this one).
         """
         self.publish({"closed_utc": utc_now(), "runs": strings(self.runs()), **attrs})
         self.file.close()  # if this fails the file is still ours: close() discards it
         self.file = None
-        os.replace(self.live_path, path)
+        move_into_place(self.live_path, path, overwrite)
         self.committed = True
         self.close()
         return path

@@ -18,7 +18,7 @@ it is parts `<stem>_part0001<suffix>`, `..._part0002...` beside `path`, and `pat
 datasets are virtual: each stream's rows of every part, as one stack. A stream that first appears after the file
 went into SWMR mode (no dataset can be added then; that is at the first flush that finds no new stream, about
 1 s after the first frames) starts the next part, so a one-file recording becomes parts too.
-Each file is written as `<name>.part` and renamed when closed: a crash leaves whole parts and one `.part`.
+Each file is written as `<name>.<writer tag>.part` and renamed when closed: a crash leaves whole parts and one `.part`.
 
 Flushing: frames are appended in whole chunks of `data`; a partial chunk waits at most one `flush()` (the job calls
 it every 0.5 s), so a reader sees every frame within two flush periods, and compressed chunks are seldom rewritten.
@@ -37,7 +37,7 @@ import hdf5plugin
 import numpy as np
 
 from std_daq_service.lifecycle import Lifecycle
-from std_daq_service.protocol import FrameBatch
+from std_daq_service.protocol import Busy, FrameBatch
 from std_daq_service.writer.h5_index import write_index
 from std_daq_service.writer.h5_part import PER_FRAME, TIME_COLUMNS, H5Part, StreamShape, strings
 from std_daq_service.writer.output_paths import part_path
@@ -118,8 +118,9 @@ class H5Recording(Lifecycle):
     """
 
     def __init__(self, path: Path, compression: str, attrs: dict[str, Any], max_frames_per_file: int | None = None,
-                 max_file_size_mb: float | None = None, swmr: bool = True):
+                 max_file_size_mb: float | None = None, swmr: bool = True, overwrite: bool = False):
         self.path = path
+        self.overwrite = overwrite
         self.compression = compression_options(compression)
         self.compression_name = compression
         self.attrs = attrs
@@ -138,7 +139,7 @@ class H5Recording(Lifecycle):
 
     @property
     def part(self) -> Path:
-        """The file being written (`<name>.part`)."""
+        """The file being written (`<name>.<writer tag>.part`)."""
         return part_path(self._file_name(len(self.parts) + 1))
 
     @property
@@ -170,7 +171,7 @@ class H5Recording(Lifecycle):
         if self.rolling:
             attrs = {"part": number, "index_file": self.path.name, **attrs}
         self.current.close_as(final, {"complete": complete, "end_reason": end_reason,
-                                      "conflicts": strings(sorted(self.conflicts)), **attrs})
+                                      "conflicts": strings(sorted(self.conflicts)), **attrs}, self.overwrite)
         self.parts.append(final)
 
     def _roll(self, reason: str) -> None:
@@ -321,6 +322,8 @@ class H5Recording(Lifecycle):
 
         Raises:
             OSError: a file could not be written; the recording is still open (`close()` discards it).
+            Busy: without overwrite, a file appeared under a final name meanwhile; the recording is discarded
+                (what appeared stays).
         """
         self.flush(everything=True)
         try:
@@ -330,13 +333,16 @@ class H5Recording(Lifecycle):
                 for stream in self.streams.values():
                     runs += [r for r in stream.runs if r not in runs]
                 first, last = self.time_span()
-                write_index(self.path, self.parts, {
+                write_index(self.path, self.parts, self.overwrite, {
                     **self.attrs, **(attrs or {}), "complete": complete, "end_reason": end_reason,
                     "runs": strings(runs), "conflicts": strings(sorted(self.conflicts)),
                     "parts": strings([p.name for p in self.parts]),
                     "first_timestamp_ns": -1 if first is None else first,
                     "last_timestamp_ns": -1 if last is None else last,
                 }, {s.shape.group_name: s.group_attrs() for s in self.streams.values()})
+        except Busy:
+            self.close()
+            raise
         except (OSError, RuntimeError) as exc:
             raise OSError(describe_hdf5_error(exc)) from exc
         self.committed = True

@@ -92,7 +92,8 @@ class WriterHandlers:
                  "stop_time_ns": request.stop_time if request.stop_time is not None else -1}
         recording = H5Recording(path, request.compression or self.config.compression, attrs,
                                 max_frames_per_file=request.max_frames_per_file,
-                                max_file_size_mb=request.max_file_size_mb, swmr=self.config.swmr)
+                                max_file_size_mb=request.max_file_size_mb, swmr=self.config.swmr,
+                                overwrite=request.overwrite)
         self._claim(path, request, ctx.request_id, recording)
         try:
             make_folders(self.output_root, path)

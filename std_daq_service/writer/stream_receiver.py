@@ -23,6 +23,7 @@ from std_daq_service.protocol import (
     decode_stream_message,
     file_topic_prefixes,
     peek,
+    stream_subscriber,
     subscriber_topic,
 )
 from std_daq_service.writer.ring_buffer import RingBuffer
@@ -99,7 +100,7 @@ class StreamReceiver(Lifecycle):
     def _open(self) -> None:
         context = zmq.Context.instance()
         for name, endpoint in self.agents.items():
-            sock = context.socket(zmq.SUB)
+            sock = stream_subscriber(context)
             self._sockets[sock] = name
             sock.setsockopt(zmq.RCVHWM, _RECEIVE_HWM)
             sock.setsockopt(zmq.LINGER, 0)

@@ -114,7 +114,9 @@ def test_handler_error_becomes_request_fail_with_reason_and_code(broker_url, ser
         (b'{"request_type": "teleport"}', "unknown request_type"),
         (b'{"request_type": "write", "output_file": 7}', "output_file"),
         (b'{"request_type": "init_sim"}', "does not handle 'init_sim' requests"),
+        (b'{"request_type": "status", "x": "' + b"x" * (2 << 20) + b'"}', "the limit is 1048576"),
     ],
+    ids=["not json", "unknown type", "wrong field", "not handled", "2 MiB body"],
 )
 def test_malformed_requests_fail_readably_and_the_service_keeps_serving(broker_url, service_name, caller, body, reason):
     with running_service(broker_url, service_name):

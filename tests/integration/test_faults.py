@@ -51,11 +51,11 @@ def test_writer_killed_mid_write_leaves_a_part_file_that_the_restart_reports(age
     assert writer.stop() == -signal.SIGKILL
     out = tmp_path / "out"
     assert not (out / "crash.h5").exists(), "nothing under the final name"
-    assert (out / "crash.h5.part").exists(), "the temporary file is recognisable"
+    [part] = out.glob("crash.h5.*.part")  # recognisable: named for its file, tagged with the writer process
     restarted = start_writer(name, redis_url, redis_client, tmp_path, [agent])
     try:
         status = caller.call(name, StatusRequest(), 15).finals[name].result
-        assert status["stale_part_files"] == [str(out / "crash.h5.part")]
+        assert status["stale_part_files"] == [str(part)]
         assert "unfinished .part file" in restarted.log()
         again = caller.call(name, WriteRequest(output_file="crash.h5", n_images=10), 30).finals[name]
         assert again.action == "request_success", again.message
@@ -101,6 +101,14 @@ def test_rest_proxy_reconnects_to_the_broker(agent, new_service_name, redis_url,
     finally:
         for process in (rest, writer):
             assert process.stop() == 0, process.log()
+
+
+def test_a_caller_whose_broker_connection_was_closed_reconnects_at_its_next_request(agent):
+    name = f"test-faults-{time.monotonic_ns()}"
+    with RequestCaller(None, name) as caller:
+        assert caller.call(agent[0], StatusRequest(), 15).finals[agent[0]].action == "request_success"
+        assert close_broker_connections(f"std_daq:{name}") == 1
+        assert caller.call(agent[0], StatusRequest(), 15).finals[agent[0]].action == "request_success"
 
 
 def test_redis_connections_dropped_beacons_come_back(agent, new_service_name, redis_url, redis_client, tmp_path,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +191,18 @@ def test_agent_failure_keeps_its_reason(rest):
     assert "data_dir '/no/such/dir' does not exist" in answer.json()["message"]
 
 
+def test_a_proxy_beyond_loopback_without_a_token_refuses_to_start(new_service_name, redis_client, redis_url,
+                                                                  tmp_path):
+    name = new_service_name("rest")
+    for config, reason in (({}, "beyond loopback and no token is set"),
+                           ({"token": "t"}, "cannot listen"),  # 192.0.2.1 (TEST-NET) is on no interface here
+                           ({"allow_unauthenticated_remote": True}, "cannot listen")):
+        redis_client.set(f"config.{name}", json.dumps({"host": "192.0.2.1", "port": 5000, **config}))
+        ended = subprocess.run([sys.executable, "-m", "std_daq_service.rest"], capture_output=True, text=True,
+                               timeout=60, env={**os.environ, "SERVICE_NAME": name, "REDIS_URL": redis_url})
+        assert ended.returncode == 2 and reason in ended.stderr, (config, ended.stderr)
+
+
 def test_token_and_sync_timeout(rest, new_service_name, redis_url, redis_client, tmp_path):
     process, url = start_rest(new_service_name("rest"), redis_url, redis_client, tmp_path, writers=[rest.writer],
                               token="s3cret", sync_timeout_seconds=1)
@@ -194,6 +210,16 @@ def test_token_and_sync_timeout(rest, new_service_name, redis_url, redis_client,
         body = {"output_file": "slow.h5", "duration_seconds": 3}
         assert requests.post(f"{url}/write_sync", json=body, timeout=10).status_code == 401
         assert requests.get(f"{url}/services", timeout=5).status_code == 200, "reading needs no token"
+        wrong = {"Authorization": "Bearer s3creT"}  # as long as the token: compared in constant time, refused
+        assert requests.post(f"{url}/write_sync", json=body, headers=wrong, timeout=10).status_code == 401
+        config = requests.get(f"{url}/config/{rest.writer}", timeout=5).json()["config"]
+        for method, path, payload in (("PUT", f"/config/{rest.writer}", config), ("POST", "/write_kill",
+                                      {"request_id": "x"}), ("POST", "/init_sim", {}), ("POST", "/stop_hp_io", {}),
+                                      ("POST", "/ui", {}), ("POST", "/requests", {})):
+            answer = requests.request(method, f"{url}{path}", json=payload, timeout=10)
+            assert answer.status_code == 401, (method, path, answer.text)
+        for path in ("/ui", "/ui/state.json", "/requests", "/status"):
+            assert requests.get(f"{url}{path}", timeout=10).status_code == 200, f"GET {path} is read-only"
         answer = requests.post(f"{url}/write_sync", json=body, headers={"Authorization": "Bearer s3cret"},
                                timeout=10)
         assert answer.status_code == 504 and "keeps running" in answer.json()["message"]

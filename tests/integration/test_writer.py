@@ -174,8 +174,8 @@ def test_concurrent_writes_and_a_second_write_to_the_same_file(system, caller):
     ("link/escape.h5", "outside the output root"),
     ("link/new/escape.h5", "outside the output root"),
     ("exists.h5/x.h5", "is not a folder"),
-    ("x" * 300 + ".h5", "longer than 250"),
-    ("x" * 248 + ".h5", "the file name is 251 bytes, longer than 250"),
+    ("x" * 300 + ".h5", "longer than 241"),
+    ("x" * 239 + ".h5", "the file name is 242 bytes, longer than 241"),
     ("exists.h5", "exists; set overwrite=true"),
 ])
 def test_output_paths_outside_the_root_or_clashing_are_refused(system, caller, tmp_path, output_file, reason):

@@ -14,6 +14,7 @@ from std_daq_service.config import AgentStream
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import RequestTimeout, StorageError, WriteRequest, encode_frames, peek
 from std_daq_service.writer.h5_recording import H5Recording
+from std_daq_service.writer.output_paths import part_path
 from std_daq_service.writer.ring_buffer import RingBuffer
 from std_daq_service.writer.stream_receiver import ReceivedBatch, StreamReceiver
 from std_daq_service.writer.write_job import Selection, WriteJob
@@ -41,8 +42,8 @@ def job(tmp_path, request: WriteRequest, name: str = "x.h5", **options) -> Write
                               RingBuffer(10, 1 << 30))
     ctx = RequestContext("r1", request, "a.b.writer", publish=lambda status: None)
     selection = Selection(frozenset({AGENT}), frozenset(request.module_ids), frozenset(request.data_products))
-    return WriteJob(request, ctx, receiver, H5Recording(tmp_path / name, "none", {}), selection, 10,
-                    **options)
+    recording = H5Recording(tmp_path / name, "none", {}, request.overwrite)
+    return WriteJob(request, ctx, receiver, recording, selection, 10, **options)
 
 
 def test_a_write_behind_its_streams_drops_counts_and_warns(tmp_path):
@@ -62,7 +63,7 @@ def test_a_recording_is_written_as_part_and_committed_under_its_name(tmp_path):
     recording = H5Recording(tmp_path / "x.h5", "none", {"request_id": "r1"})
     assert not list(tmp_path.iterdir()), "nothing happens before start"
     with recording:
-        assert [p.name for p in tmp_path.iterdir()] == ["x.h5.part"]
+        assert [p.name for p in tmp_path.iterdir()] == [part_path(tmp_path / "x.h5").name]
         recording.append(AGENT, messages(1)[0].batch, slice(0, 10))
         recording.commit(True, "done")
     recording.close()
