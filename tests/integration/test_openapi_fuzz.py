@@ -16,7 +16,8 @@ HONEST_5XX = (502, 504)  # no service answered / a sync call timed out: document
 def rest_url(tmp_path_factory, redis_url, broker_url):
     with service_stack(redis_url, broker_url) as stack:
         process, url = start_rest(stack.name("rest"), redis_url, stack.redis, tmp_path_factory.mktemp("openapi"),
-                                  writers=["nobody.nowhere.writer"], sync_timeout_seconds=2)
+                                  writers=["nobody.nowhere.writer"], sync_timeout_seconds=2,
+                                  agents=["nobody.nowhere.hp_io_agent"])  # never the live agents of others
         stack.add(process)
         yield url
 
