@@ -4,7 +4,9 @@
 #  2. a Redis server on 127.0.0.1:6379 and a RabbitMQ server on 127.0.0.1:5672 (guest/guest) that answer:
 #     started if installed, installed with apt-get (as root) if not, or run with docker if an engine answers;
 #  3. every tests/redis_configs/<service_name>.json loaded into Redis as config.<service_name>;
-#  4. Debian's chromium and chromium-driver (apt-get, as root) for the live page's browser test, when missing.
+#  4. Debian's chromium and chromium-driver (apt-get, as root) for the live page's browser test, when missing;
+#  5. Debian's iptables (as root), when missing: the several-hosts tests slow their links through it where the
+#     kernel lacks tc netem.
 # Environment: VENV (default .venv), REDIS_URL, BROKER_URL (the servers to check; defaults are local).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -113,9 +115,16 @@ ensure_chromium() {
     apt_install chromium chromium-driver || say "WARNING: no chromium; tests/integration/test_webview.py will fail"
 }
 
+ensure_iptables() {
+    if [ "$(id -u)" != 0 ] || command -v iptables >/dev/null; then return; fi
+    say "installing iptables (tests/integration/test_multihost.py delays its links through it without tc netem)"
+    apt_install iptables || say "WARNING: no iptables; the multihost delay test skips where tc netem is missing"
+}
+
 make_venv
 install_package
 ensure_chromium
+ensure_iptables
 ensure_redis
 ensure_rabbitmq
 "$PY" -m std_daq_service.cli --redis-url "$REDIS_URL" config load tests/redis_configs

@@ -47,6 +47,12 @@ def test_binds_to_every_interface():
         sock.bind(("0.0.0.0", 0))
 
 
+def test_connects_to_a_namespace_address_from_outside_that_namespace(loopback_guard):
+    with loopback_guard.allow_namespaces({"10.213.0.1"}, lambda: {0}), socket.socket() as sock:
+        sock.settimeout(0.5)
+        sock.connect(("10.213.0.1", 9))
+
+
 def test_loopback_and_unix_sockets_are_fine():
     with socket.socket() as server, socket.socket() as client:
         server.bind(("127.0.0.1", 0))
@@ -69,15 +75,16 @@ def test_leaks_and_non_loopback_addresses_fail_the_test_and_nothing_else(pyteste
     pytester.makeconftest((TESTS / "conftest.py").read_text())
     pytester.makepyfile(test_guarded=GUARDED)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rE")
-    result.assert_outcomes(passed=5, errors=3)
+    result.assert_outcomes(passed=5, failed=1, errors=4)
     errors = [line for line in result.outlines if line.startswith("ERROR")]
     assert [line.split("::")[1].split(" ")[0] for line in errors] == [
         "test_leaks_a_child_process_and_a_thread", "test_connects_to_a_private_address_and_swallows_the_error",
-        "test_binds_to_every_interface"]
+        "test_binds_to_every_interface", "test_connects_to_a_namespace_address_from_outside_that_namespace"]
     result.stdout.re_match_lines([
         r".*test left behind threads \['leaked-thread'\] and child processes \{\d+: 'sleep \(.\)'\}",
         r".*refused before connecting.*socket.connect to \('10.0.0.1', 9\).*socket.connect to \('10.0.0.1', 9\)",
         r".*refused before connecting.*socket.bind to \('0.0.0.0', 0\)",
+        r".*refused before connecting.*socket.connect to \('10.213.0.1', 9\)",
     ])
 
 
@@ -97,6 +104,16 @@ def test_config_endpoints_and_hosts_off_loopback_are_named():
               "output_root": "/tmp/x"}
     assert config_violations(config) == ["data_bind = 'tcp://*:5555'", "host = '0.0.0.0'",
                                          "agents[0].data = 'tcp://10.1.2.3:5555'"]
+
+
+def test_config_addresses_inside_a_tests_namespaces_are_allowed_for_services_there():
+    config = {"data_bind": "tcp://*:5555", "advertise_host": "10.213.0.11", "host": "10.213.0.1",
+              "agents": [{"name": "a", "data": "tcp://10.213.0.12:5555"}, {"name": "b", "data": "tcp://10.1.2.3:1"}]}
+    assert config_violations(config, frozenset({"10.213.0.1", "10.213.0.11", "10.213.0.12"})) == [
+        "agents[1].data = 'tcp://10.1.2.3:1'"]
+    assert config_violations(config) == ["data_bind = 'tcp://*:5555'", "advertise_host = '10.213.0.11'",
+                                         "host = '10.213.0.1'", "agents[0].data = 'tcp://10.213.0.12:5555'",
+                                         "agents[1].data = 'tcp://10.1.2.3:1'"]
 
 
 @pytest.mark.parametrize("path", sorted((TESTS / "redis_configs").glob("*.json")), ids=lambda p: p.name)

@@ -40,6 +40,40 @@ _POLL_MS = 100
 _RECEIVE_HWM = 1000
 
 
+class EventMaxima:
+    """Pulse-height event maxima with their arrival times, for the last `keep_s` seconds, in numpy arrays.
+
+    Twelve bytes per event and a quarter more in reserve (a Python tuple per event took about 70: for ten minutes
+    of a 1 kHz stream, 40 MB; now 9).
+    """
+
+    def __init__(self, keep_s: float):
+        self.keep_s = keep_s
+        self._stamps = np.empty(0)
+        self._values = np.empty(0, np.int32)
+        self._start = self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def add(self, now: float, values: np.ndarray) -> None:
+        """Append the maxima of events that arrived at `now` (monotonic, never decreasing); forget old ones."""
+        self._start += int(np.searchsorted(self._stamps[self._start:self._end], now - self.keep_s))
+        if self._end + len(values) > len(self._stamps):
+            live = len(self)
+            size = max((live + len(values)) * 5 // 4, 1024)  # room for a quarter more: 15 bytes per event at most
+            stamps, kept = np.empty(size), np.empty(size, np.int32)
+            stamps[:live], kept[:live] = self._stamps[self._start:self._end], self._values[self._start:self._end]
+            self._stamps, self._values, self._start, self._end = stamps, kept, 0, live
+        self._stamps[self._end:self._end + len(values)] = now
+        self._values[self._end:self._end + len(values)] = values
+        self._end += len(values)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kept arrival times and maxima (views, valid until the next `add`)."""
+        return self._stamps[self._start:self._end], self._values[self._start:self._end]
+
+
 @dataclass
 class StreamView:
     """What the page shows of one stream: its latest frame, recent frames and, for pulse height, event maxima."""
@@ -54,7 +88,7 @@ class StreamView:
     frames_seen: int = 0
     updated: float = 0.0
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=RECENT_FRAMES))
-    maxima: collections.deque = field(default_factory=collections.deque)  # (monotonic s, max pixel)
+    maxima: EventMaxima = field(default_factory=lambda: EventMaxima(PH_WINDOWS_S[-1]))
 
     @property
     def is_movie(self) -> bool:
@@ -70,9 +104,7 @@ class StreamView:
         self.frames_seen += len(batch)
         self.updated = now
         if not self.is_movie:
-            self.maxima.extend((now, int(m)) for m in batch.images.reshape(len(batch), -1).max(axis=1))
-            while self.maxima and now - self.maxima[0][0] > PH_WINDOWS_S[-1]:
-                self.maxima.popleft()
+            self.maxima.add(now, batch.images.reshape(len(batch), -1).max(axis=1))
 
     def limits(self) -> tuple[float, float]:
         """Colour limits: the 1st and 99th percentile of the recent frames' pixels."""
@@ -81,10 +113,9 @@ class StreamView:
 
     def distribution(self, now: float) -> dict[str, Any]:
         """Histograms of each event's maximum pixel over the last 10, 60 and 600 s (common bin edges)."""
-        if not self.maxima:
+        if not len(self.maxima):
             return {"edges": [], "windows": {}}
-        stamps = np.fromiter((t for t, _ in self.maxima), float, len(self.maxima))
-        values = np.fromiter((m for _, m in self.maxima), float, len(self.maxima))
+        stamps, values = self.maxima.arrays()
         edges = np.linspace(values.min(), values.max() + 1, _PH_BINS + 1)
         return {"edges": [round(e, 1) for e in edges.tolist()],
                 "windows": {str(w): np.histogram(values[now - stamps <= w], edges)[0].tolist() for w in PH_WINDOWS_S}}

@@ -6,6 +6,8 @@ Services run as subprocesses, out of the hook's reach: their configs are checked
 
 The servers named by `REDIS_URL`, `BROKER_URL` and `RABBITMQ_API_URL` in the environment are allowed as
 well: setting them is the explicit choice of servers elsewhere (tests_in_docker.sh uses the compose hosts).
+So are the addresses inside network namespaces a test created (`allow_namespaces`), for a thread inside one of
+them: there those addresses cannot lead out of the test's own network.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import ipaddress
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,11 +68,26 @@ class LoopbackGuard:
     def __init__(self) -> None:
         self.allowed: set[str] = set()
         self.violations: list[str] = []
+        self._namespaces: list[tuple[set[str], Callable[[], set[int]]]] = []
 
     def install(self) -> LoopbackGuard:
         self.allowed = environment_servers()
         sys.addaudithook(self._audit)
         return self
+
+    @contextmanager
+    def allow_namespaces(self, addresses: set[str], inodes: Callable[[], set[int]]) -> Iterator[None]:
+        """Allow `addresses` to a thread whose network namespace is one of `inodes()` (those a test created)."""
+        entry = (addresses, inodes)
+        self._namespaces.append(entry)
+        try:
+            yield
+        finally:
+            self._namespaces.remove(entry)
+
+    def _in_test_namespace(self, host: str) -> bool:
+        here = os.stat("/proc/thread-self/ns/net").st_ino
+        return any(host in addresses and here in inodes() for addresses, inodes in self._namespaces)
 
     def take(self) -> list[str]:
         taken, self.violations = self.violations, []
@@ -82,7 +100,7 @@ class LoopbackGuard:
         if sock.family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
             return
         host = str(address[0])
-        if host in self.allowed or (host and is_loopback(host)):
+        if host in self.allowed or (host and is_loopback(host)) or self._in_test_namespace(host):
             return
         problem = f"{event} to {address!r}: not a loopback address"
         self.violations.append(problem)
@@ -100,16 +118,23 @@ def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
         yield where, value
 
 
-def config_violations(config: dict) -> list[str]:
-    """Endpoints, URLs and `host` values of a service config that are not loopback (`*` is every interface)."""
+def config_violations(config: dict, namespace_addresses: frozenset[str] = frozenset()) -> list[str]:
+    """Endpoints, URLs and `host` values of a service config that are not loopback (`*` is every interface).
+
+    For a service running inside a test's network namespaces, pass their `namespace_addresses`: those are
+    allowed, and so is `*` (every interface of such a namespace is the test's).
+    """
     problems = []
     for where, value in _strings(config, ""):
         scheme, _, rest = value.partition("://")
         if scheme in _ENDPOINT_SCHEMES and rest:
             host = urlsplit(f"{scheme}://{rest.replace('*', '0')}").hostname or ""
-            if rest.split(":")[0] == "*" or not is_loopback(host):
+            wildcard = rest.split(":")[0] == "*"
+            if not (namespace_addresses and (wildcard or host in namespace_addresses)) and (
+                    wildcard or not is_loopback(host)):
                 problems.append(f"{where} = {value!r}")
-        elif where.rsplit(".", 1)[-1] in ("host", "metrics_host") and not is_loopback(value):
+        elif (where.rsplit(".", 1)[-1] in ("host", "metrics_host", "advertise_host") and not is_loopback(value)
+              and value not in namespace_addresses):
             problems.append(f"{where} = {value!r}")
     return problems
 
