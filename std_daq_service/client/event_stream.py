@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 
 from std_daq_service.client.image_stream import check_hosts
-from std_daq_service.protocol import EVENT_TOPIC, CoincidenceEvent, InvalidMessage, decode_event
+from std_daq_service.protocol import EVENT_TOPIC, CoincidenceEvent, InvalidMessage, decode_event, stream_subscriber
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def stream_events(endpoints: dict[str, str], failed_hosts: dict[str, str], live_
     poller = zmq.Poller()
     try:
         for builder, endpoint in endpoints.items():
-            sock = context.socket(zmq.SUB)
+            sock = stream_subscriber(context)
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)

@@ -13,7 +13,7 @@ import zmq
 
 from std_daq_service.config import EventStream
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
-from std_daq_service.protocol import EVENT_TOPIC, CoincidenceEvent, InvalidMessage, decode_event
+from std_daq_service.protocol import EVENT_TOPIC, CoincidenceEvent, InvalidMessage, decode_event, stream_subscriber
 from std_daq_service.writer.ring_buffer import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class EventReceiver(Lifecycle):
     def _open(self) -> None:
         context = zmq.Context.instance()
         for name, endpoint in self.builders.items():
-            sock = context.socket(zmq.SUB)
+            sock = stream_subscriber(context)
             self._sockets[sock] = name
             sock.setsockopt(zmq.RCVHWM, _RECEIVE_HWM)
             sock.setsockopt(zmq.LINGER, 0)

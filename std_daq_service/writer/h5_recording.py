@@ -117,7 +117,7 @@ class H5Recording(Lifecycle):
         swmr: switch each file to SWMR write mode at its first `flush()`, so readers can open it live.
     """
 
-    def __init__(self, path: Path, compression: str, attrs: dict[str, Any], max_frames_per_file: int | None = None,
+    def __init__(self, path: Path, compression: str, attrs: dict[str, Any], *, max_frames_per_file: int | None = None,
                  max_file_size_mb: float | None = None, swmr: bool = True, overwrite: bool = False):
         self.path = path
         self.overwrite = overwrite

@@ -30,6 +30,7 @@ from std_daq_service.protocol import (
     StreamRequest,
     decode_stream_message,
     frame_topic,
+    stream_subscriber,
     subscriber_topic,
 )
 
@@ -71,7 +72,7 @@ class ReplayReceiver:
             endpoints = self._endpoints(caller)
             if not endpoints:
                 return self.results
-            sock = zmq.Context.instance().socket(zmq.SUB)
+            sock = stream_subscriber(zmq.Context.instance())
             try:
                 sock.setsockopt(zmq.LINGER, 0)
                 for endpoint in endpoints.values():

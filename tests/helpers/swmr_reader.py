@@ -1,6 +1,7 @@
 """A reader of a file being recorded, as a user runs it: `python swmr_reader.py LIVE FINAL REPORT`.
 
-Waits for LIVE (`<name>.part`) to be readable in SWMR mode, then, until FINAL exists (the writer renamed the file),
+Waits for LIVE (`<name>.<writer tag>.part`; a glob pattern such as `run.h5.*.part` finds it) to be readable in SWMR
+mode, then, until FINAL exists (the writer renamed the file),
 reads module 1 img16 over and over: takes the live `counts`, then refreshes every dataset and checks that each
 holds at least that many rows and that `seq` has no gap in them, and notes what it read. REPORT gets a JSON list
 of observations ({"n", "seq_first", "seq_last", "data_sum"}); the exit code is 1 with the error on stderr if a
@@ -21,10 +22,12 @@ import numpy as np
 
 def open_live(live: Path, final: Path, deadline: float) -> h5py.File | None:
     while time.monotonic() < deadline and not final.exists():
-        try:
-            return h5py.File(live, "r", swmr=True, libver="latest")
-        except (OSError, FileNotFoundError):  # not there yet, or not yet in SWMR mode
-            time.sleep(0.02)
+        for path in sorted(live.parent.glob(live.name)):
+            try:
+                return h5py.File(path, "r", swmr=True, libver="latest")
+            except (OSError, FileNotFoundError):  # not there yet, or not yet in SWMR mode
+                pass
+        time.sleep(0.02)
     return None
 
 

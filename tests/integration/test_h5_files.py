@@ -64,7 +64,7 @@ def stream_arrays(group: h5py.Group) -> dict[str, np.ndarray]:
 
 
 def test_a_reader_sees_the_file_grow_valid_at_every_read(system, caller, tmp_path):
-    live, final = system.output_root / "live.h5.part", system.output_root / "live.h5"
+    live, final = system.output_root / "live.h5.*.part", system.output_root / "live.h5"  # .<writer tag>.part
     report = tmp_path / "observations.json"
     with subprocess.Popen([sys.executable, str(READER), str(live), str(final), str(report)],
                           stderr=subprocess.PIPE, text=True) as reader:
@@ -223,7 +223,8 @@ def test_a_crash_leaves_whole_parts_and_one_incomplete_part(system, caller, new_
         writer.stop()
     files = sorted(p.name for p in out.iterdir())
     whole = [f for f in files if not f.endswith(".part")]
-    assert [f for f in files if f.endswith(".part")] == [f"crash_part{len(whole) + 1:04d}.h5.part"], files
+    incomplete = [f for f in files if f.endswith(".part")]
+    assert len(incomplete) == 1 and incomplete[0].startswith(f"crash_part{len(whole) + 1:04d}.h5."), files
     assert whole == [f"crash_part{i:04d}.h5" for i in range(1, len(whole) + 1)], "no index: the write never ended"
     seq = []
     for part in whole:
@@ -236,8 +237,8 @@ def test_a_crash_leaves_whole_parts_and_one_incomplete_part(system, caller, new_
 
 def test_a_rolled_over_name_whose_parts_would_be_too_long_is_refused(system, caller):
     name = system.writer.service_name
-    output_file = "x" * 240 + ".h5"  # 243 bytes: fine alone, but x..._part0001.h5.part would be 257
+    output_file = "x" * 238 + ".h5"  # 241 bytes: fine alone, but x..._part0001.h5.<tag>.part would be 264
     final = caller.call(name, WriteRequest(output_file=output_file, n_images=5, max_frames_per_file=2), 30).finals[name]
     assert final.action == "request_fail" and "longer than 255" in final.message, final.message
     assert final.result["http_status"] == 400
-    assert not list(system.output_root.glob("x" * 240 + "*"))
+    assert not list(system.output_root.glob("x" * 238 + "*"))

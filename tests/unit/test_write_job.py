@@ -42,7 +42,7 @@ def job(tmp_path, request: WriteRequest, name: str = "x.h5", **options) -> Write
                               RingBuffer(10, 1 << 30))
     ctx = RequestContext("r1", request, "a.b.writer", publish=lambda status: None)
     selection = Selection(frozenset({AGENT}), frozenset(request.module_ids), frozenset(request.data_products))
-    recording = H5Recording(tmp_path / name, "none", {}, request.overwrite)
+    recording = H5Recording(tmp_path / name, "none", {}, overwrite=request.overwrite)
     return WriteJob(request, ctx, receiver, recording, selection, 10, **options)
 
 
