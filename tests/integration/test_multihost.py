@@ -178,7 +178,8 @@ def cluster(tmp_path_factory, loopback_guard):
                     "output_root": str(directory / "out"), "ring_buffer_seconds": 6})
                 cluster.start(HEAD, "rest", cluster.names["rest"], {
                     "host": cluster.head, "port": REST_PORT, "writers": [cluster.names[WRITER]],
-                    "agents": [cluster.names[n] for n in AGENTS]})
+                    "agents": [cluster.names[n] for n in AGENTS],
+                    "allow_unauthenticated_remote": True})  # reachable only inside the test's own namespaces
                 (directory / "out").mkdir()
                 cluster.wait_ready(cluster.names[WRITER])
                 cluster.wait_ready(cluster.names["rest"])
