@@ -20,6 +20,7 @@ from std_daq_service.protocol import DaqError, RequestTimeout, StorageError, Wri
 from std_daq_service.writer.event_receiver import EventReceiver, ReceivedEvent
 from std_daq_service.writer.event_recording import EventRecording
 from std_daq_service.writer.h5_recording import H5Recording, describe_hdf5_error
+from std_daq_service.writer.write_window import WriteWindow
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,10 @@ class EventWriteJob:
         self.builder = builder
         self.events = EventRecording(recording, builder)
         self.incoming: queue.SimpleQueue[ReceivedEvent] = queue.SimpleQueue()
-        r = request
-        now_ns = time.time_ns()
-        self.started = time.monotonic()
-        self.window_start = r.start_time
-        self.window_stop = r.stop_time
-        if r.start_time is not None and r.duration_seconds is not None:
-            self.window_stop = r.start_time + int(r.duration_seconds * 1e9)
-        self.arrival_stop = None
-        if r.start_time is None and r.duration_seconds is not None:
-            self.arrival_stop = self.started + r.duration_seconds
-        opens_in = max(0.0, ((r.start_time or now_ns) - now_ns) / 1e9)
-        self.silence_deadline = self.started + opens_in + r.timeout_seconds
-        self.open_ended = r.n_images is None and self.window_stop is None and self.arrival_stop is None
+        window = WriteWindow.of(request)
+        self.started, self.window_start, self.window_stop = window.started, window.window_start, window.window_stop
+        self.arrival_stop, self.silence_deadline = window.arrival_stop, window.silence_deadline
+        self.open_ended = window.open_ended
         self.last_seen = self.started
         self.ended = False
         self.warnings: list[str] = []
