@@ -18,7 +18,9 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_namespace_packages(include=["std_daq_service", "std_daq_service.*"]),
-    package_data={"": ["*.pff", "*.json", "*.md", "recording_ended", "*.html", "*.js", "*.css"]},
+    # the sample run's directory has dots in its name, so it is no package: its files are named from sample_data
+    package_data={"": ["*.pff", "*.json", "*.md", "recording_ended", "*.html", "*.js", "*.css"],
+                  "std_daq_service.sample_data": ["*/*.pffd/*"]},
     install_requires=[
         "numpy>=1.24",
         "pydantic>=2.5",
