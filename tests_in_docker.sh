@@ -67,7 +67,6 @@ start_podman() {
     rm -f "$STATE/podman.sock"
     podman system service --time=0 "$DOCKER_HOST" >"$STATE/podman-service.log" 2>&1 &
     PODMAN_PID=$!
-    trap 'kill "$PODMAN_PID" 2>/dev/null; wait "$PODMAN_PID" 2>/dev/null || true' EXIT
     local i
     for ((i = 0; i < 60; i++)); do
         engine_answers && break
@@ -79,7 +78,6 @@ start_podman() {
     if [ ! -d /run/systemd/system ]; then
         run_health_checks &
         HEALTH_PID=$!
-        trap 'kill "$HEALTH_PID" "$PODMAN_PID" 2>/dev/null; wait "$HEALTH_PID" "$PODMAN_PID" 2>/dev/null || true' EXIT
     fi
 }
 
@@ -120,13 +118,23 @@ pick_base() {  # set BASE: the Dockerfile's default if it is here or can be pull
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
+stop_started() {  # the podman service and health-check loop this script started, by their PIDs
+    local pid
+    for pid in $HEALTH_PID $PODMAN_PID; do kill "$pid" 2>/dev/null || true; done
+    for pid in $HEALTH_PID $PODMAN_PID; do wait "$pid" 2>/dev/null || true; done
+}
+
 PODMAN_PID=
+HEALTH_PID=
+trap stop_started EXIT
 engine_answers || start_podman
+started=$(now_ms)
 pick_base
+say "base $BASE ready in $((($(now_ms) - started) / 1000)) s"
 probe=$(docker run --rm --net=host "$BASE" true 2>&1) || cannot_run "the engine cannot start a container: $probe"
 mkdir -p "$STATE"
 started=$(now_ms)
-docker build -f docker/Dockerfile --build-arg BASE_IMAGE="$BASE" -t "$STD_DAQ_IMAGE" . >"$STATE/build.log" 2>&1 || {
+docker build --network host -f docker/Dockerfile --build-arg BASE_IMAGE="$BASE" -t "$STD_DAQ_IMAGE" . >"$STATE/build.log" 2>&1 || {
     tail -40 "$STATE/build.log" >&2; say "docker build failed (log: $STATE/build.log)"; exit 1; }
 build_ms=$(($(now_ms) - started))
 export STD_DAQ_BUILD_SECONDS=$((build_ms / 1000)).$((build_ms % 1000 / 100))

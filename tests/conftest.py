@@ -162,7 +162,7 @@ def close_broker_connections(name_prefix: str) -> int:
     """Close, from the broker's side, every connection whose client name starts with `name_prefix`.
 
     Uses `rabbitmqctl` where the broker runs on this machine, else the management API at
-    `RABBITMQ_API_URL` (e.g. http://rabbitmq:15672 in tests_in_docker.sh).
+    `RABBITMQ_API_URL` (a broker on another machine, such as a container's).
     """
     api = os.environ.get("RABBITMQ_API_URL")
     if api or shutil.which("rabbitmqctl") is None:

@@ -53,5 +53,5 @@ ln "$rootfs_tar" "$context/rootfs.tar" 2>/dev/null || cp "$rootfs_tar" "$context
 mkdir "$context/local-ca"
 [ ${#local_cas[@]} = 0 ] || cp "${local_cas[@]}" "$context/local-ca/"
 say "building $TAG from $rootfs_tar"
-docker build -q -f Containerfile --label "std_daq.base=$key" -t "$TAG" "$context" >/dev/null
+docker build -q --network host -f Containerfile --label "std_daq.base=$key" -t "$TAG" "$context" >/dev/null
 say "built $TAG"
