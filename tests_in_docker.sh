@@ -137,6 +137,6 @@ started=$(now_ms)
 docker build --network host -f docker/Dockerfile --build-arg BASE_IMAGE="$BASE" -t "$STD_DAQ_IMAGE" . >"$STATE/build.log" 2>&1 || {
     tail -40 "$STATE/build.log" >&2; say "docker build failed (log: $STATE/build.log)"; exit 1; }
 build_ms=$(($(now_ms) - started))
-export STD_DAQ_BUILD_SECONDS=$((build_ms / 1000)).$((build_ms % 1000 / 100))
-say "built $STD_DAQ_IMAGE on $BASE in ${STD_DAQ_BUILD_SECONDS} s (log: $STATE/build.log)"
+build_s=$((build_ms / 1000)).$((build_ms % 1000 / 100))
+say "built $STD_DAQ_IMAGE on $BASE in ${build_s} s (log: $STATE/build.log)"
 ./run_tests.sh -m container tests/container "$@"
