@@ -41,7 +41,7 @@ def configs(tag: str, output_root: str) -> dict[str, tuple[str, dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--settle", type=float, default=3)
+    parser.add_argument("--settle", type=float, default=5)
     parser.add_argument("--services", nargs="+", default=["writer", "event_builder", "rest"])
     args = parser.parse_args()
     redis = connect_redis()

@@ -101,22 +101,27 @@ class ChunkCompressor(Lifecycle):
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, chunk: np.ndarray, frames: int) -> Future[memoryview]:
-        """Start compressing a chunk; one of fewer than `frames` rows is padded with zeros (the fill value) to a
-        whole chunk, as HDF5 stores edge chunks."""
-        if len(chunk) < frames:
-            chunk = np.concatenate([chunk, np.zeros((frames - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        chunk = np.ascontiguousarray(chunk)
+    def submit(self, parts: list[np.ndarray], frames: int) -> Future[memoryview]:
+        """Start compressing a chunk made of `parts` (rows that follow each other, joined in the thread); one of
+        fewer than `frames` rows is padded with zeros (the fill value) to a whole chunk, as HDF5 stores edge
+        chunks."""
         if self._pool is None:  # nothing to do in a thread
             done: Future[memoryview] = Future()
-            done.set_result(self.codec.compress(chunk))
+            done.set_result(self._compress(parts, frames))
             return done
-        return self._pool.submit(self.codec.compress, chunk)
+        return self._pool.submit(self._compress, parts, frames)
+
+    def _compress(self, parts: list[np.ndarray], frames: int) -> memoryview:
+        rows = sum(len(part) for part in parts)
+        if rows < frames:
+            first = parts[0]
+            parts = [*parts, np.zeros((frames - rows, *first.shape[1:]), first.dtype)]
+        return self.codec.compress(np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts)))
 
 
-def chunk_rows(pieces: list[np.ndarray], frames: int) -> Iterator[np.ndarray]:
-    """Chunks of `frames` rows over arrays whose rows follow each other (the last may be partial): views where a
-    chunk lies within one array, copies where it spans several."""
+def chunk_rows(pieces: list[np.ndarray], frames: int) -> Iterator[list[np.ndarray]]:
+    """Chunks of `frames` rows over arrays whose rows follow each other (the last may be partial), each as the views
+    of the arrays it spans (not copied)."""
     held: list[np.ndarray] = []
     count = 0
     for piece in pieces:
@@ -125,8 +130,8 @@ def chunk_rows(pieces: list[np.ndarray], frames: int) -> Iterator[np.ndarray]:
             held.append(part)
             count += len(part)
             if count == frames:
-                yield held[0] if len(held) == 1 else np.concatenate(held)
+                yield held
                 held, count = [], 0
     if held:
-        yield np.concatenate(held)
+        yield held
 

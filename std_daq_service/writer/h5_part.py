@@ -278,7 +278,8 @@ class H5Part(Lifecycle):
         which is written whole again); hold the new partial chunk."""
         frames = stream.shape.chunk_frames
         chunks = list(chunk_rows([stream.tail, *data] if stream.tail is not None else data, frames))
-        stream.tail = chunks[-1].copy() if len(chunks[-1]) < frames else None
+        last = sum(len(part) for part in chunks[-1])
+        stream.tail = np.concatenate(chunks[-1]) if last < frames else None
         dataset, first = stream.datasets["data"].id, start - start % frames
         for i, chunk in enumerate(chunks):
             self._compressing.append((dataset, (first + i * frames, 0, 0), self.codec.submit(chunk, frames)))
