@@ -83,7 +83,8 @@ def file_watcher(out_dir: str, done, results, period_s: float = 0.02) -> None:
                     f = h5py.File(live, "r", swmr=True, libver="latest")
                 except OSError:  # not in SWMR mode yet
                     continue
-                counts = {f"{m.removeprefix('module_')}/{dp}": f[m][dp]["counts"] for m in f for dp in f[m]}
+                counts = {f"{m.removeprefix('module_')}/{dp}": f[m][dp]["counts"]
+                          for m in f if m.startswith("module_") for dp in f[m]}
                 files[live] = (f, counts)
         for live, (f, counts) in list(files.items()):
             closed = not live.exists()  # renamed: what it holds now is final
@@ -145,7 +146,8 @@ def main() -> None:
                 child.start()
                 ready.wait(10)
                 rows_seen = multiprocessing.Queue()
-                watcher = multiprocessing.Process(target=file_watcher, args=(str(out_dir), done, rows_seen))
+                watcher = multiprocessing.Process(target=file_watcher, args=(str(out_dir), done, rows_seen),
+                                                  daemon=True)
                 watcher.start()
                 progress: list[tuple[float, dict]] = []
 
