@@ -19,9 +19,11 @@ without `phony_dims`.
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,6 +46,8 @@ FORMAT_VERSION = "2"
 CHUNK_BYTES = 512 << 10
 """Of `data`'s chunks."""
 _CHUNK_FRAMES = 1024  # of the per-frame arrays
+_CREATE_TRIES = 20
+_CREATE_RETRY_S = 0.01
 QUEUED_ROWS = 1 << 16
 """Per-frame rows of a stream held for one write at most (about 14 MB for img16)."""
 PER_FRAME = ("wr_timestamp_ns", "host_timestamp_ns", "frame_number", "seq", "seqno", "file_index")
@@ -199,13 +203,27 @@ class H5Part(Lifecycle):
     def _open(self) -> None:
         self.streams, self.bytes, self.committed = {}, 0, False
         self._compressing.clear()
-        self.live_path.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
-        self.file = h5py.File(self.live_path, "w-", libver="latest")
+        self.file = self._create()
         self.file.attrs.update({"NX_class": "NXroot", "format": FORMAT, "format_version": FORMAT_VERSION,
                                 "software_version": __version__, "created_utc": utc_now(),
                                 "complete": False, "end_reason": "being written",
                                 "first_timestamp_ns": -1, "last_timestamp_ns": -1})
         set_attrs(self.file, self.attrs)
+
+    def _create(self) -> h5py.File:
+        """Create `live_path`. A reader polling for the file may lock it in the instant between its creation and
+        HDF5's own lock (HDF5 then fails with EAGAIN): that lock lasts only as long as the reader's failed open,
+        so the creation is tried again, a few times."""
+        attempt = 1
+        while True:
+            self.live_path.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
+            try:
+                return h5py.File(self.live_path, "w-", libver="latest")
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN or attempt == _CREATE_TRIES:
+                    raise
+            attempt += 1
+            time.sleep(_CREATE_RETRY_S)
 
     @property
     def swmr(self) -> bool:
