@@ -1,7 +1,7 @@
 """Writer throughput: img16 frames arriving on ZMQ to rows in the HDF5 file, next to raw batched h5py appends.
 
 Usage: .venv/bin/python benchmarks/bench_writer.py [--frames 200000] [--compression none bitshuffle_lz4 ...]
-       [--swmr on off]
+       [--swmr on off] [--recording-only [--repeat 5]]
 
 A PUB socket in this process plays the agent: it sends one pre-encoded 1000-frame message of real Lick img16 at
 --rate-hz (non-blocking; what the writer cannot take is dropped and not counted). The writer
@@ -11,6 +11,11 @@ batches of 1000 with the same compression and chunks, in this process, in the sa
 is measured on the real Lick img16 frames (the full file of ../shared/data when present, else the excerpt).
 `--swmr on off` runs each compression with the writer's files in SWMR mode (the default) and without.
 Needs Redis and RabbitMQ.
+
+`--recording-only` measures the writer's file code alone, in this process, without ZMQ or services: the same
+decoded 1000-frame messages go to `H5Recording.append` (a `flush()` every 50 messages, i.e. every 0.5 s at 100 k
+frames/s; SWMR as --swmr says) and, alternating with it, to the plain batched h5py append above; --repeat runs of
+each, medians and the ratio of the medians reported. No Redis or RabbitMQ needed.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ import std_daq_service
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis
 from std_daq_service.pff import PffReader
-from std_daq_service.protocol import WriteRequest, encode_frames
-from std_daq_service.writer.h5_recording import compression_options
+from std_daq_service.protocol import WriteRequest, decode_frames, encode_frames
+from std_daq_service.writer.h5_recording import H5Recording, compression_options
 
 EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
 SHARED = Path(os.environ.get("PANOSETI_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -57,8 +62,10 @@ def message(images: np.ndarray) -> list[bytes]:
                          pff_fields=block.fields, image_bytes=block.image_bytes)
 
 
-def raw_h5py_rate(images: np.ndarray, n_frames: int, compression: str, directory: Path) -> tuple[float, float]:
-    """(frames/s, compression ratio) appending `images` repeatedly in batches of 1000."""
+def raw_h5py_rate(images: np.ndarray, n_frames: int, compression: str, directory: Path,
+                  ratio: bool = True) -> tuple[float, float]:
+    """(frames/s, compression ratio: of `images` in one go, unless not `ratio`) appending `images` repeatedly in
+    batches of 1000."""
     path = directory / f"raw_{compression}.h5"
     batch = images[:1000]
     start = time.perf_counter()
@@ -70,12 +77,54 @@ def raw_h5py_rate(images: np.ndarray, n_frames: int, compression: str, directory
             data[offset:] = batch
     rate = n_frames / (time.perf_counter() - start)
     path.unlink()
+    if not ratio:
+        return rate, 0.0
     ratio_path = directory / "ratio.h5"
     with h5py.File(ratio_path, "w") as f:
         f.create_dataset("data", data=images, chunks=(CHUNK_FRAMES, 32, 32), **compression_options(compression))
-    ratio = images.nbytes / ratio_path.stat().st_size
+    compression_ratio = images.nbytes / ratio_path.stat().st_size
     ratio_path.unlink()
-    return rate, ratio
+    return rate, compression_ratio
+
+
+def recording_rate(parts: list[bytes], n_frames: int, compression: str, directory: Path, swmr: bool) -> float:
+    """frames/s of `H5Recording` appending the decoded message `parts` until `n_frames`, flushing every 50
+    messages."""
+    path = directory / f"rec_{compression}.h5"
+    batch = decode_frames([memoryview(p) for p in parts])
+    start = time.perf_counter()
+    with H5Recording(path, compression, {}, swmr=swmr, overwrite=True) as recording:
+        for i in range(n_frames // len(batch)):
+            recording.append("bench.local.hp_io_agent", batch, slice(None))
+            if i % 50 == 49:
+                recording.flush()
+        recording.commit(True, "done")
+    rate = n_frames // len(batch) * len(batch) / (time.perf_counter() - start)
+    path.unlink()
+    return rate
+
+
+def recording_only(args: argparse.Namespace, parts: list[bytes]) -> None:
+    same = decode_frames([memoryview(p) for p in parts]).images  # the very frames the recording gets
+    print(f"recording alone (no ZMQ), img16, {args.frames:,} frames per run, median of {args.repeat} alternating "
+          "runs each")
+    print("| compression | SWMR | H5Recording frames/s | plain batched h5py frames/s | recording / plain | "
+          "CPU µs per frame, recording / plain (all threads) |")
+    print("|---|---|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for compression in args.compression:
+            for swmr in args.swmr:
+                recording, plain, cpu = [], [], {"recording": [], "plain": []}
+                for _ in range(args.repeat):
+                    cpu0 = time.process_time()
+                    recording.append(recording_rate(parts, args.frames, compression, Path(tmp), swmr == "on"))
+                    cpu1 = time.process_time()
+                    plain.append(raw_h5py_rate(same, args.frames, compression, Path(tmp), ratio=False)[0])
+                    cpu["recording"].append((cpu1 - cpu0) / args.frames * 1e6)
+                    cpu["plain"].append((time.process_time() - cpu1) / args.frames * 1e6)
+                rec, raw = float(np.median(recording)), float(np.median(plain))
+                print(f"| {compression} | {swmr} | {rec:,.0f} | {raw:,.0f} | {rec / raw:.0%} | "
+                      f"{np.median(cpu['recording']):.2f} / {np.median(cpu['plain']):.2f} |", flush=True)
 
 
 def writer_rate(compression: str, n_frames: int, parts: list[bytes], directory: Path,
@@ -136,9 +185,15 @@ def main() -> None:
     parser.add_argument("--compression", nargs="+", default=["none", "bitshuffle_lz4", "blosc_lz4", "gzip"])
     parser.add_argument("--swmr", nargs="+", choices=["on", "off"], default=["on"],
                         help="write files in SWMR mode (on, the writer's default) or not; both: on off")
+    parser.add_argument("--recording-only", action="store_true",
+                        help="H5Recording alone against plain h5py, in this process (no services)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each, with --recording-only")
     args = parser.parse_args()
     images, source = lick_frames()
     parts = message(images[:1000] if len(images) >= 1000 else images)
+    if args.recording_only:
+        recording_only(args, parts)
+        return
     print(f"img16, {args.frames:,} frames per run; compression ratio on {len(images):,} frames of {source}")
     print("| compression | SWMR | writer frames/s | writer MB/s | raw h5py batched frames/s | writer / raw | ratio | "
           "idle writer CPU |")

@@ -20,7 +20,7 @@ from std_daq_service.protocol import Request, Status
 
 log = logging.getLogger(__name__)
 
-_PUMP_S = 0.05
+_PUMP_S = 1.0  # statuses and submitted jobs wake the pump at once; this bounds only an idle wait
 _RECONNECT_S = 1.0
 
 Job = tuple[Callable[[RequestCaller], Any], Future]
@@ -42,7 +42,7 @@ class SharedCaller(Lifecycle):
         self.connected = threading.Event()
         self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._caller: RequestCaller | None = None
-        self._pump = BackgroundThread("shared-caller", self._run)
+        self._pump = BackgroundThread("shared-caller", self._run, wake=self._wake)
 
     def _open(self) -> None:
         self._pump.start()
@@ -66,6 +66,15 @@ class SharedCaller(Lifecycle):
                 stop.wait(_RECONNECT_S)
             finally:
                 self._disconnect(caller)
+
+    def _wake(self) -> None:
+        caller = self._caller
+        connection = caller.connection if caller is not None else None
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(lambda: None)
+            except (pika.exceptions.AMQPError, RuntimeError):
+                pass  # closing already: the pump ends by itself
 
     def _disconnect(self, caller: RequestCaller) -> None:
         self.connected.clear()
@@ -101,12 +110,7 @@ class SharedCaller(Lifecycle):
             raise pika.exceptions.AMQPConnectionError("not connected to the broker; reconnecting")
         future: Future = Future()
         self._jobs.put((job, future))
-        connection = caller.connection
-        if connection is not None:
-            try:
-                connection.add_callback_threadsafe(lambda: None)  # wake the pump now
-            except (pika.exceptions.AMQPError, RuntimeError):
-                pass  # closing: the pump fails the job
+        self._wake()  # run it now; if the connection is closing, the pump fails the job
         if self._caller is None:
             self._fail_jobs(pika.exceptions.AMQPConnectionError("the broker connection closed; retry"))
         return future.result()

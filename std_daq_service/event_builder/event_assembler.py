@@ -109,6 +109,12 @@ class EventAssembler:
             self.stats.count_event(len(modules), (time.time_ns() - arrival[k]) / 1e6)
         return messages
 
+    @property
+    def pending(self) -> bool:
+        """Whether frames wait for matching (else `release()` has nothing to do until `add()`)."""
+        with self._lock:
+            return bool(self.buffer.n_pending)
+
     def status(self) -> dict:
         with self._lock:
             return {**self.stats.status(), "accidental": self.accidentals.status(),

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _RECEIVE_HWM = 1000
 _POLL_MS = 20
+_IDLE_POLL_MS = 250  # with no frame pending only a message brings work: wake seldom (and see `stop` within this)
 _ROUND_PERIOD_S = 0.02  # match at most this often: a round's cost grows with the frames pending
 
 
@@ -76,7 +77,7 @@ class StreamReceiver(Lifecycle):
             poller.register(sock, zmq.POLLIN)
         last_round = 0.0
         while not stop.is_set():
-            events = dict(poller.poll(_POLL_MS))
+            events = dict(poller.poll(_POLL_MS if self.assembler.pending else _IDLE_POLL_MS))
             for sock, name in self._sockets.items():
                 if sock in events:
                     self._drain(sock, name)

@@ -187,8 +187,8 @@ class PreviewFeed(Lifecycle):
                     next_refresh = time.monotonic() + _REFRESH_S
                     self._refresh(poller, owners)
                 events = dict(poller.poll(_POLL_MS)) if owners else {}
-                if not owners:
-                    stop.wait(_POLL_MS / 1000)
+                if not owners:  # nothing to receive: sleep until the next look for agents (or the stop)
+                    stop.wait(max(0.0, next_refresh - time.monotonic()))
                 for sock in events:
                     self._receive(sock, owners[sock])
         finally:

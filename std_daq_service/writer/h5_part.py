@@ -18,9 +18,13 @@ without `phony_dims`.
 
 from __future__ import annotations
 
+import collections
+import errno
 import json
 import logging
 import os
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +35,7 @@ import numpy as np
 
 from std_daq_service import __version__
 from std_daq_service.lifecycle import Lifecycle
+from std_daq_service.writer.chunk_codec import ChunkCompressor, chunk_rows
 from std_daq_service.writer.output_paths import move_into_place
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,10 @@ FORMAT_VERSION = "2"
 CHUNK_BYTES = 512 << 10
 """Of `data`'s chunks."""
 _CHUNK_FRAMES = 1024  # of the per-frame arrays
+_CREATE_TRIES = 20
+_CREATE_RETRY_S = 0.01
+QUEUED_ROWS = 1 << 16
+"""Per-frame rows of a stream held for one write at most (about 14 MB for img16)."""
 PER_FRAME = ("wr_timestamp_ns", "host_timestamp_ns", "frame_number", "seq", "seqno", "file_index")
 TIME_COLUMNS = ("wr_timestamp_ns", "host_timestamp_ns")
 COUNTS_DTYPE = np.dtype([("n_frames", "<i8"), ("missing_frames", "<i8"),
@@ -112,6 +121,12 @@ class PartStream:
     first_time: int | None = None
     """`frame_time_ns` of the first row; `last_time` of the last."""
     last_time: int | None = None
+    queued: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = field(default_factory=list)
+    """Per-frame columns and PFF fields of rows appended, written together at `publish()` (or beyond
+    `QUEUED_ROWS`): few large writes of these small datasets instead of many."""
+    queued_rows: int = 0
+    tail: np.ndarray | None = None
+    """With a codec: the rows of `data`'s last chunk while it is partial, to write it whole again when it grows."""
 
     def group_attrs(self) -> dict[str, Any]:
         return {"n_frames": self.rows, "missing_frames": self.missing,
@@ -162,11 +177,22 @@ class H5Part(Lifecycle):
     """One file: `start()` creates `<live_path>`; `close_as(path)` closes and renames it; `close()` discards it.
 
     Writing methods raise OSError or RuntimeError (h5py's) when the file cannot be written.
+
+    Args:
+        compression: h5py `create_dataset` keywords of `data`'s filter.
+        codec: that filter's own compression (or none), outside HDF5, started (`chunk_codec`): `data` is then
+            written in whole chunks compressed in threads, with `write_direct_chunk`; the file is the same.
     """
 
-    def __init__(self, live_path: Path, compression: dict[str, Any], attrs: dict[str, Any]):
+    def __init__(self, live_path: Path, compression: dict[str, Any], attrs: dict[str, Any],
+                 codec: ChunkCompressor | None = None):
         self.live_path = live_path
         self.compression = compression
+        self.codec = codec
+        self._compressing: collections.deque[tuple[h5py.h5d.DatasetID, tuple[int, int, int], Future[memoryview]]] = (
+            collections.deque())
+        """Chunks of `data` being compressed, in the order they are written: those of an append are written
+        during the next (or at `publish()`), so compressing overlaps with what the writer does meanwhile."""
         self.attrs = attrs
         self.file: h5py.File | None = None
         self.streams: dict[tuple[int, str], PartStream] = {}
@@ -176,13 +202,28 @@ class H5Part(Lifecycle):
 
     def _open(self) -> None:
         self.streams, self.bytes, self.committed = {}, 0, False
-        self.live_path.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
-        self.file = h5py.File(self.live_path, "w-", libver="latest")
+        self._compressing.clear()
+        self.file = self._create()
         self.file.attrs.update({"NX_class": "NXroot", "format": FORMAT, "format_version": FORMAT_VERSION,
                                 "software_version": __version__, "created_utc": utc_now(),
                                 "complete": False, "end_reason": "being written",
                                 "first_timestamp_ns": -1, "last_timestamp_ns": -1})
         set_attrs(self.file, self.attrs)
+
+    def _create(self) -> h5py.File:
+        """Create `live_path`. A reader polling for the file may lock it in the instant between its creation and
+        HDF5's own lock (HDF5 then fails with EAGAIN): that lock lasts only as long as the reader's failed open,
+        so the creation is tried again, a few times."""
+        attempt = 1
+        while True:
+            self.live_path.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
+            try:
+                return h5py.File(self.live_path, "w-", libver="latest")
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN or attempt == _CREATE_TRIES:
+                    raise
+            attempt += 1
+            time.sleep(_CREATE_RETRY_S)
 
     @property
     def swmr(self) -> bool:
@@ -217,16 +258,23 @@ class H5Part(Lifecycle):
 
     def append(self, key: tuple[int, str], columns: dict[str, np.ndarray], headers: dict[str, np.ndarray],
                times: np.ndarray, files: list[str], runs: list[str]) -> None:
-        """Append rows (`columns`: `data` and the per-frame arrays; `headers`: the PFF fields; `times`: their
-        `frame_time_ns`; `files` and `runs`: the stream's lists `file_index` points into, so far)."""
+        """Append rows (`columns`: `data`, as a list of arrays whose rows follow each other, and the per-frame
+        arrays; `headers`: the PFF fields; `times`: their `frame_time_ns`; `files` and `runs`: the stream's lists
+        `file_index` points into, so far)."""
         stream = self.streams[key]
         seq, n, start = columns["seq"], len(columns["seq"]), stream.rows
-        for name, dataset in stream.datasets.items():
-            dataset.resize(start + n, axis=0)
-            dataset[start:] = columns[name]
-        for name, dataset in stream.fields.items():
-            dataset.resize(start + n, axis=0)
-            dataset[start:] = headers[name]
+        compressing = len(self._compressing)
+        data = stream.datasets["data"]
+        if self.codec is not None:
+            self._compress(stream, columns["data"], start)
+        data.resize(start + n, axis=0)
+        if self.codec is None:
+            data[start:] = np.concatenate(columns["data"])
+        stream.queued.append(({name: columns[name] for name in PER_FRAME}, headers))
+        stream.queued_rows += n
+        if stream.queued_rows >= QUEUED_ROWS:
+            self._write_queued(stream, start + n)
+        self._write_chunks(compressing)
         if stream.next_seq is not None and seq[0] > stream.next_seq:
             stream.missing += int(seq[0] - stream.next_seq)
         stream.missing += int((np.diff(seq) - 1).clip(min=0).sum())
@@ -242,6 +290,36 @@ class H5Part(Lifecycle):
         stream.files, stream.runs = list(files), list(runs)
         stream.rows += n
         self.bytes += n * stream.shape.row_bytes
+
+    def _compress(self, stream: PartStream, data: list[np.ndarray], start: int) -> None:
+        """Start compressing the chunks that rows `data` from `start` on fill (from the held partial chunk on,
+        which is written whole again); hold the new partial chunk."""
+        frames = stream.shape.chunk_frames
+        chunks = list(chunk_rows([stream.tail, *data] if stream.tail is not None else data, frames))
+        last = sum(len(part) for part in chunks[-1])
+        stream.tail = np.concatenate(chunks[-1]) if last < frames else None
+        dataset, first = stream.datasets["data"].id, start - start % frames
+        for i, chunk in enumerate(chunks):
+            self._compressing.append((dataset, (first + i * frames, 0, 0), self.codec.submit(chunk, frames)))
+
+    def _write_queued(self, stream: PartStream, rows: int) -> None:
+        """Write the queued per-frame rows of a stream that has `rows` rows of `data`."""
+        if not stream.queued:
+            return
+        start = rows - stream.queued_rows
+        for group, datasets in ((0, stream.datasets), (1, stream.fields)):
+            for name, dataset in datasets.items():
+                if name != "data":
+                    dataset.resize(rows, axis=0)
+                    dataset[start:] = np.concatenate([q[group][name] for q in stream.queued])
+        stream.queued, stream.queued_rows = [], 0
+
+    def _write_chunks(self, count: int | None = None) -> None:
+        """Write the first `count` (all: None) chunks being compressed, in order (a partial chunk written again
+        comes after its earlier state), waiting for them."""
+        for _ in range(len(self._compressing) if count is None else count):
+            dataset, offset, chunk = self._compressing.popleft()
+            dataset.write_direct_chunk(offset, chunk.result())
 
     def time_span(self) -> tuple[int, int]:
         """First and last frame time in the file (-1: none)."""
@@ -260,6 +338,9 @@ class H5Part(Lifecycle):
 
         The counts are written after the rows reached the file, so they never claim rows a reader cannot see.
         """
+        self._write_chunks()
+        for stream in self.streams.values():
+            self._write_queued(stream, stream.rows)
         self.file.flush()
         for stream in self.streams.values():
             self._publish_stream(stream)
@@ -304,9 +385,11 @@ class H5Part(Lifecycle):
                 finally:
                     os.close(null)
                 self.streams.clear()  # drop every dataset handle before the file
+                self._compressing.clear()
                 file.close()
         except (OSError, RuntimeError) as exc:  # the file goes anyway; the caller's own error is the one to see
             log.warning("discarding %s: %s", self.live_path, exc)
         finally:
             self.streams.clear()
+            self._compressing.clear()
             self.live_path.unlink(missing_ok=True)

@@ -38,6 +38,7 @@ import numpy as np
 
 from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.protocol import Busy, FrameBatch
+from std_daq_service.writer.chunk_codec import ChunkCompressor, codec_of
 from std_daq_service.writer.h5_index import write_index
 from std_daq_service.writer.h5_part import PER_FRAME, TIME_COLUMNS, H5Part, StreamShape, strings
 from std_daq_service.writer.output_paths import part_path
@@ -73,6 +74,17 @@ def describe_hdf5_error(exc: BaseException) -> str:
 def part_name(path: Path, number: int) -> Path:
     """The final name of part `number` (from 1) of a recording at `path`."""
     return path.with_name(f"{path.stem}_part{number:04d}{path.suffix}")
+
+
+def rows_of(pieces: list[np.ndarray], rows: slice) -> list[np.ndarray]:
+    """Rows `rows` of arrays taken as one, end to end: views of the pieces they lie in."""
+    found, at = [], 0
+    for piece in pieces:
+        low, high = max(rows.start - at, 0), min(rows.stop - at, len(piece))
+        if low < high:
+            found.append(piece[low:high])
+        at += len(piece)
+    return found
 
 
 @dataclass
@@ -123,6 +135,9 @@ class H5Recording(Lifecycle):
         self.overwrite = overwrite
         self.compression = compression_options(compression)
         self.compression_name = compression
+        self.codec = codec_of(compression)
+        """What writes `data`'s chunks outside HDF5 (None: HDF5's filter does, as for gzip)."""
+        self._compressor: ChunkCompressor | None = None
         self.attrs = attrs
         self.max_frames = max_frames_per_file
         self.max_bytes = None if max_file_size_mb is None else int(max_file_size_mb * 1e6)
@@ -155,10 +170,12 @@ class H5Recording(Lifecycle):
     def _open(self) -> None:
         self.parts, self.streams, self.conflicts, self.bytes, self.committed = [], {}, set(), 0, False
         self._streams_at_last_flush = 0
+        if self.codec is not None:
+            self._compressor = ChunkCompressor(self.codec).start()
         self._open_part()
 
     def _open_part(self) -> None:
-        self.current = H5Part(self.part, self.compression, self.attrs)
+        self.current = H5Part(self.part, self.compression, self.attrs, self._compressor)
         self.current.start()
         for stream in self.streams.values():
             self.current.add_stream(stream.shape)
@@ -255,7 +272,8 @@ class H5Recording(Lifecycle):
         """Append a stream's queued frames in whole chunks (`everything`: the partial chunk at the end too)."""
         if not stream.pending:
             return
-        columns = {name: np.concatenate([p[0][name] for p in stream.pending]) for name in ("data", *PER_FRAME)}
+        pieces = [p[0]["data"] for p in stream.pending]  # the frames are not copied into one array
+        columns = {name: np.concatenate([p[0][name] for p in stream.pending]) for name in PER_FRAME}
         headers = {name: np.concatenate([p[1][name] for p in stream.pending]) for name in stream.shape.pff_columns}
         times = np.concatenate([p[2] for p in stream.pending])
         n = len(times)
@@ -271,14 +289,15 @@ class H5Recording(Lifecycle):
                            and self.current.streams[key].rows >= self.max_frames else "max_file_size_mb reached")
                 continue
             rows = slice(done, done + min(room, target - done))
-            self.current.append(key, {k: v[rows] for k, v in columns.items()},
+            data = rows_of(pieces, rows)
+            self.current.append(key, {"data": data, **{k: v[rows] for k, v in columns.items()}},
                                 {k: v[rows] for k, v in headers.items()}, times[rows], stream.files, stream.runs)
-            self.bytes += columns["data"][rows].nbytes
+            self.bytes += sum(piece.nbytes for piece in data)
             done = rows.stop
         stream.written += done
         rest = slice(done, n)
-        stream.pending = [({k: v[rest] for k, v in columns.items()}, {k: v[rest] for k, v in headers.items()},
-                           times[rest])] if done < n else []
+        stream.pending = [({"data": np.concatenate(rows_of(pieces, rest)), **{k: v[rest] for k, v in columns.items()}},
+                           {k: v[rest] for k, v in headers.items()}, times[rest])] if done < n else []
         stream.pending_frames = n - done
 
     def flush(self, everything: bool = False) -> None:
@@ -354,6 +373,9 @@ class H5Recording(Lifecycle):
         current, self.current = self.current, None
         if current is not None:
             current.close()
+        compressor, self._compressor = self._compressor, None
+        if compressor is not None:
+            compressor.close()
         if not self.committed:
             for path in self.parts:
                 path.unlink(missing_ok=True)

@@ -1,15 +1,17 @@
 """A recording's files: chunk-aligned appends, SWMR mode once the streams settle, a stream arriving after it starts a
-new part, rollover by frames and bytes, and a discarded recording leaves nothing, not even its closed parts."""
+new part, rollover by frames and bytes, a discarded recording leaves nothing, not even its closed parts, and chunks
+compressed outside HDF5 are the very bytes its filter writes."""
 
 from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 from conftest import SAMPLE_IMG16
 
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import FrameBatch, decode_frames, encode_frames
-from std_daq_service.writer.h5_recording import H5Recording
+from std_daq_service.writer.h5_recording import H5Recording, compression_options
 
 AGENT = "a.b.hp_io_agent"
 
@@ -82,3 +84,30 @@ def test_a_discarded_recording_leaves_no_part(tmp_path):
     assert len(recording.parts) == 2
     recording.close()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("compression", ["bitshuffle_lz4", "none"])
+def test_chunks_written_directly_are_what_h5py_and_its_filter_write(tmp_path, compression):
+    """Chunks compressed in threads and written with `write_direct_chunk` (a partial one written at a flush in SWMR
+    mode and again when it grew, the last one padded) read back equal with plain h5py + hdf5plugin, byte for byte
+    the chunks h5py writes through the filter."""
+    batches = [batch(1, 100 * i) for i in range(50)] + [batch(1, 5000, 37)]
+    with H5Recording(tmp_path / "x.h5", compression, {}) as recording:
+        assert recording.codec is not None, "the chunks should bypass HDF5's filter"
+        for i, frames in enumerate(batches):
+            recording.append(AGENT, frames, slice(None))
+            if i in (2, 3, 20):
+                recording.flush()  # 300 rows: a partial chunk, held once, then written while it is partial
+        assert recording.current.swmr
+        recording.commit(True, "done")
+    images = np.concatenate([b.images for b in batches])
+    with h5py.File(tmp_path / "x.h5") as f, h5py.File(tmp_path / "filter.h5", "w") as g:
+        data = f["module_1/img16/data"]
+        assert np.array_equal(data[()], images)
+        assert np.array_equal(f["module_1/img16/seq"][()], np.concatenate([b.seq for b in batches]))
+        assert f["module_1/img16/pff_header/pkt_num"].shape == (len(images), 4)
+        reference = g.create_dataset("data", data=images, chunks=data.chunks, maxshape=(None, 32, 32),
+                                     **compression_options(compression))
+        assert data.id.get_num_chunks() == reference.id.get_num_chunks() == -(-len(images) // data.chunks[0])
+        for start in range(0, len(images), data.chunks[0]):
+            assert data.id.read_direct_chunk((start, 0, 0)) == reference.id.read_direct_chunk((start, 0, 0))
