@@ -19,12 +19,11 @@ from std_daq_service.broker import RequestContext
 from std_daq_service.protocol import DaqError, RequestTimeout, StorageError, WriteRequest
 from std_daq_service.writer.event_receiver import EventReceiver, ReceivedEvent
 from std_daq_service.writer.event_recording import EventRecording
-from std_daq_service.writer.h5_recording import H5Recording, describe_hdf5_error
+from std_daq_service.writer.h5_recording import FLUSH_PERIOD_S, H5Recording, describe_hdf5_error
 from std_daq_service.writer.write_window import WriteWindow
 
 log = logging.getLogger(__name__)
 
-_FLUSH_PERIOD_S = 0.5
 _END_GRACE_S = 1.0
 
 
@@ -127,7 +126,7 @@ class EventWriteJob:
                         self._take(self.incoming.get_nowait())
                 except queue.Empty:
                     pass
-                if time.monotonic() - last_flush >= _FLUSH_PERIOD_S:
+                if time.monotonic() - last_flush >= FLUSH_PERIOD_S:
                     self.events.flush()
                     self.recording.flush()
                     last_flush = time.monotonic()

@@ -20,8 +20,9 @@ went into SWMR mode (no dataset can be added then; that is at the first flush th
 1 s after the first frames) starts the next part, so a one-file recording becomes parts too.
 Each file is written as `<name>.<writer tag>.part` and renamed when closed: a crash leaves whole parts and one `.part`.
 
-Flushing: frames are appended in whole chunks of `data`; a partial chunk waits at most one `flush()` (the job calls
-it every 0.5 s), so a reader sees every frame within two flush periods, and compressed chunks are seldom rewritten.
+Flushing: frames are appended in whole chunks of `data`; a partial chunk waits at most one `flush()` (the jobs call
+it every `FLUSH_PERIOD_S`), so a reader sees every frame within two flush periods (under 1 s), and compressed chunks
+are seldom rewritten.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from std_daq_service.writer.output_paths import part_path
 log = logging.getLogger(__name__)
 
 FLUSH_FRAMES = 4096
+FLUSH_PERIOD_S = 1 / 3
+"""How often a job calls `flush()`: a frame reaches readers within two periods, 0.67 s (a partial chunk waits one)."""
 """Frames queued per stream that are appended at once (a multiple of every data product's chunk)."""
 
 

@@ -33,7 +33,7 @@ from std_daq_service.protocol import (
     StorageError,
     WriteRequest,
 )
-from std_daq_service.writer.h5_recording import H5Recording, describe_hdf5_error
+from std_daq_service.writer.h5_recording import FLUSH_PERIOD_S, H5Recording, describe_hdf5_error
 from std_daq_service.writer.replay_receiver import ReplayReceiver
 from std_daq_service.writer.replay_seam import Seam
 from std_daq_service.writer.stream_receiver import ReceivedBatch, StreamReceiver
@@ -42,7 +42,6 @@ from std_daq_service.writer.write_window import WriteWindow
 log = logging.getLogger(__name__)
 
 Pair = tuple[int, str]
-_FLUSH_PERIOD_S = 0.5
 _SETTLE_S = 0.5
 _END_GRACE_S = 1.0
 MAX_BACKLOG_BYTES = 256 << 20
@@ -230,7 +229,7 @@ class WriteJob:
                         self._take(self._next(None))
                 except queue.Empty:
                     pass
-                if time.monotonic() - last_flush >= _FLUSH_PERIOD_S:
+                if time.monotonic() - last_flush >= FLUSH_PERIOD_S:
                     self.recording.flush()
                     last_flush = time.monotonic()
                 self.ctx.progress(f"{self._frames()} frames, {self.recording.bytes / 1e6:.1f} MB written",
