@@ -86,8 +86,9 @@ class FramePublisher(Lifecycle):
 
     Messages are sent without blocking: a subscriber whose queue (send_hwm messages) is full loses
     messages, never the agent or other subscribers; it sees the loss as a gap in `seq`. Previews are
-    encoded only while the preview socket has a subscriber; one that subscribes gets the latest frame of
-    every stream at the next `publish_previews`.
+    encoded only while the preview socket has a subscriber; the first to subscribe gets the latest frame of
+    every stream at the next `publish_previews` (later ones, as before, the next frames: a PUB socket cannot send
+    to one subscriber, and the others must not get a frame twice).
     """
 
     def __init__(self, service_name: str, data_bind: str, preview_bind: str, send_hwm: int):
@@ -102,6 +103,7 @@ class FramePublisher(Lifecycle):
         self._declared: dict[str, collections.Counter[tuple[str, str]]] = {}
         self._latest: dict[tuple[int, str, str], tuple[FrameSource, FrameBlock, np.ndarray]] = {}
         self._fresh: set[tuple[int, str, str]] = set()
+        self._preview_subscriptions = 0
         self._last_preview = 0.0
         self._sockets: dict[str, zmq.Socket] = {}  # "data", "preview"
         self._monitors: dict[str, zmq.Socket] = {}
@@ -132,6 +134,7 @@ class FramePublisher(Lifecycle):
         self._sockets.clear()
         self._connections.clear()
         self._declared.clear()
+        self._preview_subscriptions = 0
         self.subscribers = Subscribers()
 
     def publish(self, stream: StreamBlock, origin: str = "file") -> None:
@@ -215,9 +218,12 @@ class FramePublisher(Lifecycle):
         """Update `subscribers` from the sockets' connection events and the subscriptions that declare a kind."""
         for name, sock in self._sockets.items():
             self._connections[name] += _connection_change(self._monitors[name])
-            if _read_declarations(sock, self._declared[name]) and name == "preview":
-                self._fresh.update(self._latest)  # a new subscription: the latest of every stream, at once
-                self._last_preview = 0.0
+            change = _read_subscriptions(sock, self._declared[name])
+            if name == "preview":
+                if change.first and not self._preview_subscriptions:  # nobody had them: no one gets one twice
+                    self._fresh.update(self._latest)
+                    self._last_preview = 0.0
+                self._preview_subscriptions += change.net
         declared = [entry for counter in self._declared.values() for entry in counter.elements()]
         self.subscribers = Subscribers(self._connections["data"], self._connections["preview"], tuple(declared))
 
@@ -230,18 +236,27 @@ def _connection_change(monitor: zmq.Socket) -> int:
     return change
 
 
-def _read_declarations(sock: zmq.Socket, declared: collections.Counter[tuple[str, str]]) -> bool:
-    """Apply the (un)subscriptions queued on an XPUB socket that declare a subscriber's kind; True if any subscribed."""
-    subscribed = False
+class _SubscriptionChange(NamedTuple):
+    first: bool
+    """A subscription came in."""
+    net: int
+    """Subscriptions minus unsubscriptions."""
+
+
+def _read_subscriptions(sock: zmq.Socket, declared: collections.Counter[tuple[str, str]]) -> _SubscriptionChange:
+    """Read the (un)subscriptions queued on an XPUB socket; apply those that declare a subscriber's kind."""
+    first, net = False, 0
     while True:
         try:
             message = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
-            return subscribed
-        subscribed = subscribed or message[:1] == b"\x01"
+            return _SubscriptionChange(first, net)
+        subscribed = message[:1] == b"\x01"
+        first = first or subscribed
+        net += 1 if subscribed else -1
         entry = parse_subscriber_topic(message[1:])
         if entry is None:
             continue
-        declared[entry] += 1 if message[:1] == b"\x01" else -1
+        declared[entry] += 1 if subscribed else -1
         if declared[entry] <= 0:
             del declared[entry]
