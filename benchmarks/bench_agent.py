@@ -244,7 +244,8 @@ def agent_counters(caller: RequestCaller, name: str) -> dict:
     result = caller.call(name, StatusRequest(), 10).finals[name].result
     work = result.get("work") or {}
     return {"checkpoint_writes": work.get("checkpoint_writes", 0), "previews_encoded": work.get("previews_encoded", 0),
-            "loop_rounds": work.get("loop_rounds", 0), "messages": result.get("messages_published", 0)}
+            "loop_rounds": work.get("loop_rounds", 0), "messages": result.get("messages_published", 0),
+            "checkpoint_waits": work.get("checkpoint_waits", 0)}
 
 
 def main() -> None:
@@ -342,6 +343,7 @@ def main() -> None:
     print(f"| agent: checkpoint writes / previews encoded / loop rounds / messages, per second | "
           f"{counters['checkpoint_writes'] / elapsed:,.1f} / {counters['previews_encoded'] / elapsed:,.1f} / "
           f"{counters['loop_rounds'] / elapsed:,.0f} / {counters['messages'] / elapsed:,.0f} |")
+    print(f"| agent: times frames waited for a checkpoint | {counters['checkpoint_waits']:,} |")
     if idle_cpu is not None:
         print(f"| agent CPU idle (nothing written, {args.idle_seconds:g} s) | {idle_cpu:.2%} of one core |")
     if reference is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -116,7 +117,7 @@ class FileWatcher(Lifecycle):
             if sock not in self._sockets:
                 self._sockets.add(sock)
                 self._poller.register(sock, zmq.POLLIN)
-        ready = dict(self._poller.poll(timeout_s * 1000))
+        ready = dict(self._poller.poll(math.ceil(timeout_s * 1000)))  # whole ms: less would not wait at all
         structure = inotify_fd is None
         if self._wake_r in ready:
             os.read(self._wake_r, 4096)

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 _REDISCOVER_S = 1.0
 """Rediscovery, run-end and rollover checks without an event that calls for them, and the rate in `status`."""
 _BLOCKS_PER_ROUND = 4
-_LOOKAHEAD_S = 0.1
-"""A checkpoint's horizon is a stream's next `seq` plus the frames it read in this time at its recent rate."""
+_LOOKAHEAD_S = 0.2
+"""A checkpoint's horizon is a stream's next `seq` plus the frames it read in this time at its recent rate; the next
+is asked for halfway, so a checkpoint may take 0.1 s to store before frames wait for it."""
 _CHECKPOINT_GAP_S = 0.02
 """At most 50 checkpoint writes a second (one a second while Redis fails)."""
 _ROUND_GAP_S = 0.002
@@ -113,6 +114,8 @@ class Tracker(Lifecycle):
         self._published = False
         self._names: dict[tuple[int, str], str] = {}
         self.rounds = 0
+        self.checkpoint_waits = 0
+        """Times a stream's frames waited for a checkpoint (the look-ahead used up before the next was stored)."""
         self.run_end_idle_s = run_end_idle_s
         self.max_batch_frames = max_batch_frames
         self._lock = threading.Lock()
@@ -450,6 +453,8 @@ class Tracker(Lifecycle):
                     stream.published(block)
                 self.seq_index.record(str(block.file.path), block.block.first_frame_number, int(block.seq[0]),
                                       len(block.block))
+            if held:
+                self.checkpoint_waits += 1
 
     def _settle(self) -> None:
         """Store the exact checkpoint (horizons at the next `seq`) and publish what was held for it; before a stop
@@ -487,7 +492,8 @@ class Tracker(Lifecycle):
             "messages_published": self.publisher.messages,
             "work": {"loop_rounds": self.rounds, "previews_encoded": self.publisher.previews_encoded,
                      "checkpoint_writes": self.checkpoint.writes if self.checkpoint else 0,
-                     "checkpoint_failures": self.checkpoint.failures if self.checkpoint else 0},
+                     "checkpoint_failures": self.checkpoint.failures if self.checkpoint else 0,
+                     "checkpoint_waits": self.checkpoint_waits},
             "update_interval_seconds": tracking.update_interval_s if tracking else None,
             "inotify": self.watcher.uses_inotify,
             "socket_hook": self.socket_hook.status() if self.socket_hook else None,
