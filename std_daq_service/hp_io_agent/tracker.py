@@ -457,16 +457,16 @@ class Tracker(Lifecycle):
                 self.checkpoint_waits += 1
 
     def _settle(self) -> None:
-        """Store the exact checkpoint (horizons at the next `seq`) and publish what was held for it; before a stop
-        or a re-init, so that a clean restart skips nothing."""
+        """Store the exact checkpoint (horizons at the next `seq`), then publish what was held for it; before a stop
+        or a re-init, so that a clean restart skips nothing. If Redis fails, publishing goes on as elsewhere."""
         if self.checkpoint is None or not self._streams:
             return
         self.checkpoint.flush(_SETTLE_S)
         positions = {self._name(k): {**s.position(), "publish_from_seq": max(s.next_seq, s.publish_from_seq)}
                      for k, s in self._streams.items()}
         self.checkpoint.save_streams(positions)
-        if self.checkpoint.flush(_SETTLE_S) and self.checkpoint.error is None:
-            self._publish_held(self._origin, None)
+        self.checkpoint.flush(_SETTLE_S)
+        self._publish_held(self._origin, None)
 
     def module_ids(self) -> set[int]:
         """Modules with at least one tracked stream."""
