@@ -1,16 +1,20 @@
 """Tail-and-publish benchmark of the node agent, next to raw file read and raw ZMQ rates of the same run.
 
 Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000] [--seconds 10] [--scrape-metrics]
+           [--dp img16|ph256] [--frames-per-write N]
        (--rate-hz 0: each module's writer appends as fast as it can; --scrape-metrics: the agent serves its
-       Prometheus metrics and they are scraped every second during the run)
+       Prometheus metrics and they are scraped every second during the run; --frames-per-write 1 --rate-hz 1000:
+       small writes, as Hashpipe's pulse-height files flush every few KiB)
 
-A synthetic Hashpipe appends real Lick img16 frames for N modules into data_dir/module_N/obs_*/ in writes of
-exactly 1 MiB (as Hashpipe's stdio buffer flushes: about 412.8 frames, so each write ends in a torn frame),
-logging the time of each write. The agent (a
+A synthetic Hashpipe appends real Lick frames (img16 or ph256) for N modules into data_dir/module_N/obs_*/ in
+writes of exactly 1 MiB (as Hashpipe's stdio buffer flushes: about 412.8 img16 frames, so each write ends in a torn
+frame), or of `--frames-per-write` whole frames, logging the time of each write. The agent (a
 subprocess, config in Redis, init_hp_io over RabbitMQ) tails and publishes; a SUB socket counts frames and
 gaps in seq in a separate process;
 latency = arrival of a message - time of the write that completed its last frame. Agent CPU
-comes from /proc. Needs Redis and RabbitMQ (./setup_dev_env.sh).
+comes from /proc. Same-run references: raw read and raw ZMQ rates, and the CPU of a minimal relay (inotify, read
+what is new, one ZMQ message per read, in one Python process) following the same writes. Needs Redis and
+RabbitMQ (./setup_dev_env.sh).
 """
 
 from __future__ import annotations
@@ -34,47 +38,86 @@ from bench_common import cpu_seconds, start_service
 import std_daq_service
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import connect_redis
-from std_daq_service.pff import PffReader
-from std_daq_service.protocol import FrameBatch, InitHpIoRequest, StreamRequest, decode_stream_message
-
-EXCERPT = next((Path(std_daq_service.__file__).parent / "sample_data").glob("*/*/*dp_img16*.pff"))
-FRAME = 2540
-
+from std_daq_service.pff import PffReader, data_product
+from std_daq_service.protocol import (
+    FrameBatch,
+    InitHpIoRequest,
+    StatusRequest,
+    StreamRequest,
+    decode_stream_message,
+)
 
 FLUSH = 1 << 20  # Hashpipe's stdio buffer for image files: the file grows by exactly 1 MiB at a time
 
 
-def hashpipe_writer(path: Path, rate_hz: float, seconds: float, stop: threading.Event, log: list) -> None:
-    """Append real frames as Hashpipe's stdio buffer does: exactly 1 MiB per write, so every write ends in a torn
-    frame, at `rate_hz`; the rest at the end (its fclose). Log (whole frames in the file so far, time_ns) per write."""
-    with PffReader(EXCERPT) as reader:
-        source = reader.block().raw.tobytes()
-    cycle = source * 2
+def excerpt(dp: str) -> bytes:
+    """The real frames of the embedded Lick excerpt for `dp`, back to back."""
+    path = next((Path(std_daq_service.__file__).parent / "sample_data").glob(f"*/*/*dp_{dp}*module_1*.pff"))
+    with PffReader(path) as reader:
+        return reader.block().raw.tobytes()
+
+
+def frame_size(dp: str) -> int:
+    return data_product(dp).frame_size
+
+
+def hashpipe_writer(path: Path, dp: str, flush: int, rate_hz: float, seconds: float, stop: threading.Event,
+                    log: list) -> None:
+    """Append real frames as Hashpipe's stdio buffer does: `flush` bytes per write (1 MiB: every write ends in a torn
+    frame), at `rate_hz`; the rest at the end (its fclose). Log (whole frames in the file so far, time_ns) per write."""
+    frame = frame_size(dp)
+    source = excerpt(dp)
+    cycle = source * (2 + flush // len(source))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     written = 0
     start = time.monotonic()
     while not stop.is_set() and time.monotonic() - start < seconds:
-        if rate_hz and (written + FLUSH) // FRAME / rate_hz > time.monotonic() - start:
+        if rate_hz and (written + flush) // frame / rate_hz > time.monotonic() - start:
             time.sleep(0.0005)
             continue
         offset = written % len(source)
-        os.write(fd, cycle[offset : offset + FLUSH])
-        written += FLUSH
-        log.append((written // FRAME, time.time_ns()))
-    rest = -written % FRAME
+        os.write(fd, cycle[offset : offset + flush])
+        written += flush
+        log.append((written // frame, time.time_ns()))
+    rest = -written % frame
     offset = written % len(source)
     os.write(fd, cycle[offset : offset + rest])
     written += rest
-    log.append((written // FRAME, time.time_ns()))
+    log.append((written // frame, time.time_ns()))
     os.close(fd)
 
 
-def subscriber(endpoint: str, ready, done, results) -> None:
+def relay(paths: list[str], endpoint: str, ready, done, results) -> None:
+    """Run in a child process, the reference: the least a Python tailer does per write (inotify wakes it, it reads
+    what is new of each file and sends it as one ZMQ message); report (messages, CPU seconds of the process)."""
+    from inotify_simple import INotify
+    from inotify_simple import flags as inotify_flags
+
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+    notify = INotify()
+    files = {notify.add_watch(p, inotify_flags.MODIFY): open(p, "rb") for p in paths}
+    ready.set()
+    messages = 0
+    cpu0 = time.process_time()
+    while not done.is_set():
+        for event in notify.read(timeout=100):
+            data = files[event.wd].read()
+            if data:
+                pub.send_multipart([b"relay.", data], copy=False)
+                messages += 1
+    results.put((messages, time.process_time() - cpu0))
+    for f in files.values():
+        f.close()
+    pub.close(0)
+
+
+def subscriber(endpoint: str, dp: str, ready, done, results) -> None:
     """Run in a child process: count frames and seq gaps from the headers; log (module, last seq, arrival)."""
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.connect(endpoint)
-    sub.setsockopt(zmq.SUBSCRIBE, b"img16.")
+    sub.setsockopt(zmq.SUBSCRIBE, f"{dp}.".encode())
     ready.set()
     received, gaps, next_seq, arrivals = 0, 0, {}, []
     quiet_since = None
@@ -134,66 +177,143 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def write_run(data_dir: Path, args) -> tuple[list[Path], dict[int, list]]:
+    """Create the (empty) files of one run of N modules; return them and their empty write logs."""
+    run = "obs_Bench.start_2026-11-23T00:00:00Z.runtype_bench.pffd"
+    paths = []
+    for m in range(1, args.modules + 1):
+        (data_dir / f"module_{m}" / run).mkdir(parents=True)
+        paths.append(data_dir / f"module_{m}" / run / f"start_2026-11-23T00:00:00Z.dp_{args.dp}.bpp_2.module_{m}"
+                     f".seqno_0.pff")
+    for path in paths:
+        path.touch()
+    return paths, {m: [] for m in range(1, args.modules + 1)}
+
+
+def run_writers(paths: list[Path], logs: dict[int, list], args, stop: threading.Event) -> None:
+    """Append to every file in its own thread (as `--dp`, `--frames-per-write`, `--rate-hz` say); return when done."""
+    flush = args.frames_per_write * frame_size(args.dp) if args.frames_per_write else FLUSH
+    writers = [threading.Thread(target=hashpipe_writer, args=(p, args.dp, flush, args.rate_hz, args.seconds, stop,
+                                                              logs[m]))
+               for m, p in zip(logs, paths, strict=True)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+
+
+def relay_reference(tmp: Path, args) -> tuple[float, int, int]:
+    """The same writes followed by `relay` instead of the agent: (its CPU share of a core, messages sent, received)."""
+    paths, logs = write_run(tmp / "relay", args)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
+    child = multiprocessing.Process(target=relay, args=([str(p) for p in paths], endpoint, ready, done, results))
+    child.start()
+    ready.wait(10)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(endpoint)
+    sub.setsockopt(zmq.SUBSCRIBE, b"relay.")
+    received = 0
+    stop = threading.Event()
+
+    def count() -> None:
+        nonlocal received
+        while not stop.is_set() or sub.poll(200):
+            if sub.poll(100):
+                sub.recv_multipart()
+                received += 1
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    run_writers(paths, logs, args, stop)
+    elapsed = time.monotonic() - t0
+    done.set()
+    messages, cpu = results.get(timeout=30)
+    child.join(10)
+    stop.set()
+    counter.join()
+    sub.close(0)
+    return cpu / elapsed, messages, received
+
+
+def agent_counters(caller: RequestCaller, name: str) -> dict:
+    """Counters from the agent's status (absent in older code: 0)."""
+    result = caller.call(name, StatusRequest(), 10).finals[name].result
+    work = result.get("work") or {}
+    return {"checkpoint_writes": work.get("checkpoint_writes", 0), "previews_encoded": work.get("previews_encoded", 0),
+            "loop_rounds": work.get("loop_rounds", 0), "messages": result.get("messages_published", 0),
+            "checkpoint_waits": work.get("checkpoint_waits", 0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", type=int, default=4)
     parser.add_argument("--rate-hz", type=float, default=25000, help="frames/s per module; 0 = as fast as possible")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--dp", choices=["img16", "ph256"], default="img16")
+    parser.add_argument("--frames-per-write", type=int, default=0,
+                        help="whole frames per write (default 0: 1 MiB writes, as Hashpipe's stdio buffer)")
+    parser.add_argument("--idle-seconds", type=float, default=0,
+                        help="after the run, measure the agent's CPU while nothing is written")
+    parser.add_argument("--no-reference", action="store_true", help="skip the relay reference run")
     parser.add_argument("--tmp-dir", default=None, help="where the run is written (default: $TMPDIR or /tmp); "
                                                          "/dev/shm leaves the disk out")
     parser.add_argument("--scrape-metrics", action="store_true", help="serve and scrape the agent's metrics")
     args = parser.parse_args()
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     redis = connect_redis()
+    idle_cpu = None
     with tempfile.TemporaryDirectory(dir=args.tmp_dir) as tmp:
-        data_dir = Path(tmp)
+        data_dir = Path(tmp) / "data"
+        data_dir.mkdir()
         config = {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*"}
         if args.scrape_metrics:
             config["metrics_port"] = free_port()
         agent = start_service("hp_io_agent", name, config, redis)
         scrapes: list[int] = []
         try:
-            with RequestCaller(None, "bench") as caller:
-                assert caller.call(name, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
-                endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
+            caller = RequestCaller(None, "bench").start()
+            assert caller.call(name, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
+            endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
             ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
-            child = multiprocessing.Process(target=subscriber, args=(endpoint, ready, done, results))
+            child = multiprocessing.Process(target=subscriber, args=(endpoint, args.dp, ready, done, results))
             child.start()
             ready.wait(10)
             time.sleep(0.5)
-            run = "obs_Bench.start_2026-11-23T00:00:00Z.runtype_bench.pffd"
-            paths = []
-            for m in range(1, args.modules + 1):
-                (data_dir / f"module_{m}" / run).mkdir(parents=True)
-                name_m = f"start_2026-11-23T00:00:00Z.dp_img16.bpp_2.module_{m}.seqno_0.pff"
-                paths.append(data_dir / f"module_{m}" / run / name_m)
             stop = threading.Event()
-            logs: dict[int, list] = {m: [] for m in range(1, args.modules + 1)}
-            writers = [threading.Thread(target=hashpipe_writer, args=(p, args.rate_hz, args.seconds, stop, logs[m]))
-                       for m, p in zip(logs, paths, strict=True)]
+            paths, logs = write_run(data_dir, args)
+            time.sleep(0.5)  # the agent found the (empty) files
             scraper = threading.Thread(target=scrape_every_second, name="scraper", args=(
                 f"http://127.0.0.1:{config.get('metrics_port')}/metrics", stop, scrapes))
+            counters0 = agent_counters(caller, name)
             cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
-            for w in writers:
-                w.start()
             if args.scrape_metrics:
                 scraper.start()
-            for w in writers:
-                w.join()
+            run_writers(paths, logs, args, stop)
             stop.set()
+            elapsed = time.monotonic() - t0
+            cpu = cpu_seconds(agent.pid) - cpu0
+            counters = {k: v - counters0[k] for k, v in agent_counters(caller, name).items()}
             if args.scrape_metrics:
                 scraper.join()
             done.set()
             received, gaps, arrivals = results.get(timeout=120)
             child.join(10)
+            if args.idle_seconds:
+                time.sleep(1.0)
+                idle0, i0 = cpu_seconds(agent.pid), time.monotonic()
+                time.sleep(args.idle_seconds)
+                idle_cpu = (cpu_seconds(agent.pid) - idle0) / (time.monotonic() - i0)
+            caller.close()
             latencies = []
             for module_id, seq_last, arrival in arrivals:
                 log = logs[module_id]
                 index = bisect.bisect_left(log, (seq_last + 1, 0))
                 if index < len(log):
                     latencies.append((arrival - log[index][1]) / 1e6)
-            elapsed = time.monotonic() - t0
-            cpu = cpu_seconds(agent.pid) - cpu0
         finally:
             agent.terminate()
             agent.wait(20)
@@ -205,10 +325,12 @@ def main() -> None:
                 while f.read(16 << 20):
                     pass
         raw_read = total / (time.perf_counter() - start)
+        reference = None if args.no_reference else relay_reference(Path(tmp), args)
     raw_zmq = zmq_reference()
     lat = np.array(latencies)
-    print(f"img16, {args.modules} modules, {'max' if not args.rate_hz else f'{args.rate_hz:g} Hz'} per module, "
-          f"{args.seconds:g} s" + (f", metrics scraped {len(scrapes)} times" if args.scrape_metrics else ""))
+    writes = f"{args.frames_per_write} frame(s) per write" if args.frames_per_write else "1 MiB writes"
+    print(f"{args.dp}, {args.modules} modules, {'max' if not args.rate_hz else f'{args.rate_hz:g} Hz'} per module, "
+          f"{writes}, {args.seconds:g} s" + (f", metrics scraped {len(scrapes)} times" if args.scrape_metrics else ""))
     print("| measure | value |")
     print("|---|---:|")
     print(f"| frames written | {total:,} |")
@@ -217,7 +339,16 @@ def main() -> None:
     print(f"| delivered frames/s (over the write period) | {received / elapsed:,.0f} |")
     print(f"| latency write to receive p50 / p99 / max | {np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f}"
           f" / {lat.max():.1f} ms |")
-    print(f"| agent CPU | {cpu / elapsed:.0%} of one core |")
+    print(f"| agent CPU | {cpu / elapsed:.1%} of one core |")
+    print(f"| agent: checkpoint writes / previews encoded / loop rounds / messages, per second | "
+          f"{counters['checkpoint_writes'] / elapsed:,.1f} / {counters['previews_encoded'] / elapsed:,.1f} / "
+          f"{counters['loop_rounds'] / elapsed:,.0f} / {counters['messages'] / elapsed:,.0f} |")
+    print(f"| agent: times frames waited for a checkpoint | {counters['checkpoint_waits']:,} |")
+    if idle_cpu is not None:
+        print(f"| agent CPU idle (nothing written, {args.idle_seconds:g} s) | {idle_cpu:.2%} of one core |")
+    if reference is not None:
+        print(f"| reference: minimal relay (inotify, read, 1 ZMQ message per read) CPU, same writes | "
+              f"{reference[0]:.1%} of one core ({reference[1]:,} messages, {reference[2]:,} received) |")
     print(f"| reference: raw read of the same files | {raw_read:,.0f} frames/s |")
     print(f"| reference: raw ZMQ PUB/SUB, 1000-frame messages | {raw_zmq:,.0f} frames/s |")
 

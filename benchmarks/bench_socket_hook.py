@@ -1,15 +1,17 @@
 """Socket hook benchmark: a fake Hashpipe sends img16 frames into the agent's Unix socket; N subscribers count.
 
 Usage: .venv/bin/python benchmarks/bench_socket_hook.py [--rate-hz 10000] [--subscribers 10]
-           [--seconds 10] [--format snapshot|file]
+           [--seconds 10] [--format snapshot|file] [--sends-per-second 1000]
+       (--rate-hz 1000 --subscribers 1: one record per send at 1 kHz, the low-rate case)
 
 The fake Hashpipe sends `[2-byte module_id][PFF frame]` records of real Lick img16 frames, their headers
 in Hashpipe's snapshot format (478-byte text, as snapshot.c writes it; `--format file` keeps the files'
-489), one send per millisecond (rate/1000 frames each), logging the time of each send. The agent
+489), `--sends-per-second` sends (rate/sends frames each), logging the time of each send. The agent
 (subprocess, config in Redis, socket_hook on) publishes them; a separate process holds N SUB sockets
 plus one stuck subscriber that never reads, and records per subscriber the frames received and seq gaps,
 and for the first the arrival time of each message (latency = arrival - send time of its last frame).
-Needs Redis and RabbitMQ.
+Same-run reference: the CPU of a minimal relay (one Python process: receive from the Unix socket, one ZMQ message
+per receive) fed the same sends. Needs Redis and RabbitMQ.
 """
 
 from __future__ import annotations
@@ -88,6 +90,62 @@ def subscribers(endpoint: str, n: int, ready, done, results) -> None:
     ctx.term()
 
 
+def relay(path: str, endpoint: str, ready, done, results) -> None:
+    """Run in a child process, the reference: receive from a Unix socket and send what came as one ZMQ message;
+    report (messages, CPU seconds)."""
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind(endpoint)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    ready.set()
+    connection, _ = listener.accept()
+    messages, cpu0 = 0, time.process_time()
+    while data := connection.recv(1 << 20):
+        pub.send_multipart([b"relay.", data])
+        messages += 1
+    results.put((messages, time.process_time() - cpu0))
+    connection.close()
+    listener.close()
+    pub.close(0)
+
+
+def offer(path: str, rows: list[bytes], rate_hz: float, per_send: int, seconds: float) -> tuple[int, float, list]:
+    """Send `rows` into the Unix socket at `path` at `rate_hz`, `per_send` records per send: (sent, seconds, log)."""
+    hashpipe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hashpipe.connect(path)
+    sender_log, sent, t0 = [], 0, time.monotonic()
+    while (elapsed := time.monotonic() - t0) < seconds:
+        if sent >= elapsed * rate_hz:
+            time.sleep(sent / rate_hz - elapsed)
+            continue
+        hashpipe.sendall(b"".join(rows[(sent + i) % len(rows)] for i in range(per_send)))
+        sent += per_send
+        sender_log.append((sent - 1, time.time_ns()))
+    hashpipe.close()
+    return sent, time.monotonic() - t0, sender_log
+
+
+def relay_reference(hook_dir: str, rows: list[bytes], args, per_send: int) -> tuple[float, int]:
+    """The same sends into `relay`: (its CPU share of one core, messages)."""
+    path = f"{hook_dir}/relay.sock"
+    ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
+    child = multiprocessing.Process(target=relay, args=(path, f"tcp://127.0.0.1:{free_port()}", ready, done, results))
+    child.start()
+    ready.wait(10)
+    _, seconds, _ = offer(path, rows, args.rate_hz, per_send, args.seconds)
+    messages, cpu = results.get(timeout=30)
+    child.join(10)
+    os.unlink(path)
+    return cpu / seconds, messages
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate-hz", type=float, default=10000, help="frames/s offered")
@@ -95,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--format", choices=["snapshot", "file"], default="snapshot",
                         help="header format of the records (default: Hashpipe's snapshot format)")
+    parser.add_argument("--sends-per-second", type=float, default=1000)
+    parser.add_argument("--no-reference", action="store_true", help="skip the relay reference run")
     args = parser.parse_args()
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     hook_dir = tempfile.mkdtemp(prefix="hook", dir="/tmp")
@@ -108,10 +168,9 @@ def main() -> None:
         else:
             frames = [row.tobytes() for row in block.raw]
         rows = [(1).to_bytes(2, "big") + frame for frame in frames]
-    per_send = max(1, round(args.rate_hz / 1000))
+    per_send = max(1, round(args.rate_hz / args.sends_per_second))
     agent = start_service("hp_io_agent", name, {"data_bind": "tcp://127.0.0.1:*", "preview_bind": "tcp://127.0.0.1:*",
                                                 "socket_hook": True, "socket_path_template": template}, redis)
-    sender_log: list[tuple[int, int]] = []
     try:
         with RequestCaller(None, "bench") as caller:
             endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
@@ -121,29 +180,24 @@ def main() -> None:
             ready.wait(10)
             while caller.call(name, StatusRequest(), 10).finals[name].result["subscribers"] < args.subscribers + 1:
                 time.sleep(0.1)
-            hashpipe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            hashpipe.connect(template.format(dp="img16"))
-            cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
-            sent = 0
-            while (elapsed := time.monotonic() - t0) < args.seconds:
-                if sent >= elapsed * args.rate_hz:
-                    time.sleep(sent / args.rate_hz - elapsed)
-                    continue
-                hashpipe.sendall(b"".join(rows[(sent + i) % len(rows)] for i in range(per_send)))
-                sent += per_send
-                sender_log.append((sent - 1, time.time_ns()))
-            hashpipe.close()
-            send_time = time.monotonic() - t0
+            status0 = caller.call(name, StatusRequest(), 10).finals[name].result
+            cpu0 = cpu_seconds(agent.pid)
+            sent, send_time, sender_log = offer(template.format(dp="img16"), rows, args.rate_hz, per_send,
+                                                args.seconds)
+            cpu = cpu_seconds(agent.pid) - cpu0
+            status1 = caller.call(name, StatusRequest(), 10).finals[name].result
             done.set()
             frames, gaps, arrivals = results.get(timeout=60)
-            cpu = cpu_seconds(agent.pid) - cpu0
             child.join(10)
             hook = caller.call(name, StatusRequest(), 10).finals[name].result["socket_hook"]
     finally:
         agent.terminate()
         agent.wait(20)
         redis.delete(f"config.{name}")
-        os.rmdir(hook_dir)
+    reference = None if args.no_reference else relay_reference(hook_dir, rows, args, per_send)
+    os.rmdir(hook_dir)
+    messages = status1["messages_published"] - status0["messages_published"]
+    rounds = (status1.get("work") or {}).get("loop_rounds", 0) - (status0.get("work") or {}).get("loop_rounds", 0)
     sent_at = dict(sender_log)
     last_seqs = np.array(sorted(sent_at))
     latencies = []
@@ -162,7 +216,11 @@ def main() -> None:
     print(f"| seq gaps per subscriber (max) | {max(gaps)} |")
     print(f"| latency send to receive p50 / p99 / max | {np.percentile(lat, 50):.2f} / "
           f"{np.percentile(lat, 99):.2f} / {lat.max():.2f} ms |")
-    print(f"| agent CPU | {cpu / send_time:.0%} of one core |")
+    print(f"| agent CPU | {cpu / send_time:.1%} of one core |")
+    print(f"| agent: messages / loop rounds per second | {messages / send_time:,.0f} / {rounds / send_time:,.0f} |")
+    if reference is not None:
+        print(f"| reference: minimal relay (receive, 1 ZMQ message per receive) CPU, same sends | "
+              f"{reference[0]:.1%} of one core ({reference[1]:,} messages) |")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
-import select
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+import zmq
 
 from std_daq_service.lifecycle import Lifecycle
 
@@ -25,12 +29,22 @@ except ImportError:  # not Linux: polling only
     INotify = None
 
 
+class Wakeup(NamedTuple):
+    """Why `FileWatcher.wait` returned."""
+
+    structure: bool
+    """A file or directory was created, moved or deleted (always without inotify); not for a `wake()`."""
+    sockets: bool
+    """One of the ZMQ sockets given to `wait` is readable."""
+
+
 class FileWatcher(Lifecycle):
     """Watch directories (not recursively) and wait for changes with a timeout; `start()` opens inotify.
 
-    `wait()` returns True when a file or directory was created, moved or deleted (a reason to look
-    for new runs and files), False for only appended data or a timeout. Without inotify it sleeps
-    `poll_interval_s` and returns True, so callers rescan and reread on every poll.
+    `wait()` says whether a file or directory was created, moved or deleted (a reason to look for
+    new runs and files): not for only appended data or a timeout. Without inotify it sleeps at most
+    `poll_interval_s` and says so, so callers rescan and reread on every poll. It also wakes for
+    readable ZMQ sockets, so one thread can wait for files and sockets together.
 
     When a writer closes a file it wrote (inotify's CLOSE_WRITE), the file's size and mtime are
     noted: `closed_as(path, size, mtime)` then tells a reader that the file it sees is what the
@@ -46,6 +60,8 @@ class FileWatcher(Lifecycle):
         self._lock = threading.Lock()
         self._dirs: dict[int, Path] = {}
         self._closed: dict[Path, tuple[int, int]] = {}
+        self._poller = zmq.Poller()
+        self._sockets: set[zmq.Socket] = set()
 
     def _open(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -54,6 +70,11 @@ class FileWatcher(Lifecycle):
                 self._inotify = INotify()
             except OSError as exc:
                 log.warning("inotify unavailable (%s); polling every %.2f s", exc, self.poll_interval_s)
+        self._poller = zmq.Poller()
+        self._sockets.clear()
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        if self._inotify is not None:
+            self._poller.register(self._inotify.fileno(), zmq.POLLIN)
 
     @property
     def uses_inotify(self) -> bool:
@@ -87,25 +108,26 @@ class FileWatcher(Lifecycle):
                     continue  # vanished since it was listed; the next scan finds out
         return added
 
-    def wait(self, timeout_s: float) -> bool:
-        """Block until a change, a `wake()` or the timeout; True if the directory structure changed."""
-        if self._inotify is None:
-            readable, _, _ = select.select([self._wake_r], [], [], min(timeout_s, self.poll_interval_s))
-            if readable:
-                os.read(self._wake_r, 4096)
-            return True
-        readable, _, _ = select.select([self._inotify.fileno(), self._wake_r], [], [], timeout_s)
-        structure = False
-        if self._wake_r in readable:
+    def wait(self, timeout_s: float, sockets: Sequence[zmq.Socket] = ()) -> Wakeup:
+        """Block until a change, a `wake()`, a readable socket of `sockets` or the timeout."""
+        inotify_fd = self._inotify.fileno() if self._inotify is not None else None
+        if inotify_fd is None:
+            timeout_s = min(timeout_s, self.poll_interval_s)
+        for sock in sockets:
+            if sock not in self._sockets:
+                self._sockets.add(sock)
+                self._poller.register(sock, zmq.POLLIN)
+        ready = dict(self._poller.poll(math.ceil(timeout_s * 1000)))  # whole ms: less would not wait at all
+        structure = inotify_fd is None
+        if self._wake_r in ready:
             os.read(self._wake_r, 4096)
-            structure = True
-        if self._inotify.fileno() in readable:
+        if inotify_fd is not None and inotify_fd in ready:
             for event in self._inotify.read(timeout=0):
                 if event.mask & _STRUCTURE:
                     structure = True
                 if event.mask & _flags.CLOSE_WRITE and event.wd in self._dirs:
                     self._note_close(self._dirs[event.wd] / event.name)
-        return structure
+        return Wakeup(structure, len(ready) > (self._wake_r in ready) + (inotify_fd in ready))
 
     def _note_close(self, path: Path) -> None:
         try:

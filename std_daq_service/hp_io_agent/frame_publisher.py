@@ -85,7 +85,10 @@ class FramePublisher(Lifecycle):
     """Own the data and preview publishing (XPUB) sockets (use from one thread only); `start()` binds them.
 
     Messages are sent without blocking: a subscriber whose queue (send_hwm messages) is full loses
-    messages, never the agent or other subscribers; it sees the loss as a gap in `seq`.
+    messages, never the agent or other subscribers; it sees the loss as a gap in `seq`. Previews are
+    encoded only while the preview socket has a subscriber; the first to subscribe gets the latest frame of
+    every stream at the next `publish_previews` (later ones, as before, the next frames: a PUB socket cannot send
+    to one subscriber, and the others must not get a frame twice).
     """
 
     def __init__(self, service_name: str, data_bind: str, preview_bind: str, send_hwm: int):
@@ -95,9 +98,12 @@ class FramePublisher(Lifecycle):
         self.send_hwm = send_hwm
         self.subscribers = Subscribers()
         self.messages = 0
+        self.previews_encoded = 0
         self._connections: dict[str, int] = {}
         self._declared: dict[str, collections.Counter[tuple[str, str]]] = {}
         self._latest: dict[tuple[int, str, str], tuple[FrameSource, FrameBlock, np.ndarray]] = {}
+        self._fresh: set[tuple[int, str, str]] = set()
+        self._preview_subscriptions = 0
         self._last_preview = 0.0
         self._sockets: dict[str, zmq.Socket] = {}  # "data", "preview"
         self._monitors: dict[str, zmq.Socket] = {}
@@ -128,6 +134,7 @@ class FramePublisher(Lifecycle):
         self._sockets.clear()
         self._connections.clear()
         self._declared.clear()
+        self._preview_subscriptions = 0
         self.subscribers = Subscribers()
 
     def publish(self, stream: StreamBlock, origin: str = "file") -> None:
@@ -139,7 +146,9 @@ class FramePublisher(Lifecycle):
     def publish_frames(self, source: FrameSource, block: FrameBlock, seq: np.ndarray) -> None:
         """Send a block of frames of one stream as one message and remember its last frame for the preview."""
         self._send("data", self._encode(source, block, seq))
-        self._latest[(source.module_id, source.dp, source.origin)] = (source, block, seq)
+        key = (source.module_id, source.dp, source.origin)
+        self._latest[key] = (source, block, seq)
+        self._fresh.add(key)
 
     def _encode(self, source: FrameSource, block: FrameBlock, seq: np.ndarray) -> list[bytes]:
         return encode_frames(
@@ -166,15 +175,37 @@ class FramePublisher(Lifecycle):
         except zmq.Again:
             pass  # a PUB socket drops for a full subscriber rather than block; its subscriber sees a seq gap
 
+    @property
+    def pollables(self) -> list[zmq.Socket]:
+        """Sockets that are readable when `poll_monitors` has something to read."""
+        return [*self._sockets.values(), *self._monitors.values()]
+
+    def preview_due(self, interval_s: float) -> float | None:
+        """When (monotonic) `publish_previews(interval_s)` has something to send; None: not before something changes."""
+        if not self.subscribers.preview or not self._fresh:
+            return None
+        return self._last_preview + interval_s
+
     def publish_previews(self, interval_s: float) -> None:
-        """Every `interval_s`, send the latest frame of each stream that had new frames."""
+        """Every `interval_s`, while someone subscribes to previews, send the latest frame of each stream that had
+        new frames (of every stream after a new subscription)."""
+        if not self._fresh or not self.subscribers.preview:
+            return
         now = time.monotonic()
-        if now - self._last_preview < interval_s or not self._latest:
+        if now - self._last_preview < interval_s:
             return
         self._last_preview = now
-        for source, block, seq in self._latest.values():
+        for key in self._fresh:
+            source, block, seq = self._latest[key]
             self._send("preview", self._encode(source, block[len(block) - 1 :], seq[-1:]))
-        self._latest.clear()
+            self.previews_encoded += 1
+        self._fresh.clear()
+
+    def forget_file_streams(self) -> None:
+        """Drop the latest frames of the streams read from files (a new tracking); socket streams stay."""
+        for key in [key for key in self._latest if key[2] != "socket"]:
+            del self._latest[key]
+            self._fresh.discard(key)
 
     def control(self, event: str, message: str, **fields) -> None:
         """Announce a run start or end, a re-initialisation or a stop on both sockets."""
@@ -187,7 +218,12 @@ class FramePublisher(Lifecycle):
         """Update `subscribers` from the sockets' connection events and the subscriptions that declare a kind."""
         for name, sock in self._sockets.items():
             self._connections[name] += _connection_change(self._monitors[name])
-            _read_declarations(sock, self._declared[name])
+            change = _read_subscriptions(sock, self._declared[name])
+            if name == "preview":
+                if change.first and not self._preview_subscriptions:  # nobody had them: no one gets one twice
+                    self._fresh.update(self._latest)
+                    self._last_preview = 0.0
+                self._preview_subscriptions += change.net
         declared = [entry for counter in self._declared.values() for entry in counter.elements()]
         self.subscribers = Subscribers(self._connections["data"], self._connections["preview"], tuple(declared))
 
@@ -200,16 +236,27 @@ def _connection_change(monitor: zmq.Socket) -> int:
     return change
 
 
-def _read_declarations(sock: zmq.Socket, declared: collections.Counter[tuple[str, str]]) -> None:
-    """Apply the (un)subscriptions queued on an XPUB socket that declare a subscriber's kind; ignore the others."""
+class _SubscriptionChange(NamedTuple):
+    first: bool
+    """A subscription came in."""
+    net: int
+    """Subscriptions minus unsubscriptions."""
+
+
+def _read_subscriptions(sock: zmq.Socket, declared: collections.Counter[tuple[str, str]]) -> _SubscriptionChange:
+    """Read the (un)subscriptions queued on an XPUB socket; apply those that declare a subscriber's kind."""
+    first, net = False, 0
     while True:
         try:
             message = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
-            return
+            return _SubscriptionChange(first, net)
+        subscribed = message[:1] == b"\x01"
+        first = first or subscribed
+        net += 1 if subscribed else -1
         entry = parse_subscriber_topic(message[1:])
         if entry is None:
             continue
-        declared[entry] += 1 if message[:1] == b"\x01" else -1
+        declared[entry] += 1 if subscribed else -1
         if declared[entry] <= 0:
             del declared[entry]

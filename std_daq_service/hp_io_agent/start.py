@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.socket_hook:
             hook = runtime.start_or_refuse(stack, SocketHook(config.socket_path_template, watcher.wake),
                                            "socket hook")
-        checkpoint = stack.enter_context(Checkpoint(options.redis_url, options.service_name))
+        checkpoint = stack.enter_context(Checkpoint(options.redis_url, options.service_name, watcher.wake))
         state = checkpoint.load()
         tracker = stack.enter_context(
             Tracker(publisher, watcher, config.run_end_idle_seconds, config.max_batch_frames, hook, checkpoint,

@@ -37,6 +37,8 @@ class StreamTailer(Lifecycle):
 
     `seq` counts the stream's frames without gaps; every frame known to be lost (torn, corrupt,
     unread before a truncation, a torn tail at rollover) advances it, so consumers see the gap.
+    Resumed from a checkpoint, frames below its `publish_from_seq` (which the agent before the restart may
+    have published) are read but not returned: `skipped_at_resume` counts them.
     """
 
     def __init__(self, file: StreamFile, from_end: bool, max_batch_frames: int, grace_s: float,
@@ -49,6 +51,8 @@ class StreamTailer(Lifecycle):
         self.bytes = 0
         self.lost_frames = 0
         self.corrupt_bytes = 0
+        self.publish_from_seq = 0
+        self.skipped_at_resume = 0
         self.run_ended = False
         self.error: str | None = None
         self.last_data_time = time.monotonic()
@@ -66,7 +70,9 @@ class StreamTailer(Lifecycle):
         if self._resume is not None:
             self.tailer.resume(self._resume["offset"], self._resume["frames_read"], self._resume.get("first_header"))
             self.next_seq = self._resume["next_seq"]
-            log.info("resuming %s at frame %d, seq %d", self.file.path, self.tailer.frames_read, self.next_seq)
+            self.publish_from_seq = self._resume.get("publish_from_seq", self.next_seq)
+            log.info("resuming %s at frame %d, seq %d, publishing from seq %d", self.file.path,
+                     self.tailer.frames_read, self.next_seq, self.publish_from_seq)
 
     def _release(self) -> None:
         if self.tailer is not None:
@@ -115,13 +121,21 @@ class StreamTailer(Lifecycle):
                 self._newer = None
 
     def _read_block(self, final: bool) -> StreamBlock | None:
-        block = self.tailer.read_new(final=final)
-        self._count_losses()
-        if block is None:
-            return None
+        while True:
+            block = self.tailer.read_new(final=final)
+            self._count_losses()
+            if block is None:
+                return None
+            self.last_data_time = time.monotonic()
+            skip = min(len(block), self.publish_from_seq - self.next_seq)
+            if skip > 0:  # the agent before the restart may have published these
+                self.skipped_at_resume += skip
+                self.next_seq += skip
+                block = block[skip:]
+            if len(block):
+                break
         seq = np.arange(self.next_seq, self.next_seq + len(block), dtype=np.int64)
         self.next_seq += len(block)
-        self.last_data_time = time.monotonic()
         return StreamBlock(self.file, block, seq)
 
     def _following(self) -> StreamFile | None:
@@ -184,6 +198,7 @@ class StreamTailer(Lifecycle):
             "bytes_published": self.bytes,
             "frames_per_second": round(self.rate_hz, 1),
             "frames_lost": self.lost_frames,
+            "frames_skipped_at_resume": self.skipped_at_resume,
             "corrupt_bytes_skipped": self.corrupt_bytes,
             "next_seq": self.next_seq,
             "lag_bytes": self.tailer.lag_bytes,

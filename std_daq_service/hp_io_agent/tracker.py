@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from std_daq_service.hp_io_agent.checkpoint import Checkpoint
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
@@ -24,11 +27,23 @@ from std_daq_service.hp_io_agent.seq_index import SeqIndex
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock, StreamTailer
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
+from std_daq_service.pff import FrameBlock
 
 log = logging.getLogger(__name__)
 
 _REDISCOVER_S = 1.0
+"""Rediscovery, run-end and rollover checks without an event that calls for them, and the rate in `status`."""
 _BLOCKS_PER_ROUND = 4
+_LOOKAHEAD_S = 0.2
+"""A checkpoint's horizon is a stream's next `seq` plus the frames it read in this time at its recent rate; the next
+is asked for halfway, so a checkpoint may take 0.1 s to store before frames wait for it."""
+_CHECKPOINT_GAP_S = 0.02
+"""At most 50 checkpoint writes a second (one a second while Redis fails)."""
+_ROUND_GAP_S = 0.002
+"""Shortest time from one round that published frames to the next (without a backlog): small writes in quick
+succession are read and published together, so the loop's cost per round is paid at most 500 times a second."""
+_SETTLE_S = 3.0
+"""Longest wait for the exact checkpoint at a stop or re-init before the frames held for it are published."""
 _RESUME_HOLD_S = 3.0
 _SUBSCRIBE_SETTLE_S = 1.0
 
@@ -71,6 +86,10 @@ class Tracker(Lifecycle):
     first frame with `seq` continuing. Streams are independent: an error in one is reported in its
     status and the log and keeps no other stream from publishing. Frames from the Hashpipe socket
     hook (if any) are published whether or not a data dir is tracked, as streams of their own.
+
+    The loop sleeps until inotify, a socket (the hook's frames, a subscriber coming or going) or a timer
+    (a preview due, a checkpoint, the 1 s rescan) needs it. A frame read from a file is published once
+    the checkpoint's horizon for its stream is past its `seq` (see `checkpoint`).
     """
 
     def __init__(self, publisher: FramePublisher, watcher: FileWatcher, run_end_idle_s: float,
@@ -87,6 +106,16 @@ class Tracker(Lifecycle):
         self._resuming = False
         self._hold_until = 0.0
         self._more = False
+        self._held: dict[tuple[int, str], list[StreamBlock]] = {}
+        self._horizons: dict[tuple[int, str], tuple[int, int]] = {}
+        """(horizon, margin) last asked for, by stream."""
+        self._last_request = 0.0
+        self._origin = "file"
+        self._published = False
+        self._names: dict[tuple[int, str], str] = {}
+        self.rounds = 0
+        self.checkpoint_waits = 0
+        """Times a stream's frames waited for a checkpoint (the look-ahead used up before the next was stored)."""
         self.run_end_idle_s = run_end_idle_s
         self.max_batch_frames = max_batch_frames
         self._lock = threading.Lock()
@@ -106,6 +135,7 @@ class Tracker(Lifecycle):
 
     def _release(self) -> None:
         self._loop.close()
+        self._settle()
         self._close_streams()
 
     @property
@@ -136,7 +166,11 @@ class Tracker(Lifecycle):
         with self._lock:
             self._changed.clear()
             change = self._pending
+        self._settle()
         self._close_streams()
+        self._held.clear()
+        self._horizons.clear()
+        self.publisher.forget_file_streams()
         self._ended_runs.clear()
         self._ended_dirs.clear()
         self._announced_runs.clear()
@@ -199,7 +233,7 @@ class Tracker(Lifecycle):
             stream.offer(file)
             return stream
         run = position.get("run", checkpointed.parent.name)
-        next_seq = position["next_seq"]
+        next_seq = max(position["next_seq"], position.get("publish_from_seq", 0))  # frames below may be published
         if run_order(file.run) >= run_order(run):
             log.warning("%s is gone (its run was moved); reading run %s from its first frame, seq from %d",
                         checkpointed, file.run, next_seq)
@@ -214,8 +248,11 @@ class Tracker(Lifecycle):
         """
         now = time.monotonic()
         by_dir: dict[Path, list[StreamTailer]] = {}
-        for stream in self._streams.values():
+        waiting: set[Path] = set()
+        for key, stream in self._streams.items():
             by_dir.setdefault(stream.file.path.parent, []).append(stream)
+            if self._held.get(key):
+                waiting.add(stream.file.path.parent)  # its last frames wait for a checkpoint: not ended yet
         for run_dir, streams in by_dir.items():
             if run_dir in self._ended_dirs:
                 continue
@@ -225,7 +262,8 @@ class Tracker(Lifecycle):
             active = [s for s in streams if s.frames or s.tailer.frames_read]
             if reason is None and active and all(now - s.last_data_time > self.run_end_idle_s for s in active):
                 reason = f"no new frames in any stream for {self.run_end_idle_s:g} s"
-            if reason is not None and all(s.tailer.lag_bytes < s.tailer.frame_size for s in streams):
+            if reason is not None and run_dir not in waiting and all(s.tailer.lag_bytes < s.tailer.frame_size
+                                                                      for s in streams):
                 self._ended_dirs.add(run_dir)
                 run = run_dir.name
                 self._ended_runs.setdefault(run, reason)
@@ -237,7 +275,13 @@ class Tracker(Lifecycle):
         last_discovery = 0.0
         while not stop.is_set():
             try:
-                structure_changed = self.watcher.wait(0 if self._more else 0.05 if self._streams else 0.25)
+                if self._published and not self._more:  # let small writes gather (a few ms at most)
+                    self._published = False
+                    stop.wait(_ROUND_GAP_S)
+                woken = self.watcher.wait(self._timeout(last_discovery), self.publisher.pollables)
+                self.rounds += 1
+                if woken.sockets:
+                    self.publisher.poll_monitors()
                 if self._changed.is_set():
                     self._apply_change()
                     last_discovery = time.monotonic()
@@ -245,14 +289,14 @@ class Tracker(Lifecycle):
                 tracking = self._tracking
                 if tracking is None:
                     self.publisher.publish_previews(1.0)
-                    self.publisher.poll_monitors()
                     continue
                 if self._holding():
                     continue
-                if structure_changed or time.monotonic() - last_discovery > _REDISCOVER_S:
+                slow = time.monotonic() - last_discovery >= _REDISCOVER_S
+                if woken.structure or slow:
                     self._discover(tracking)
                     last_discovery = time.monotonic()
-                self._pump(tracking)
+                self._pump(tracking, woken.structure or slow)
                 self.error = None
             except OSError as exc:
                 if self.error != str(exc):
@@ -263,6 +307,19 @@ class Tracker(Lifecycle):
                 log.exception("tracking loop error; retrying")
                 self.error = f"internal error: {type(exc).__name__}: {exc}"
                 stop.wait(0.5)
+
+    def _timeout(self, last_discovery: float) -> float:
+        """How long the loop may sleep if nothing wakes it: until the next preview, checkpoint or rescan is due."""
+        if self._more:
+            return 0.0
+        tracking = self._tracking
+        due = [self.publisher.preview_due(tracking.update_interval_s if tracking else 1.0)]
+        if tracking is not None:
+            due.append(last_discovery + _REDISCOVER_S)
+            due.append(self._hold_until or None)
+            if any(self._held.values()) and self.checkpoint is not None and not self.checkpoint.busy:
+                due.append(self._last_request + self._checkpoint_gap())
+        return max(0.0, min((d for d in due if d is not None), default=time.monotonic() + 1.0) - time.monotonic())
 
     def _holding(self) -> bool:
         """After a restart, hold publishing up to _RESUME_HOLD_S, ending _SUBSCRIBE_SETTLE_S after a subscriber is back.
@@ -282,27 +339,39 @@ class Tracker(Lifecycle):
         return False
 
     def _publish_socket_frames(self) -> None:
+        """Publish what the socket hook queued: a stream's consecutive blocks (same header layout) as one message."""
         if self.socket_hook is None:
             return
         blocks = self.socket_hook.blocks
+        runs: dict[tuple[int, str], list[FrameBlock]] = {}
         while not blocks.empty():
             received = blocks.get()
-            source = FrameSource(received.module_id, received.dp, "socket")
-            self.publisher.publish_frames(source, received.block, received.block.frame_numbers)
+            key = (received.module_id, received.dp)
+            run = runs.setdefault(key, [])
+            if run and not _continues(run, received.block, self.max_batch_frames):
+                self._publish_socket_run(key, run)
+                run.clear()
+            run.append(received.block)
+        for key, run in runs.items():
+            self._publish_socket_run(key, run)
 
-    def _pump(self, tracking: Tracking) -> None:
-        """Read what is new (a few blocks per stream), checkpoint the positions, then publish."""
-        read: list[tuple[StreamTailer, StreamBlock]] = []
+    def _publish_socket_run(self, key: tuple[int, str], run: list[FrameBlock]) -> None:
+        first = run[0]
+        block = first if len(run) == 1 else FrameBlock(first.dp, np.concatenate([b.raw for b in run]),
+                                                       first.first_frame_number, first.layout)
+        self.publisher.publish_frames(FrameSource(key[0], key[1], "socket"), block, block.frame_numbers)
+        self._published = True
+
+    def _pump(self, tracking: Tracking, slow: bool) -> None:
+        """Read what is new (a few blocks per stream), checkpoint ahead, publish up to the horizon; `slow`: also
+        the per-second work (rates, run ends)."""
         self._more = False
-        for stream in list(self._streams.values()):
+        self._origin = tracking.origin
+        for key, stream in list(self._streams.items()):
+            held = self._held.setdefault(key, [])
             try:
-                for _ in range(_BLOCKS_PER_ROUND):
-                    block = stream.read()
-                    if block is None:
-                        break
-                    read.append((stream, block))
-                else:
-                    self._more = True  # a backlog: come back without waiting
+                if len(held) < _BLOCKS_PER_ROUND:
+                    self._read(stream, held)
                 if stream.error is not None:
                     log.info("%s/%s reads again", stream.file.module_id, stream.file.dp)
                 stream.error = None
@@ -313,17 +382,91 @@ class Tracker(Lifecycle):
             except Exception as exc:  # a bug in one stream must not drop what the others read: say it, go on
                 log.exception("stream %s/%s: internal error; retrying", stream.file.module_id, stream.file.dp)
                 stream.error = f"internal error: {type(exc).__name__}: {exc}"
-            stream.update_rate()
-        if read and self.checkpoint is not None:
-            self.checkpoint.save_streams({f"{m}/{dp}": s.position() for (m, dp), s in list(self._streams.items())})
-        for stream, block in read:
-            self.publisher.publish(block, tracking.origin)
-            stream.published(block)
-            self.seq_index.record(str(block.file.path), block.block.first_frame_number, int(block.seq[0]),
-                                  len(block.block))
+        self._checkpoint_ahead()
+        self._publish_held(tracking.origin, None if self.checkpoint is None else self.checkpoint.confirmed)
         self.publisher.publish_previews(tracking.update_interval_s)
-        self.publisher.poll_monitors()
-        self._check_run_end()
+        if slow:
+            for stream in self._streams.values():
+                stream.update_rate()
+            self._check_run_end()
+
+    def _read(self, stream: StreamTailer, held: list[StreamBlock]) -> None:
+        """Read up to _BLOCKS_PER_ROUND blocks into `held`; a full round means a backlog: come back at once.
+
+        A block shorter than max_batch_frames took all there was: no second read (its file checks) this round.
+        """
+        while len(held) < _BLOCKS_PER_ROUND:
+            block = stream.read()
+            if block is None:
+                return
+            held.append(block)
+            if len(block.block) < self.max_batch_frames:
+                return
+        self._more = True
+
+    def _name(self, key: tuple[int, str]) -> str:
+        name = self._names.get(key)
+        if name is None:
+            name = self._names[key] = f"{key[0]}/{key[1]}"
+        return name
+
+    def _checkpoint_gap(self) -> float:
+        return 1.0 if self.checkpoint is not None and self.checkpoint.error else _CHECKPOINT_GAP_S
+
+    def _checkpoint_ahead(self) -> None:
+        """Ask for a checkpoint before a stream reaches its horizon (halfway through its margin); at most one in
+        flight and one per _CHECKPOINT_GAP_S. The new horizons lie _LOOKAHEAD_S of each stream's rate ahead."""
+        checkpoint = self.checkpoint
+        if checkpoint is None or checkpoint.busy:
+            return
+        horizons = self._horizons
+        if not any(s.next_seq > horizons.get(k, (0, 0))[0] - horizons.get(k, (0, 0))[1] // 2
+                   for k, s in self._streams.items()):
+            return
+        now = time.monotonic()
+        elapsed = now - self._last_request
+        if elapsed < self._checkpoint_gap():
+            return  # the loop's timer comes back for it
+        self._last_request = now
+        positions = {}
+        for key, stream in self._streams.items():
+            last = horizons.get(key)
+            read = stream.next_seq - (last[0] - last[1] if last else stream.next_seq)
+            margin = math.ceil(max(read, 0) * _LOOKAHEAD_S / elapsed)
+            horizon = max(stream.next_seq + margin, stream.publish_from_seq)  # never below a resumed one
+            horizons[key] = (horizon, margin)
+            positions[self._name(key)] = {**stream.position(), "publish_from_seq": horizon}
+        checkpoint.save_streams(positions)
+
+    def _publish_held(self, origin: str, confirmed: dict[str, int] | None) -> None:
+        """Publish the blocks read whose frames all lie below their stream's confirmed horizon (all: None)."""
+        for key, held in self._held.items():
+            if not held:
+                continue
+            limit = None if confirmed is None else confirmed.get(self._name(key), 0)
+            while held and (limit is None or held[0].seq[-1] < limit):
+                self._published = True
+                block = held.pop(0)
+                self.publisher.publish(block, origin)
+                stream = self._streams.get(key)
+                if stream is not None:
+                    stream.published(block)
+                self.seq_index.record(str(block.file.path), block.block.first_frame_number, int(block.seq[0]),
+                                      len(block.block))
+            if held:
+                self.checkpoint_waits += 1
+
+    def _settle(self) -> None:
+        """Store the exact checkpoint (horizons at the next `seq`), then publish what was held for it; before a stop
+        or a re-init, so that a clean restart skips nothing. If Redis fails, publishing goes on as elsewhere."""
+        if self.checkpoint is None or not self._streams:
+            return
+        self.checkpoint.flush(_SETTLE_S)
+        positions = {self._name(k): {**s.position(), "publish_from_seq": max(s.next_seq, s.publish_from_seq)}
+                     for k, s in self._streams.items()}
+        self.checkpoint.save_streams(positions)
+        self.checkpoint.flush(_SETTLE_S)
+        self._publish_held(self._origin, None)
 
     def module_ids(self) -> set[int]:
         """Modules with at least one tracked stream."""
@@ -347,9 +490,20 @@ class Tracker(Lifecycle):
             "preview_subscribers": self.publisher.subscribers.preview,
             "subscribed": self.publisher.subscribers.summary(),
             "messages_published": self.publisher.messages,
+            "work": {"loop_rounds": self.rounds, "previews_encoded": self.publisher.previews_encoded,
+                     "checkpoint_writes": self.checkpoint.writes if self.checkpoint else 0,
+                     "checkpoint_failures": self.checkpoint.failures if self.checkpoint else 0,
+                     "checkpoint_waits": self.checkpoint_waits},
             "update_interval_seconds": tracking.update_interval_s if tracking else None,
             "inotify": self.watcher.uses_inotify,
             "socket_hook": self.socket_hook.status() if self.socket_hook else None,
             "checkpoint_error": self.checkpoint.error if self.checkpoint else None,
             "error": self.error,
         }
+
+
+def _continues(run: list[FrameBlock], block: FrameBlock, max_frames: int) -> bool:
+    """Does `block` follow the frames of `run` (next numbers, same header layout) and fit in one message?"""
+    last = run[-1]
+    return (block.first_frame_number == last.first_frame_number + len(last) and block.layout is last.layout
+            and sum(len(b) for b in run) + len(block) <= max_frames)

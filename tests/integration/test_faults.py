@@ -129,14 +129,15 @@ def test_redis_connections_dropped_beacons_come_back(agent, new_service_name, re
 
 
 
-def hashpipe_appends(path: Path, frames: bytes, frame_size: int, stop: threading.Event, per_write: int = 20) -> None:
-    """Append frames `per_write` at a time every 10 ms until `stop` or the frames run out."""
+def hashpipe_appends(path: Path, frames: bytes, frame_size: int, stop: threading.Event, per_write: int = 20,
+                     pause_s: float = 0.01) -> None:
+    """Append frames `per_write` at a time every `pause_s` until `stop` or the frames run out."""
     with open(path, "ab", buffering=0) as f:
         for start in range(0, len(frames), per_write * frame_size):
             if stop.is_set():
                 return
             f.write(frames[start : start + per_write * frame_size])
-            stop.wait(0.01)
+            stop.wait(pause_s)
 
 
 def receive_until(sock: zmq.Socket, received: list, frames: int, timeout: float) -> None:
@@ -196,6 +197,118 @@ def test_agent_killed_and_restarted_resumes_from_its_checkpoint(new_service_name
     gaps = sum(b - a - 1 for a, b in zip(seq, seq[1:], strict=False))
     assert len(numbers) + gaps == 3000, "every frame not received is a visible gap in seq"
     assert "resuming" in restarted.log()
+
+
+def live_img16_run(tmp_path: Path) -> Path:
+    run = tmp_path / "daq" / "module_4" / "obs_Lick.start_2024-07-25T04:34:06Z.runtype_sci-data.pffd"
+    run.mkdir(parents=True)
+    path = run / "start_2024-07-25T04:34:46Z.dp_img16.bpp_2.module_4.seqno_0.pff"
+    path.touch()
+    return path
+
+
+def subscribe(port: int) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.setsockopt(zmq.SUBSCRIBE, b"img16.")
+    return sock
+
+
+def agent_with_subscriber(name: str, redis_url: str, redis_client, tmp_path: Path, port: int):
+    """An agent tracking tmp_path/daq and a SUB socket on its data port that it has counted."""
+    sock = subscribe(port)
+    agent = ServiceProcess("hp_io_agent", name, {"data_bind": f"tcp://127.0.0.1:{port}",
+                                                 "preview_bind": "tcp://127.0.0.1:*"}, redis_url, tmp_path)
+    agent.wait_ready(redis_client)
+    with RequestCaller(None, "test-restart") as caller:
+        assert caller.call(name, InitHpIoRequest(data_dir=str(tmp_path / "daq")), 15).ok
+        wait_until(lambda: caller.call(name, StatusRequest(), 5).finals[name].result["subscribers"], 10,
+                   message="the subscriber counted")
+    return agent, sock
+
+
+def test_agent_killed_mid_stream_at_a_high_round_rate_publishes_nothing_twice_and_every_loss_is_a_gap(
+        new_service_name, redis_url, redis_client, tmp_path):
+    """One frame per write, about a thousand writes a second: the checkpoint is written ahead of many rounds."""
+    name = new_service_name("hp_io_agent")
+    port = free_port()
+    path = live_img16_run(tmp_path)
+    with PffReader(SAMPLE_IMG16) as reader:
+        frames = reader.block().raw.tobytes() * 4  # 4000 frames
+    stop = threading.Event()
+    appender = threading.Thread(target=hashpipe_appends, args=(path, frames, 2540, stop, 1, 0.001))
+    received: list[FrameBatch] = []
+    agent, sock = agent_with_subscriber(name, redis_url, redis_client, tmp_path, port)
+    restarted = None
+    try:
+        appender.start()
+        receive_until(sock, received, 1000, 30)
+        agent.process.send_signal(signal.SIGKILL)
+        assert agent.stop() == -signal.SIGKILL
+        sock.close()
+        (tmp_path / "restart").mkdir()
+        restarted = ServiceProcess("hp_io_agent", name, {"data_bind": f"tcp://127.0.0.1:{port}",
+                                                         "preview_bind": "tcp://127.0.0.1:*"},
+                                   redis_url, tmp_path / "restart")
+        restarted.wait_ready(redis_client)
+        sock = subscribe(port)  # a new subscriber, as below
+        wait_until(lambda: "publishing again after the restart, to 1 subscriber" in restarted.log(), 15,
+                   message="the restarted agent publishes to the new subscriber")
+        appender.join(60)
+        receive_until(sock, received, 4000, 30)
+    finally:
+        stop.set()
+        sock.close()
+        agent.stop()
+        if restarted is not None:
+            assert restarted.stop() == 0, restarted.log()
+    numbers = [n for m in received for n in m.frame_number]
+    seq = [n for m in received for n in m.seq]
+    assert len(numbers) == len(set(numbers)), "a frame was published twice"
+    assert seq == sorted(seq) and len(seq) == len(set(seq)), "seq goes on from the checkpoint"
+    assert numbers[-1] == 3999 and seq[-1] - seq[0] == 3999, "every frame up to the end was read"
+    gaps = sum(b - a - 1 for a, b in zip(seq, seq[1:], strict=False))
+    assert len(numbers) + gaps == 4000, "every frame not received is a visible gap in seq"
+    assert "resuming" in restarted.log()
+
+
+def test_agent_stopped_cleanly_and_restarted_skips_nothing_and_repeats_nothing(new_service_name, redis_url,
+                                                                                redis_client, tmp_path):
+    """A clean stop stores the exact position: the checkpoint's look-ahead costs no frame."""
+    name = new_service_name("hp_io_agent")
+    port = free_port()
+    path = live_img16_run(tmp_path)
+    with PffReader(SAMPLE_IMG16) as reader:
+        frames = reader.block().raw.tobytes() * 2  # 2000 frames, half before the stop and half after
+    half = len(frames) // 2
+    before: list[FrameBatch] = []
+    after: list[FrameBatch] = []
+    agent, sock = agent_with_subscriber(name, redis_url, redis_client, tmp_path, port)
+    restarted = None
+    try:
+        hashpipe_appends(path, frames[:half], 2540, threading.Event(), 1, 0.001)
+        receive_until(sock, before, 1000, 30)
+        sock.close()
+        assert agent.stop() == 0, agent.log()
+        (tmp_path / "restart").mkdir()
+        restarted = ServiceProcess("hp_io_agent", name, {"data_bind": f"tcp://127.0.0.1:{port}",
+                                                         "preview_bind": "tcp://127.0.0.1:*"},
+                                   redis_url, tmp_path / "restart")
+        restarted.wait_ready(redis_client)
+        sock = subscribe(port)  # a new subscriber: one connected through a restart may receive only seconds later
+        wait_until(lambda: "publishing again after the restart, to 1 subscriber" in restarted.log(), 15,
+                   message="the restarted agent publishes to the new subscriber")
+        hashpipe_appends(path, frames[half:], 2540, threading.Event(), 1, 0.001)
+        receive_until(sock, after, 1000, 30)
+    finally:
+        sock.close()
+        if restarted is not None:
+            assert restarted.stop() == 0, restarted.log()
+    received = before + after
+    assert [n for m in received for n in m.frame_number] == list(range(2000))
+    assert [n for m in received for n in m.seq] == list(range(2000)), "the restart goes on at the exact next frame"
 
 
 def test_agent_killed_while_simulating_simulates_again_after_the_restart(new_service_name, redis_url, redis_client,

@@ -184,6 +184,33 @@ def test_status_counts_match_what_was_published_and_stop_ends_the_stream(agent, 
     assert ask(caller, agent.service_name, StatusRequest()).result["data_dir"] is None
 
 
+def test_previews_are_encoded_only_while_subscribed_and_a_late_subscriber_gets_the_latest(agent, caller, tmp_path):
+    run = tmp_path / "daq" / "module_1" / "obs_Lick.start_2024-07-25T04:34:06Z.runtype_sci-data.pffd"
+    run.mkdir(parents=True)
+    frame = 636
+    name = agent.service_name
+    init = InitHpIoRequest(data_dir=str(tmp_path / "daq"), update_interval_seconds=0.1)
+    assert ask(caller, name, init).action == "request_success"
+    endpoints = stream_endpoints(caller, agent)["endpoints"]
+    wait_until(lambda: ask(caller, name, StatusRequest()).result["preview_subscribers"] == 0, 10,
+               message="no preview subscriber left from other tests")
+    before = ask(caller, name, StatusRequest()).result["work"]["previews_encoded"]
+    with subscriber(endpoints["data"], ["ph256."]) as sock:
+        wait_until(lambda: ask(caller, name, StatusRequest()).result["subscribers"] >= 1, 10,
+                   message="subscriber counted")
+        (run / "start_2024-07-25T04:34:46Z.dp_ph256.bpp_2.module_1.seqno_0.pff").write_bytes(
+            SAMPLE_PH256_M1.read_bytes()[: 20 * frame])
+        receive(sock, lambda ms: count(ms, 1, "ph256") >= 20, 10)
+    status = ask(caller, name, StatusRequest()).result
+    assert status["modules"]["1"]["ph256"]["frames_published"] == 20
+    assert status["work"]["previews_encoded"] == before, "a preview was encoded while nobody subscribed to previews"
+    with subscriber(endpoints["preview"], ["ph256."]) as preview:  # after the last frame: it gets the latest at once
+        messages = receive(preview, lambda ms: any(isinstance(m, FrameBatch) for m in ms), 10)
+    [latest] = [m for m in messages if isinstance(m, FrameBatch)]
+    assert latest.seq.tolist() == [19] and latest.frame_number.tolist() == [19], "the latest frame of the stream"
+    assert ask(caller, name, StatusRequest()).result["work"]["previews_encoded"] > before
+
+
 def test_corrupt_region_in_a_live_file_is_survived(agent, caller, tmp_path):
     data_dir = tmp_path / "daq"
     run = data_dir / "module_2" / "obs_Lick.start_2024-07-25T04:34:06Z.runtype_sci-data.pffd"
