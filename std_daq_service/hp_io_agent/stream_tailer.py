@@ -52,6 +52,8 @@ class StreamTailer(Lifecycle):
         self.lost_frames = 0
         self.corrupt_bytes = 0
         self.publish_from_seq = 0
+        self.published_to_seq = 0
+        """One past the last `seq` published."""
         self.skipped_at_resume = 0
         self.run_ended = False
         self.error: str | None = None
@@ -175,6 +177,7 @@ class StreamTailer(Lifecycle):
         """Count a block that was sent to the subscribers."""
         self.frames += len(block.block)
         self.bytes += block.block.raw.nbytes
+        self.published_to_seq = int(block.seq[-1]) + 1
 
     def position(self) -> dict:
         """Where the stream is: enough for a restarted agent to go on without repeating a frame."""

@@ -107,7 +107,8 @@ class Tracker(Lifecycle):
         self._hold_until = 0.0
         self._more = False
         self._held: dict[tuple[int, str], list[StreamBlock]] = {}
-        self._horizons: dict[tuple[int, str], tuple[int, int]] = {}
+        self._horizons: dict[tuple[int, str], tuple[int, int, int]] = {}
+        """Per stream the last requested (horizon, margin, next seq then)."""
         """(horizon, margin) last asked for, by stream."""
         self._last_request = 0.0
         self._origin = "file"
@@ -202,6 +203,7 @@ class Tracker(Lifecycle):
                 except OSError as exc:
                     log.warning("cannot open %s: %s; trying again at the next scan", file.path, exc)
                     continue
+                self._resume.pop(key, None)
                 with self._lock:
                     self._streams[key] = stream
             else:
@@ -218,7 +220,7 @@ class Tracker(Lifecycle):
 
     def _new_stream(self, key: tuple[int, str], file: StreamFile) -> StreamTailer:
         """A stream found by discovery: `file` is its newest file."""
-        position = self._resume.pop(key, None)
+        position = self._resume.get(key)
         if position is not None:
             return self._resumed_stream(file, position)
         if self._first_scan and not self._resuming and run_ended(file.path.parent) is None:
@@ -420,7 +422,7 @@ class Tracker(Lifecycle):
         if checkpoint is None or checkpoint.busy:
             return
         horizons = self._horizons
-        if not any(s.next_seq > horizons.get(k, (0, 0))[0] - horizons.get(k, (0, 0))[1] // 2
+        if not any(s.next_seq > horizons.get(k, (0, 0, 0))[0] - horizons.get(k, (0, 0, 0))[1] // 2
                    for k, s in self._streams.items()):
             return
         now = time.monotonic()
@@ -428,15 +430,22 @@ class Tracker(Lifecycle):
         if elapsed < self._checkpoint_gap():
             return  # the loop's timer comes back for it
         self._last_request = now
-        positions = {}
+        positions = self._unresumed_positions()
         for key, stream in self._streams.items():
             last = horizons.get(key)
-            read = stream.next_seq - (last[0] - last[1] if last else stream.next_seq)
+            read = stream.next_seq - (last[2] if last else stream.next_seq)
             margin = math.ceil(max(read, 0) * _LOOKAHEAD_S / elapsed)
-            horizon = max(stream.next_seq + margin, stream.publish_from_seq)  # never below a resumed one
-            horizons[key] = (horizon, margin)
+            # never below a horizon already stored, a frame already published (also while Redis failed) or a
+            # resumed horizon: a checkpoint stored later must still cover every frame published before it
+            horizon = max(stream.next_seq + margin, last[0] if last else 0, stream.published_to_seq,
+                          stream.publish_from_seq)
+            horizons[key] = (horizon, margin, stream.next_seq)
             positions[self._name(key)] = {**stream.position(), "publish_from_seq": horizon}
         checkpoint.save_streams(positions)
+
+    def _unresumed_positions(self) -> dict[str, dict]:
+        """The checkpointed positions of streams not found again since the restart, kept in every checkpoint."""
+        return {self._name(key): position for key, position in self._resume.items()}
 
     def _publish_held(self, origin: str, confirmed: dict[str, int] | None) -> None:
         """Publish the blocks read whose frames all lie below their stream's confirmed horizon (all: None)."""
@@ -462,8 +471,9 @@ class Tracker(Lifecycle):
         if self.checkpoint is None or not self._streams:
             return
         self.checkpoint.flush(_SETTLE_S)
-        positions = {self._name(k): {**s.position(), "publish_from_seq": max(s.next_seq, s.publish_from_seq)}
-                     for k, s in self._streams.items()}
+        positions = self._unresumed_positions()
+        positions.update({self._name(k): {**s.position(), "publish_from_seq": max(s.next_seq, s.publish_from_seq)}
+                          for k, s in self._streams.items()})
         self.checkpoint.save_streams(positions)
         self.checkpoint.flush(_SETTLE_S)
         self._publish_held(self._origin, None)

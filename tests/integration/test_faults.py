@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -272,6 +273,43 @@ def test_agent_killed_mid_stream_at_a_high_round_rate_publishes_nothing_twice_an
     gaps = sum(b - a - 1 for a, b in zip(seq, seq[1:], strict=False))
     assert len(numbers) + gaps == 4000, "every frame not received is a visible gap in seq"
     assert "resuming" in restarted.log()
+
+
+def test_a_quiet_streams_stored_horizon_never_falls_below_one_stored_before(new_service_name, redis_url,
+                                                                            redis_client, tmp_path):
+    """One module stops while another goes on: every checkpoint stored for the quiet stream keeps
+    its horizon (frames below it may be published already), so a kill between two checkpoints repeats nothing."""
+    name = new_service_name("hp_io_agent")
+    port = free_port()
+    fast = live_img16_run(tmp_path)
+    quiet_run = tmp_path / "daq" / "module_5" / fast.parent.name
+    quiet_run.mkdir(parents=True)
+    quiet = quiet_run / fast.name.replace("module_4", "module_5")
+    quiet.touch()
+    with PffReader(SAMPLE_IMG16) as reader:
+        frames = reader.block().raw.tobytes()
+    received: list[FrameBatch] = []
+    agent, sock = agent_with_subscriber(name, redis_url, redis_client, tmp_path, port)
+    horizons: list[int] = []
+    try:
+        appenders = [threading.Thread(target=hashpipe_appends, args=(path, data, 2540, threading.Event(), 1, 0.002))
+                     for path, data in ((quiet, frames[:300 * 2540]), (fast, frames))]
+        for appender in appenders:
+            appender.start()
+        while appenders[1].is_alive():
+            stored = json.loads(redis_client.get(f"checkpoint.{name}") or "{}").get("streams", {})
+            if "5/img16" in stored and (not horizons or stored["5/img16"]["publish_from_seq"] != horizons[-1]):
+                horizons.append(stored["5/img16"]["publish_from_seq"])
+            time.sleep(0.002)
+        appenders[0].join(10)
+        receive_until(sock, received, 1300, 30)
+    finally:
+        sock.close()
+        assert agent.stop() == 0, agent.log()
+    assert sum(len(m) for m in received) == 1300, "every frame of both streams was published"
+    assert horizons, "the quiet stream was checkpointed"
+    assert horizons == sorted(horizons), f"a stored horizon fell below an earlier one: {horizons}"
+    assert horizons[-1] >= 300, "the horizon covers every frame of the stream that was published"
 
 
 def test_agent_stopped_cleanly_and_restarted_skips_nothing_and_repeats_nothing(new_service_name, redis_url,
