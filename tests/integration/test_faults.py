@@ -349,6 +349,64 @@ def test_agent_stopped_cleanly_and_restarted_skips_nothing_and_repeats_nothing(n
     assert [n for m in received for n in m.seq] == list(range(2000)), "the restart goes on at the exact next frame"
 
 
+def test_a_stream_missing_after_a_restart_keeps_its_position_through_another_restart(new_service_name, redis_url,
+                                                                                     redis_client, tmp_path):
+    """A module's run is out of sight when the agent restarts (a disk remounted, a directory moved): every
+    checkpoint the agent stores meanwhile keeps that stream's position, so after a second restart, with the run
+    back, the stream goes on at its exact next frame."""
+    name = new_service_name("hp_io_agent")
+    port = free_port()
+    path4 = live_img16_run(tmp_path)
+    module_5 = tmp_path / "daq" / "module_5"
+    (module_5 / path4.parent.name).mkdir(parents=True)
+    path5 = module_5 / path4.parent.name / path4.name.replace("module_4", "module_5")
+    path5.touch()
+    with PffReader(SAMPLE_IMG16) as reader:
+        frames = reader.block().raw.tobytes()
+    part = 300 * 2540
+    received: list[FrameBatch] = []
+    agent, sock = agent_with_subscriber(name, redis_url, redis_client, tmp_path, port)
+    agents = [agent]
+
+    def restart(where: str) -> None:
+        nonlocal sock
+        sock.close()
+        assert agents[-1].stop() == 0, agents[-1].log()
+        (tmp_path / where).mkdir()
+        agents.append(ServiceProcess("hp_io_agent", name, {"data_bind": f"tcp://127.0.0.1:{port}",
+                                                           "preview_bind": "tcp://127.0.0.1:*"},
+                                     redis_url, tmp_path / where))
+        agents[-1].wait_ready(redis_client)
+        sock = subscribe(port)
+        wait_until(lambda: "publishing again after the restart, to 1 subscriber" in agents[-1].log(), 15,
+                   message="the restarted agent publishes to the new subscriber")
+
+    try:
+        for path in (path4, path5):
+            hashpipe_appends(path, frames[:part], 2540, threading.Event(), 1, 0.001)
+        receive_until(sock, received, 600, 30)
+        module_5.rename(tmp_path / "daq" / "moved_5")
+        restart("restart-1")
+        hashpipe_appends(path4, frames[part : 2 * part], 2540, threading.Event(), 1, 0.001)
+        receive_until(sock, received, 900, 30)
+        wait_until(lambda: json.loads(redis_client.get(f"checkpoint.{name}"))["streams"]["4/img16"]["next_seq"] > 300,
+                   10, message="the restarted agent checkpointed module 4")
+        kept = json.loads(redis_client.get(f"checkpoint.{name}"))["streams"]
+        assert kept.get("5/img16", {}).get("next_seq") == 300, f"module 5's position was dropped: {kept}"
+        (tmp_path / "daq" / "moved_5").rename(module_5)
+        restart("restart-2")
+        hashpipe_appends(path5, frames[part : 2 * part], 2540, threading.Event(), 1, 0.001)
+        receive_until(sock, received, 1200, 30)
+    finally:
+        sock.close()
+        for each in agents:
+            assert each.stop() == 0, each.log()
+    of_5 = [m for m in received if m.module_id == 5]
+    assert [n for m in of_5 for n in m.frame_number] == list(range(600)), "module 5 went on at its next frame"
+    assert [n for m in of_5 for n in m.seq] == list(range(600)), "and its seq with it: nothing skipped or repeated"
+    assert sum(len(m) for m in received if m.module_id == 4) == 600
+
+
 def test_agent_killed_while_simulating_simulates_again_after_the_restart(new_service_name, redis_url, redis_client,
                                                                          tmp_path, caller):
     name = new_service_name("hp_io_agent")
