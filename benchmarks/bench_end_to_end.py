@@ -142,7 +142,7 @@ def main() -> None:
                     "compression": "bitshuffle_lz4"}, redis)
                 processes.append(writer)
                 ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
-                child = multiprocessing.Process(target=subscriber, args=(endpoint, ready, done, results))
+                child = multiprocessing.Process(target=subscriber, args=(endpoint, "img16", ready, done, results))
                 child.start()
                 ready.wait(10)
                 rows_seen = multiprocessing.Queue()
