@@ -4,7 +4,8 @@ Usage: .venv/bin/python benchmarks/bench_end_to_end.py [--modules 2] [--rate-hz 
                                                        [--seconds 10] [--tmp-dir /dev/shm]
 
 Per module a thread appends real Lick img16 frames at --rate-hz and ph256 frames at --ph-rate-hz into
-data_dir/module_N/obs_*/ in 1 MiB flushes (as Hashpipe's stdio buffer does), logging each flush's time. The agent
+data_dir/module_N/obs_*/ in the flushes of Hashpipe's stdio buffers (HASHPIPE.md: 1 MiB for images, libc's default
+4 KiB for ph256), logging each flush's time. The agent
 and the writer run as subprocesses (configs in Redis, requests over RabbitMQ); an open-ended `write` records
 everything; a subscriber in its own process counts what the stream delivers. Latency to the stream: arrival -
 time of the flush that completed a message's last frame. Latency to the HDF5 row: a SWMR reader in its own
@@ -46,9 +47,14 @@ def source_frames(dp: str) -> bytes:
         return reader.block().raw.tobytes()
 
 
-def hashpipe(path: Path, source: bytes, frame_size: int, rate_hz: float, seconds: float, log: list) -> None:
-    """Append `source` frames at `rate_hz` in 1 MiB flushes; log (frames written, time_ns) per flush."""
-    per_flush = max(1, (1 << 20) // frame_size)
+FLUSH_BYTES = {"img16": 1 << 20, "ph256": 4096}
+"""Hashpipe's stdio buffer per data product: `setvbuf` 1 MiB for image files, libc's default for ph256."""
+
+
+def hashpipe(path: Path, source: bytes, frame_size: int, rate_hz: float, seconds: float, log: list,
+             flush_bytes: int) -> None:
+    """Append `source` frames at `rate_hz` in `flush_bytes` flushes; log (frames written, time_ns) per flush."""
+    per_flush = max(1, flush_bytes // frame_size)
     looped = source * (per_flush // (len(source) // frame_size) + 2)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     n, start = 0, time.monotonic()
@@ -169,7 +175,7 @@ def main() -> None:
                         log = logs[(m, dp)] = []
                         path = run_dir / f"start_2026-11-23T00:00:00Z.dp_{dp}.bpp_2.module_{m}.seqno_0.pff"
                         threads.append(threading.Thread(target=hashpipe, args=(path, source, frame_size, rate,
-                                                                                args.seconds, log)))
+                                                                                args.seconds, log, FLUSH_BYTES[dp])))
                 cpu0 = {p.pid: cpu_seconds(p.pid) for p in processes}
                 t0, t0_ns = time.monotonic(), time.time_ns()
                 for t in threads:
@@ -184,7 +190,7 @@ def main() -> None:
                     if rows >= written:
                         break
                 elapsed = time.monotonic() - t0
-                cpu = {p.pid: (cpu_seconds(p.pid) - cpu0[p.pid]) / elapsed for p in processes}
+                used = {p.pid: cpu_seconds(p.pid) - cpu0[p.pid] for p in processes}
                 caller.kill(writer_name, request_id)
                 final = caller.wait(request_id, [writer_name], 30).finals[writer_name]
                 done.set()
@@ -243,7 +249,11 @@ def main() -> None:
         lag = percentiles(lags) if in_file == written else "not measurable: rows are matched by count"
         print(f"| latency write -> row visible to a SWMR reader (20 ms polls), {key}: p50 / p99 / max | {lag} |")
     print(f"| flushes whose rows a reader never saw | {never_seen} |")
-    print(f"| CPU agent / writer | {cpu[processes[0].pid]:.0%} / {cpu[processes[1].pid]:.0%} of one core |")
+    agent_cpu, writer_cpu = used[processes[0].pid], used[processes[1].pid]
+    print(f"| CPU agent / writer, from the first write until the file holds every frame (or 30 s after the last "
+          f"write) | {agent_cpu / elapsed:.0%} / {writer_cpu / elapsed:.0%} of one core over {elapsed:.1f} s |")
+    print(f"| CPU seconds per million frames written, agent / writer | {agent_cpu / written * 1e6:.1f} / "
+          f"{writer_cpu / written * 1e6:.1f} |")
     print(f"| raw: file read | {raw_read:,.0f} img16 frames/s |")
     print(f"| raw: ZMQ PUB/SUB loopback, 1000-frame messages | {raw_zmq:,.0f} frames/s |")
     print(f"| raw: h5py batched append, bitshuffle_lz4 | {raw_h5:,.0f} frames/s |")
