@@ -47,9 +47,9 @@ from std_daq_service.writer.output_paths import part_path
 log = logging.getLogger(__name__)
 
 FLUSH_FRAMES = 4096
+"""Frames queued per stream that are appended at once (a multiple of every data product's chunk)."""
 FLUSH_PERIOD_S = 1 / 3
 """How often a job calls `flush()`: a frame reaches readers within two periods, 0.67 s (a partial chunk waits one)."""
-"""Frames queued per stream that are appended at once (a multiple of every data product's chunk)."""
 
 
 def compression_options(name: str) -> dict[str, Any]:
@@ -248,6 +248,13 @@ class H5Recording(Lifecycle):
         if stream.pending_frames >= FLUSH_FRAMES:
             self._write(key, stream, everything=False)
         return n
+
+    def prepare(self, source: str, batch: FrameBatch) -> None:
+        """Create the datasets of a batch's stream before its first rows: a stream known to be flowing then never
+        starts a new part by arriving after the file opened for readers."""
+        key = (batch.module_id, batch.dp)
+        if key not in self.streams:
+            self._new_stream(key, source, batch)
 
     def _new_stream(self, key: tuple[int, str], source: str, batch: FrameBatch) -> _Stream:
         shape = StreamShape(module_id=key[0], dp=key[1], source=source, origin=batch.origin,

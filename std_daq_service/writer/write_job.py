@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 Pair = tuple[int, str]
 _SETTLE_S = 0.5
 _END_GRACE_S = 1.0
+_FLOWING_S = 2.0
+"""A stream whose last message came within this is flowing: a write gives the file its datasets at once."""
 MAX_BACKLOG_BYTES = 256 << 20
 """Default bytes of frames received but not yet written, per write; beyond, new frames are dropped and counted."""
 
@@ -211,6 +213,7 @@ class WriteJob:
                 past = [b for b in past if self.selection.matches(b) and _decodes(b)]
                 self._replay_past(past)
                 self._use_past(past)
+            self._prepare_streams(past)
             last_flush = time.monotonic()
             while True:
                 if self.ctx.cancelled.is_set():
@@ -225,8 +228,8 @@ class WriteJob:
                 self._check_silence()
                 try:
                     self._take(self._next(0.1))
-                    while not self.incoming.empty():
-                        self._take(self._next(None))
+                    while not self.incoming.empty() and time.monotonic() - last_flush < FLUSH_PERIOD_S:
+                        self._take(self._next(None))  # a backlog never holds the flush back
                 except queue.Empty:
                     pass
                 if time.monotonic() - last_flush >= FLUSH_PERIOD_S:
@@ -239,6 +242,17 @@ class WriteJob:
             if self.dropped_frames:
                 self.warnings.append(f"the file could not keep up with the stream: {self.dropped_frames} frames "
                                      "were dropped (seq gaps in the file)")
+
+    def _prepare_streams(self, past: list[ReceivedBatch]) -> None:
+        """Give the file every selected stream that is flowing now (in the ring buffer's last `_FLOWING_S`) before
+        the first rows arrive, so streams whose frames come a little later (pulse heights in small bursts) are in
+        the first file instead of each starting a new part after it opened for readers."""
+        flowing = time.monotonic() - _FLOWING_S
+        newest = {received.key: received for received in past
+                  if received.arrival_monotonic >= flowing and self.selection.matches(received)}
+        for received in newest.values():
+            if _decodes(received):
+                self.recording.prepare(received.agent, received.batch)
 
     def _replay_past(self, past: list[ReceivedBatch]) -> None:
         """Record what the window holds from before the ring buffer, replayed from the agents' files."""

@@ -144,7 +144,8 @@ def test_kill_closes_the_file_marked_incomplete_and_open_ended_writes_end_comple
     name = system.writer.service_name
     for output_file, fields, complete in (("killed.h5", {"n_images": 10**8}, False), ("open.h5", {}, True)):
         request_id = caller.publish(name, WriteRequest(output_file=output_file, **fields))
-        wait_until(lambda rid=request_id: any(s.action == "request_progress" and s.result["streams"].get("1/img16")
+        wait_until(lambda rid=request_id: any(s.action == "request_progress"
+                                              and s.result["streams"].get("1/img16", {}).get("frames")
                                               for s in caller.wait(rid, [name], 0.2).history), 15,
                    message="progress with recorded img16 frames")
         caller.kill(name, request_id)

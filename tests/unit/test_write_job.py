@@ -3,6 +3,7 @@ that falls behind its streams drops new frames, counts them and says so, instead
 
 from __future__ import annotations
 
+import threading
 import time
 
 import h5py
@@ -22,13 +23,13 @@ from std_daq_service.writer.write_job import Selection, WriteJob
 AGENT = "a.b.hp_io_agent"
 
 
-def messages(n: int, per_message: int = 100) -> list[ReceivedBatch]:
+def messages(n: int, per_message: int = 100, module_id: int = 1) -> list[ReceivedBatch]:
     with PffReader(SAMPLE_IMG16) as reader:
         block = reader.block(0, per_message)
     out = []
     for i in range(n):
         seq = block.frame_numbers + i * per_message
-        parts = encode_frames(source=AGENT, origin="file", module_id=1, dp="img16", shape=(32, 32),
+        parts = encode_frames(source=AGENT, origin="file", module_id=module_id, dp="img16", shape=(32, 32),
                               run="obs_x", file=SAMPLE_IMG16.name, seqno=0, frame_number=seq, seq=seq,
                               wr_timestamp_ns=block.wr_timestamp_ns, host_timestamp_ns=block.host_timestamp_ns,
                               pff_fields=block.fields, image_bytes=block.image_bytes)
@@ -37,9 +38,12 @@ def messages(n: int, per_message: int = 100) -> list[ReceivedBatch]:
     return out
 
 
-def job(tmp_path, request: WriteRequest, name: str = "x.h5", **options) -> WriteJob:
+def job(tmp_path, request: WriteRequest, name: str = "x.h5", past: tuple[ReceivedBatch, ...] = (),
+        **options) -> WriteJob:
     receiver = StreamReceiver("a.b.writer", [AgentStream(name=AGENT, data="tcp://127.0.0.1:1")],
                               RingBuffer(10, 1 << 30))
+    for received in past:
+        receiver.ring.add(received)
     ctx = RequestContext("r1", request, "a.b.writer", publish=lambda status: None)
     selection = Selection(frozenset({AGENT}), frozenset(request.module_ids), frozenset(request.data_products))
     recording = H5Recording(tmp_path / name, "none", {}, overwrite=request.overwrite)
@@ -57,6 +61,27 @@ def test_a_write_behind_its_streams_drops_counts_and_warns(tmp_path):
     assert result["frames"] == 300 and result["end_reason"] == "300 frames per stream recorded"
     assert result["warnings"] == ["the file could not keep up with the stream: 300 frames were dropped (seq gaps "
                                   "in the file)"]
+
+
+def test_streams_flowing_when_a_write_starts_are_in_its_first_file_however_late_their_frames_come(tmp_path):
+    """Pulse heights come in small bursts, images in 1 MiB ones: a stream whose first frames reach the write after
+    the file opened for readers would start a new part, unless the write gave it its datasets at the start."""
+    request = WriteRequest(output_file="x.h5", n_images=100, module_ids=[1, 2], data_products=["img16"])
+    writing = job(tmp_path, request, past=(messages(1, module_id=1)[0], messages(1, module_id=2)[0]))
+    thread = threading.Thread(target=lambda: results.append(writing.run()))
+    results: list[dict] = []
+    writing.offer(messages(1, module_id=1)[0])
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (writing.recording.current and writing.recording.current.swmr) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writing.recording.current.swmr, "the file opened for readers with module 1's frames in it"
+    writing.offer(messages(1, module_id=2)[0])
+    thread.join(30)
+    assert results and results[0]["frames"] == 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"], "one file, no parts"
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert f["module_1/img16/data"].shape[0] == f["module_2/img16/data"].shape[0] == 100
 
 
 def test_a_recording_is_written_as_part_and_committed_under_its_name(tmp_path):
