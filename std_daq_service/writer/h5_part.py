@@ -66,10 +66,30 @@ def strings(values: list[str]) -> np.ndarray:
     return np.array(values, dtype=h5py.string_dtype())
 
 
-def set_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
-    """Attributes as stored: dicts and lists as JSON, the rest (numbers, strings, arrays) as they are."""
+def set_attrs(obj: h5py.HLObject, attrs: dict[str, Any], written: dict[str, Any] | None = None) -> None:
+    """Attributes as stored: dicts and lists as JSON, the rest (numbers, strings, arrays) as they are.
+
+    With `written` (what this call last wrote on `obj`, kept by the caller), only attributes whose values changed are
+    written: each write of an attribute is several metadata operations, and a live file's are written every flush.
+    """
     for key, value in attrs.items():
-        obj.attrs[key] = json.dumps(value) if isinstance(value, dict | list) else value
+        stored = json.dumps(value) if isinstance(value, dict | list) else value
+        if written is not None:
+            seen = stored.tolist() if isinstance(stored, np.ndarray) else stored
+            if key in written and written[key] == seen:
+                continue
+            written[key] = seen
+        obj.attrs[key] = stored
+
+
+def append_rows(dataset: h5py.Dataset, start: int, values: np.ndarray) -> None:
+    """Extend `dataset` to `start + len(values)` rows and write `values` there, through h5py's low-level calls (half
+    the cost of `resize` and a slice assignment, which matters for the many small per-frame datasets)."""
+    dataset_id = dataset.id
+    dataset_id.set_extent((start + len(values), *values.shape[1:]))
+    space = dataset_id.get_space()
+    space.select_hyperslab((start, *(0,) * (values.ndim - 1)), values.shape)
+    dataset_id.write(h5py.h5s.create_simple(values.shape), space, np.ascontiguousarray(values))
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,8 @@ class PartStream:
     queued_rows: int = 0
     tail: np.ndarray | None = None
     """With a codec: the rows of `data`'s last chunk while it is partial, to write it whole again when it grows."""
+    attrs_written: dict[str, Any] = field(default_factory=dict)
+    """The group attributes as last published (`set_attrs`)."""
 
     def group_attrs(self) -> dict[str, Any]:
         return {"n_frames": self.rows, "missing_frames": self.missing,
@@ -196,12 +218,14 @@ class H5Part(Lifecycle):
         self.attrs = attrs
         self.file: h5py.File | None = None
         self.streams: dict[tuple[int, str], PartStream] = {}
+        self._attrs_written: dict[str, Any] = {}
+        """The root attributes as last published (`set_attrs`)."""
         self.bytes = 0
         """Bytes of the rows appended, before compression."""
         self.committed = False
 
     def _open(self) -> None:
-        self.streams, self.bytes, self.committed = {}, 0, False
+        self.streams, self.bytes, self.committed, self._attrs_written = {}, 0, False, {}
         self._compressing.clear()
         self.file = self._create()
         self.file.attrs.update({"NX_class": "NXroot", "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -267,9 +291,10 @@ class H5Part(Lifecycle):
         data = stream.datasets["data"]
         if self.codec is not None:
             self._compress(stream, columns["data"], start)
-        data.resize(start + n, axis=0)
         if self.codec is None:
-            data[start:] = np.concatenate(columns["data"])
+            append_rows(data, start, np.concatenate(columns["data"]))
+        else:
+            data.id.set_extent((start + n, *stream.shape.image_shape))
         stream.queued.append(({name: columns[name] for name in PER_FRAME}, headers))
         stream.queued_rows += n
         if stream.queued_rows >= QUEUED_ROWS:
@@ -310,8 +335,7 @@ class H5Part(Lifecycle):
         for group, datasets in ((0, stream.datasets), (1, stream.fields)):
             for name, dataset in datasets.items():
                 if name != "data":
-                    dataset.resize(rows, axis=0)
-                    dataset[start:] = np.concatenate([q[group][name] for q in stream.queued])
+                    append_rows(dataset, start, np.concatenate([q[group][name] for q in stream.queued]))
         stream.queued, stream.queued_rows = [], 0
 
     def _write_chunks(self, count: int | None = None) -> None:
@@ -345,13 +369,13 @@ class H5Part(Lifecycle):
         for stream in self.streams.values():
             self._publish_stream(stream)
         first, last = self.time_span()
-        set_attrs(self.file, {"first_timestamp_ns": first, "last_timestamp_ns": last, **attrs})
+        set_attrs(self.file, {"first_timestamp_ns": first, "last_timestamp_ns": last, **attrs}, self._attrs_written)
         self.file.flush()
 
     def _publish_stream(self, stream: PartStream) -> None:
         attrs = stream.group_attrs()
         stream.counts[()] = np.array(tuple(attrs[name] for name in COUNTS_DTYPE.names), dtype=COUNTS_DTYPE)
-        set_attrs(stream.group, attrs)
+        set_attrs(stream.group, attrs, stream.attrs_written)
 
     def close_as(self, path: Path, attrs: dict[str, Any], overwrite: bool) -> Path:
         """Publish, write the closing attributes, close, and rename the file to `path` (replacing a file there
