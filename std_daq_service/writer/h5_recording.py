@@ -17,7 +17,8 @@ Files: with neither `max_frames_per_file` nor `max_file_size_mb` the recording i
 it is parts `<stem>_part0001<suffix>`, `..._part0002...` beside `path`, and `path` is an index file whose
 datasets are virtual: each stream's rows of every part, as one stack. A stream that first appears after the file
 went into SWMR mode (no dataset can be added then; that is at the first flush that finds no new stream, about
-1 s after the first frames) starts the next part, so a one-file recording becomes parts too.
+1 s after the first frames; a write creates the streams flowing at its start at once, `prepare`) starts the next
+part, so a one-file recording becomes parts too.
 Each file is written as `<name>.<writer tag>.part` and renamed when closed: a crash leaves whole parts and one `.part`.
 
 Flushing: frames are appended in whole chunks of `data`; a partial chunk waits at most one `flush()` (the jobs call
