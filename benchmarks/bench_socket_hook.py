@@ -9,7 +9,8 @@ in Hashpipe's snapshot format (478-byte text, as snapshot.c writes it; `--format
 489), `--sends-per-second` sends (rate/sends frames each), logging the time of each send. The agent
 (subprocess, config in Redis, socket_hook on) publishes them; a separate process holds N SUB sockets
 plus one stuck subscriber that never reads, and records per subscriber the frames received and seq gaps,
-and for the first the arrival time of each message (latency = arrival - send time of its last frame).
+and for the first the arrival time of each message (latency = arrival - send time of its last frame, and of its first
+frame: what the frames gathered longest in one message waited).
 Same-run reference: the CPU of a minimal relay (one Python process: receive from the Unix socket, one ZMQ message
 per receive) fed the same sends. Needs Redis and RabbitMQ.
 """
@@ -83,7 +84,7 @@ def subscribers(endpoint: str, n: int, ready, done, results) -> None:
             next_seq[i] = seq[-1] + 1
             frames[i] += len(seq)
             if i == 0:
-                arrivals.append((seq[-1], time.time_ns()))
+                arrivals.append((seq[0], seq[-1], time.time_ns()))
     results.put((frames, gaps, arrivals))
     for sock in [*socks, stuck]:
         sock.close(0)
@@ -200,12 +201,13 @@ def main() -> None:
     rounds = (status1.get("work") or {}).get("loop_rounds", 0) - (status0.get("work") or {}).get("loop_rounds", 0)
     sent_at = dict(sender_log)
     last_seqs = np.array(sorted(sent_at))
-    latencies = []
-    for seq_last, arrival in arrivals:
-        index = np.searchsorted(last_seqs, seq_last)  # the send that completed this frame
-        if index < len(last_seqs):
-            latencies.append((arrival - sent_at[int(last_seqs[index])]) / 1e6)
-    lat = np.array(latencies)
+    latencies, first_latencies = [], []
+    for seq_first, seq_last, arrival in arrivals:
+        first, last = np.searchsorted(last_seqs, [seq_first, seq_last])  # the sends that completed these frames
+        if last < len(last_seqs):
+            latencies.append((arrival - sent_at[int(last_seqs[last])]) / 1e6)
+            first_latencies.append((arrival - sent_at[int(last_seqs[first])]) / 1e6)
+    lat, first_lat = np.array(latencies), np.array(first_latencies)
     print(f"socket hook, img16 ({args.format} headers), {args.rate_hz:g} frames/s offered for {args.seconds:g} s, "
           f"{args.subscribers} subscribers + 1 stuck")
     print("| measure | value |")
@@ -216,6 +218,8 @@ def main() -> None:
     print(f"| seq gaps per subscriber (max) | {max(gaps)} |")
     print(f"| latency send to receive p50 / p99 / max | {np.percentile(lat, 50):.2f} / "
           f"{np.percentile(lat, 99):.2f} / {lat.max():.2f} ms |")
+    print(f"| latency of each message's first frame p50 / p99 / max | {np.percentile(first_lat, 50):.2f} / "
+          f"{np.percentile(first_lat, 99):.2f} / {first_lat.max():.2f} ms |")
     print(f"| agent CPU | {cpu / send_time:.1%} of one core |")
     print(f"| agent: messages / loop rounds per second | {messages / send_time:,.0f} / {rounds / send_time:,.0f} |")
     if reference is not None:

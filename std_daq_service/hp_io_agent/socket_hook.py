@@ -9,7 +9,11 @@ follows directly, so a record is only taken when it is whole (its own header and
 next record's start); a torn record is dropped, counted, and shows as a `seq` gap of its
 module's stream. A last record whose end could be the start of the next one waits for more
 bytes, at most `_SETTLE_S`. Blocks of whole frames go to a queue that the tracker thread drains
-(the ZMQ sockets belong to that thread).
+(the ZMQ sockets belong to that thread), which is notified once per round of receives.
+
+A round's cost (wake-up, parse, publish) hardly depends on how many records it takes, so after a
+small receive records gather before the next round: `_GATHER_S`, or `_GATHER_LONG_S` after a
+round that took few records (low rates, where that fixed cost is most of the CPU).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,10 @@ _SETTLE_S = 0.02
 """How long a complete last record whose end could begin another waits for more bytes."""
 _GATHER_S = 0.002
 """After a small receive, records gather this long before the next: parsing costs per receive, not per record."""
+_GATHER_LONG_S = 0.004
+"""The gather after a round that took fewer than `_FEW_RECORDS` records. It is longer than the tracker's
+pause after publishing (2 ms), so the tracker is ready when the round's frames come."""
+_FEW_RECORDS = 8
 _SMALL_BYTES = 1 << 16
 
 
@@ -53,12 +61,13 @@ class SocketBlock:
     block: FrameBlock
 
 
-@dataclass
+@dataclass(eq=False)
 class _Connection:
     dp: DataProduct
     scanner: FrameScanner
     order: int
-    buffer: bytearray = field(default_factory=bytearray)
+    buffer: bytes = b""
+    """Received bytes not decided yet (immutable: queued blocks are views of them)."""
     waiting_since: float | None = None
 
 
@@ -101,6 +110,7 @@ class SocketHook(Lifecycle):
         self._next_seq: dict[tuple[int, str], int] = {}
         self._module_prefixes: dict[str, set[bytes]] = {dp: set() for dp in DATA_PRODUCTS}
         self._accepted = 0
+        self._waiting: set[_Connection] = set()
         self._listeners: list[socket.socket] = []
         self._selector: selectors.BaseSelector | None = None
         self._wake_w: socket.socket | None = None
@@ -147,6 +157,7 @@ class SocketHook(Lifecycle):
                 key.fileobj.close()  # the listeners, the connections and the wake socket
             self._selector.close()
             self._selector = None
+        self._waiting.clear()
         if self._wake_w is not None:
             self._wake_w.close()
             self._wake_w = None
@@ -165,14 +176,12 @@ class SocketHook(Lifecycle):
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            waiting = [k.data for k in self._selector.get_map().values()
-                       if isinstance(k.data, _Connection) and k.data.waiting_since is not None]
-            events = self._selector.select(_SETTLE_S if waiting else None)
+            events = self._selector.select(_SETTLE_S if self._waiting else None)
             now = time.monotonic()
-            for connection in waiting:
-                if connection.waiting_since is not None and now - connection.waiting_since >= _SETTLE_S:
-                    if self._parse(connection, final=True):
-                        self.notify()
+            frames, changed = self.counters.frames, False
+            for connection in list(self._waiting):
+                if now - connection.waiting_since >= _SETTLE_S:
+                    self._parse(connection, final=True)
             received = 0
             # older connections first: a connection Hashpipe closed is finished before its new one is read
             for key, _ in sorted(events, key=lambda e: getattr(e[0].data, "order", -1)):
@@ -183,11 +192,16 @@ class SocketHook(Lifecycle):
                     if sock in self._listeners:
                         self._accept(sock, key.data)
                     else:
-                        received += self._receive(sock, key.data)
+                        nbytes = self._receive(sock, key.data)
+                        received += max(nbytes, 0)
+                        changed = changed or nbytes < 0
                 except Exception:  # a bug must not close the hook for every connection: say it, go on
                     log.exception("socket hook error on %s; going on", key.data)
+            taken = self.counters.frames - frames
+            if taken or changed:
+                self.notify()
             if 0 < received < _SMALL_BYTES:
-                stop.wait(_GATHER_S)
+                stop.wait(_GATHER_LONG_S if taken < _FEW_RECORDS else _GATHER_S)
 
     def _accept(self, listener: socket.socket, dp: DataProduct) -> None:
         try:
@@ -202,7 +216,7 @@ class SocketHook(Lifecycle):
         log.info("Hashpipe connected to the %s socket", dp.name)
 
     def _receive(self, sock: socket.socket, connection: _Connection) -> int:
-        """Take what the connection sent; return how many bytes."""
+        """Take what the connection sent; return how many bytes (-1: the connection closed)."""
         try:
             data = sock.recv(_RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -213,38 +227,39 @@ class SocketHook(Lifecycle):
         if not data:
             self._parse(connection, final=True)
             if connection.buffer:
-                torn = connection.scanner.torn_prefixes(np.frombuffer(bytes(connection.buffer), dtype=np.uint8))
+                torn = connection.scanner.torn_prefixes(np.frombuffer(connection.buffer, dtype=np.uint8))
                 self._lose(connection, len(connection.buffer), max(1, len(torn)), torn)
                 log.warning("%s socket closed with %d bytes of a torn record", connection.dp.name,
                             len(connection.buffer))
+            self._waiting.discard(connection)
             self._selector.unregister(sock)
             sock.close()
             self.counters.connections -= 1
-            self.notify()
-            return 0
-        connection.buffer += data
-        if self._parse(connection):
-            self.notify()
+            return -1
+        connection.buffer = connection.buffer + data if connection.buffer else data
+        self._parse(connection)
         return len(data)
 
-    def _parse(self, connection: _Connection, final: bool = False) -> bool:
-        """Queue every whole record of the buffer; keep an undecided tail. True if any were queued."""
-        buffer = np.frombuffer(bytes(connection.buffer), dtype=np.uint8)  # a copy: blocks may keep views of it
-        position, queued = 0, False
+    def _parse(self, connection: _Connection, final: bool = False) -> None:
+        """Queue every whole record of the buffer; keep an undecided tail."""
+        buffer = np.frombuffer(connection.buffer, dtype=np.uint8)
+        position = 0
         while position < len(buffer):
             step = connection.scanner.step(buffer[position:], final=final)
             if step.skipped:
                 self._lose(connection, step.skipped, step.lost_frames, step.torn_prefixes)
             if step.block is not None:
                 self._queue(connection.dp, step.block, step.prefixes)
-                queued = True
             position += step.end
             if step.end == 0:
                 break
-        del connection.buffer[:position]
-        whole_record = len(connection.buffer) >= _PREFIX + connection.scanner.frame_size
-        connection.waiting_since = (connection.waiting_since or time.monotonic()) if whole_record else None
-        return queued
+        connection.buffer = connection.buffer[position:]
+        if len(connection.buffer) >= _PREFIX + connection.scanner.frame_size:  # a whole record, undecided
+            connection.waiting_since = connection.waiting_since or time.monotonic()
+            self._waiting.add(connection)
+        else:
+            connection.waiting_since = None
+            self._waiting.discard(connection)
 
     def _lose(self, connection: _Connection, nbytes: int, frames: int, torn_prefixes: list[bytes]) -> None:
         """Count bytes that were no whole record; a torn record is a `seq` gap in its module's stream."""
@@ -261,11 +276,18 @@ class SocketHook(Lifecycle):
                     connection.dp.name, nbytes, frames, len(torn_prefixes))
 
     def _queue(self, dp: DataProduct, block: FrameBlock, prefixes: np.ndarray) -> None:
+        """Queue a block's frames per module; a block of one module (the usual case) goes as it is."""
+        if len(block) == 1 or (prefixes == prefixes[0]).all():
+            self._put(int.from_bytes(prefixes[0].tobytes(), "big"), dp, block)
+            return
         module_ids = prefixes[:, 0].astype(np.int64) << 8 | prefixes[:, 1]
         for module_id in np.unique(module_ids):
-            rows = block.raw[module_ids == module_id]
-            key = (int(module_id), dp.name)
-            first = self._next_seq.get(key, 0)
-            self._next_seq[key] = first + len(rows)
-            self.counters.frames += len(rows)
-            self.blocks.put(SocketBlock(*key, FrameBlock(dp, rows, first, block.layout)))
+            self._put(int(module_id), dp, FrameBlock(dp, block.raw[module_ids == module_id], 0, block.layout))
+
+    def _put(self, module_id: int, dp: DataProduct, block: FrameBlock) -> None:
+        """Number the block's frames in its module's stream (its `seq`) and queue it."""
+        key = (module_id, dp.name)
+        block.first_frame_number = self._next_seq.get(key, 0)
+        self._next_seq[key] = block.first_frame_number + len(block)
+        self.counters.frames += len(block)
+        self.blocks.put(SocketBlock(*key, block))

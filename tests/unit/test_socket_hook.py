@@ -185,3 +185,37 @@ def test_partial_writes_never_publish_a_torn_record_and_show_as_seq_gaps_of_its_
         numbers = [n for n, _ in frames_seq]
         assert numbers == sorted(set(numbers)) and all(before[m] <= n < seq[m] for n in numbers)
     assert {m: hook._next_seq.get((m, "img16"), 0) for m in seq} == seq, "each torn record is one seq gap"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.integers(1, 6000), max_size=30))
+def test_blocks_of_one_module_or_several_give_the_same_frames_seq_and_gaps_whatever_the_chunking(hook, chunks):
+    """A block of one module is queued as it is, one of several modules is split: the chunking decides which
+    blocks are which, and each module's frames, `seq` numbers and torn records stay the same."""
+    plan = ([(1, None)] * 5 + [(1, 300)] + [(1, None)] * 3 + [(2, None), (1, None)] * 4
+            + [(2, 1000), (1, None), (2, None), (1, 2000), (1, None)] + [(1, None)] * 4)
+    frames = {m: snapshot_records(m, len(plan)) for m in (1, 2)}
+    list(iter_queue(hook))
+    before = {m: hook._next_seq.get((m, "img16"), 0) for m in (1, 2)}
+    frames_before, torn_before = hook.counters.frames, hook.counters.torn_records
+    expected: dict[int, list[tuple[int, bytes]]] = {1: [], 2: []}
+    seq = dict(before)
+    data = b""
+    for k, (module_id, cut) in enumerate(plan):
+        record = module_id.to_bytes(2, "big") + frames[module_id][k]
+        data += record[:cut]
+        if cut is None:
+            expected[module_id].append((seq[module_id], frames[module_id][k]))
+        seq[module_id] += 1
+    send(hook, "img16", data, chunks)
+    n_whole = sum(len(v) for v in expected.values())
+    wait_until(lambda: hook.counters.frames - frames_before >= n_whole and
+               all(hook._next_seq.get((m, "img16"), 0) >= seq[m] for m in seq), 5,
+               message=f"every whole record received and every torn one counted; hook {hook._next_seq}")
+    received: dict[int, list[tuple[int, bytes]]] = {1: [], 2: []}
+    for item in iter_queue(hook):
+        for i in range(len(item.block)):
+            received[item.module_id].append((int(item.block.frame_numbers[i]), item.block.raw[i].tobytes()))
+    assert received == expected
+    assert hook.counters.torn_records - torn_before == 3
+    assert {m: hook._next_seq.get((m, "img16"), 0) for m in seq} == seq
