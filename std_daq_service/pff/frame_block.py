@@ -109,17 +109,19 @@ class FrameBlock:
         missing (zeroed).
         """
         f = self.fields
-        missing = np.zeros(len(self), dtype=np.int64)
         if not self.header_layout.is_module_image:
-            return {name: f.get(name, missing) for name in QUABO_FIELDS}
+            return {name: f[name] if name in f else np.zeros(len(self), dtype=np.int64) for name in QUABO_FIELDS}
         if len(self) <= SMALL_BLOCK_ROWS:
-            which = [next((q for q, tv_sec in enumerate(row) if tv_sec), 0) for row in f["tv_sec"].tolist()]
-            return {name: np.array([row[q] for row, q in zip(f[name].tolist(), which, strict=True)], dtype=np.int64)
-                    if name in f else missing for name in QUABO_FIELDS}
+            which = {next((q for q, tv_sec in enumerate(row) if tv_sec), 0) for row in f["tv_sec"].tolist()}
+            if len(which) == 1:  # one quabo times all frames (as good as always): its columns
+                q = which.pop()
+                return {name: f[name][:, q] if name in f else np.zeros(len(self), dtype=np.int64)
+                        for name in QUABO_FIELDS}
         present = f["tv_sec"] != 0
         which = np.where(present.any(axis=1), present.argmax(axis=1), 0)
         rows = np.arange(len(self))
-        return {name: f[name][rows, which] if name in f else missing for name in QUABO_FIELDS}
+        return {name: f[name][rows, which] if name in f else np.zeros(len(self), dtype=np.int64)
+                for name in QUABO_FIELDS}
 
     @cached_property
     def wr_timestamp_ns(self) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Literal
 
 import numpy as np
@@ -18,6 +19,8 @@ _NSEC_MAX = 999_999_999
 SMALL_BLOCK_ROWS = 8
 """Blocks of at most this many frames are handled row by row in plain Python, with results byte-identical to the
 vectorised path, whose fixed cost per call dominates for a frame or a few (single-frame writes at 1 kHz)."""
+_ALL_VALID = np.ones(SMALL_BLOCK_ROWS, dtype=bool)
+_ALL_VALID.flags.writeable = False
 _EXACT_DIGITS = 15
 """Widest number field the vectorised decoding (float64 sums) reads exactly; the row-by-row path reads no wider."""
 
@@ -182,23 +185,24 @@ class HeaderLayout:
             rows, quabos = columns.setdefault(span.name, ([], []))
             rows.append(row)
             quabos.append(span.quabo)
-        self._columns = {name: (rows[0], _as_slice(rows), quabos) for name, (rows, quabos) in columns.items()}
-        # Row by row: the fixed text literally, each number field as a group of its width (digits and spaces).
-        text, numbers, pos = [], [], 0
-        for span in self.spans:
-            fixed = re.escape(example[pos : span.start])
-            text.append(fixed + b"(?s:.{%d})" % (span.stop - span.start))
-            numbers.append(fixed + b"([0-9 ]{%d})" % (span.stop - span.start))
-            pos = span.stop
-        self._text_pattern = re.compile(b"".join(text) + re.escape(example[pos:]))
-        self._numbers_pattern = re.compile(b"".join(numbers) + re.escape(example[pos:]))
-        self._row_decoding = width <= _EXACT_DIGITS
+        self._columns: dict[str, tuple[int | slice | np.ndarray, list[int | None] | None]] = {}
+        """Field name to its columns among the numbers (an int: one column, shape (N,)), and the quabos they
+        belong to where a header lacks some (None: all, or no quabos)."""
+        for name, (rows, quabos) in columns.items():
+            index = rows[0] if quabos[0] is None else _as_slice(rows)
+            self._columns[name] = (index, None if quabos[0] is None or quabos == list(range(N_QUABOS)) else quabos)
+        # Row by row: slices cut a header's bytes into the text between the numbers, and into the numbers.
+        bounds = [0, *(bound for span in self.spans for bound in (span.start, span.stop)), self.size]
+        self._cut_text = itemgetter(*(slice(start, stop) for start, stop in zip(bounds[::2], bounds[1::2])))
+        self._text = self._cut_text(example)
+        self._cut_numbers = itemgetter(*(slice(span.start, span.stop) for span in self.spans))
+        self._row_decoding = width <= _EXACT_DIGITS and len(self.spans) > 1  # (itemgetter of one: no tuple)
 
     def matches_text(self, headers: np.ndarray) -> np.ndarray:
         """Bool per row of `headers` (N, size): is all text outside the number fields as in the example."""
         if len(headers) <= SMALL_BLOCK_ROWS:
-            data, size, match = headers.tobytes(), self.size, self._text_pattern.fullmatch
-            return np.array([match(data, i, i + size) is not None for i in range(0, len(data), size)], dtype=bool)
+            data, size, cut, text = headers.tobytes(), self.size, self._cut_text, self._text
+            return np.array([cut(data[i : i + size]) == text for i in range(0, len(data), size)], dtype=bool)
         if self.size % 4 == 0 and headers.strides[1] == 1 and headers.strides[0] % 4 == 0:
             words = headers.view(np.uint32)
         else:
@@ -215,9 +219,9 @@ class HeaderLayout:
             shape (N, 4) per quabo field for module image headers; and a bool per row that is
             False where a number field holds anything but digits and padding spaces.
         """
-        values = self._decode_rows(headers) if len(headers) <= SMALL_BLOCK_ROWS else None
+        values = self._decode_rows(headers) if 0 < len(headers) <= SMALL_BLOCK_ROWS else None
         if values is not None:
-            return self._split_columns(values), np.ones(len(values), dtype=bool)
+            return self._split_columns(values), _ALL_VALID[: len(values)]
         gathered = headers[:, self._index]
         digits = gathered - np.uint8(48)
         digits[(gathered == 32) | self._padding] = 0
@@ -227,28 +231,23 @@ class HeaderLayout:
         return self._split_columns(values), ok
 
     def _decode_rows(self, headers: np.ndarray) -> np.ndarray | None:
-        """The numbers of a few headers, (N, fields) int64, read row by row; None unless every header has the
-        example's text and only digits and spaces in its number fields (the vectorised path decides then)."""
+        """The numbers of a few headers, (N, fields) int64, read row by row; None unless every number field
+        holds only digits and spaces (the vectorised path decides then). A space counts as a 0 in both."""
         if not self._row_decoding:
             return None
-        data, size, match = headers.tobytes(), self.size, self._numbers_pattern.fullmatch
-        rows = []
-        for i in range(0, len(data), size):
-            found = match(data, i, i + size)
-            if found is None:
-                return None
-            rows.append([int(number.replace(b" ", b"0")) for number in found.groups()])
-        return np.array(rows, dtype=np.int64).reshape(len(rows), len(self.spans))
+        data, size, cut = headers.tobytes(), self.size, self._cut_numbers
+        numbers = b",".join(b",".join(cut(data[i : i + size])) for i in range(0, len(data), size)).replace(b" ", b"0")
+        if numbers.translate(None, b"0123456789,"):
+            return None
+        return np.fromstring(numbers, dtype=np.int64, sep=",").reshape(len(headers), len(self.spans))
 
     def _split_columns(self, values: np.ndarray) -> dict[str, np.ndarray]:
         """Field name to its column(s) of the decoded numbers (N, fields)."""
         out = {}
-        for name, (first, rows, quabos) in self._columns.items():
-            if quabos[0] is None:
-                out[name] = values[:, first]
-            elif quabos == list(range(N_QUABOS)):
-                out[name] = values[:, rows]
+        for name, (index, quabos) in self._columns.items():
+            if quabos is None:
+                out[name] = values[:, index]
             else:  # a header without some quabos: those columns stay zero
                 out[name] = np.zeros((len(values), N_QUABOS), dtype=np.int64)
-                out[name][:, quabos] = values[:, rows]
+                out[name][:, quabos] = values[:, index]
         return out

@@ -16,10 +16,14 @@ _SHIFT_S = {0: 0, 1: -1, 1023: 1}
 ticked to the next second; 1023, WR did. Any other difference: the clocks disagree, WR time is invalid."""
 
 
-def _few_int64(*values) -> bool:
+_INT64 = np.dtype(np.int64)
+
+
+def _few_int64(first, *others) -> bool:
     """Are these equally long int64 vectors of a small block (computed row by row in plain Python)?"""
-    return all(type(v) is np.ndarray and v.dtype == np.int64 and v.shape == values[0].shape for v in values) and (
-        values[0].ndim == 1 and len(values[0]) <= SMALL_BLOCK_ROWS)
+    return (type(first) is np.ndarray and first.dtype is _INT64 and first.ndim == 1
+            and len(first) <= SMALL_BLOCK_ROWS
+            and all(type(v) is np.ndarray and v.dtype is _INT64 and v.shape == first.shape for v in others))
 
 
 def _int64_or_none(values: list[int]) -> np.ndarray | None:

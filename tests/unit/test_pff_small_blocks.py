@@ -8,6 +8,8 @@ must reject in the numbers, in the fixed text or in the marker).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1, SAMPLE_PH256_M3
@@ -15,7 +17,7 @@ from helpers.hashpipe import header_text, quabo_fields
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from std_daq_service.pff import FrameBlock, HeaderLayout, data_product, host_unix_ns, wr_unix_ns
+from std_daq_service.pff import FrameBlock, HeaderLayout, data_product, format_header, host_unix_ns, wr_unix_ns
 from std_daq_service.pff.header import SMALL_BLOCK_ROWS
 from std_daq_service.protocol import encode_frames
 
@@ -41,6 +43,18 @@ def _made(dp: str, style: str = "file") -> list[bytes]:
     return [header_text(dp, f, style) + image for f in fields]
 
 
+def _three_quabos() -> list[bytes]:
+    """img16 frames whose headers lack quabo_2 (its columns read as zeros)."""
+    return [re.sub(rb',\s*"quabo_2": \{[^}]*\}', b"", row) for row in _made("img16")]
+
+
+def _quabo_0_zeroed() -> list[bytes]:
+    """img16 frames, every other one with quabo_0 zeroed (quabo_1 times it): blocks timed by two quabos."""
+    image = bytes(data_product("img16").image_size)
+    fields = [quabo_fields(T0 + k * 10**9 // 7, k) for k in range(6)]
+    return [format_header({f"quabo_{q}": f for q in range(k % 2, 4)}) + image for k, f in enumerate(fields)]
+
+
 IMG16 = _rows(SAMPLE_IMG16, 2540)
 PH256 = _rows(SAMPLE_PH256_M1, 636) + _rows(SAMPLE_PH256_M3, 636)
 SOURCES = {
@@ -49,6 +63,8 @@ SOURCES = {
     "img16 made": ("img16", _made("img16")),
     "img16 snapshot": ("img16", _made("img16", "snapshot")),
     "img16 early": ("img16", _made("img16", "early")),
+    "img16 three quabos": ("img16", _three_quabos()),
+    "img16 quabo_0 zeroed": ("img16", _quabo_0_zeroed()),
     "ph256 made": ("ph256", _made("ph256")),
 }
 ODD_BYTES = b"0123456789 -x\n*{}\""
