@@ -112,9 +112,9 @@ class FrameBlock:
         if not self.header_layout.is_module_image:
             return {name: f[name] if name in f else np.zeros(len(self), dtype=np.int64) for name in QUABO_FIELDS}
         if len(self) <= SMALL_BLOCK_ROWS:
-            which = {next((q for q, tv_sec in enumerate(row) if tv_sec), 0) for row in f["tv_sec"].tolist()}
-            if len(which) == 1:  # one quabo times all frames (as good as always): its columns
-                q = which.pop()
+            timing = {next((q for q, tv_sec in enumerate(row) if tv_sec), 0) for row in f["tv_sec"].tolist()}
+            if len(timing) == 1:  # one quabo times all frames (as good as always): its columns
+                q = timing.pop()
                 return {name: f[name][:, q] if name in f else np.zeros(len(self), dtype=np.int64)
                         for name in QUABO_FIELDS}
         present = f["tv_sec"] != 0

@@ -139,8 +139,8 @@ class HeaderLayout:
     Built from one example header. `matches_text` checks that other headers have the same text
     outside the number fields; `decode` reads the numbers without JSON (several times faster than
     `json.loads` per frame) and flags number fields that hold anything but digits and spaces.
-    Both work on whole arrays of headers, and row by row (a regular expression of the example) for
-    up to `SMALL_BLOCK_ROWS` headers.
+    Both work on whole arrays of headers, and row by row (on bytes, cut by slices) for up to
+    `SMALL_BLOCK_ROWS` headers, with the same results.
     """
 
     def __init__(self, example: bytes):
@@ -185,15 +185,16 @@ class HeaderLayout:
             rows, quabos = columns.setdefault(span.name, ([], []))
             rows.append(row)
             quabos.append(span.quabo)
-        self._columns: dict[str, tuple[int | slice | np.ndarray, list[int | None] | None]] = {}
+        self._columns: dict[str, tuple[int | slice | np.ndarray, list[int] | None]] = {}
         """Field name to its columns among the numbers (an int: one column, shape (N,)), and the quabos they
         belong to where a header lacks some (None: all, or no quabos)."""
         for name, (rows, quabos) in columns.items():
-            index = rows[0] if quabos[0] is None else _as_slice(rows)
-            self._columns[name] = (index, None if quabos[0] is None or quabos == list(range(N_QUABOS)) else quabos)
+            at: int | slice | np.ndarray = rows[0] if quabos[0] is None else _as_slice(rows)
+            whole = quabos[0] is None or quabos == list(range(N_QUABOS))
+            self._columns[name] = (at, None if whole else [q for q in quabos if q is not None])
         # Row by row: slices cut a header's bytes into the text between the numbers, and into the numbers.
         bounds = [0, *(bound for span in self.spans for bound in (span.start, span.stop)), self.size]
-        self._cut_text = itemgetter(*(slice(start, stop) for start, stop in zip(bounds[::2], bounds[1::2])))
+        self._cut_text = itemgetter(*(slice(a, b) for a, b in zip(bounds[::2], bounds[1::2], strict=True)))
         self._text = self._cut_text(example)
         self._cut_numbers = itemgetter(*(slice(span.start, span.stop) for span in self.spans))
         self._row_decoding = width <= _EXACT_DIGITS and len(self.spans) > 1  # (itemgetter of one: no tuple)

@@ -14,8 +14,6 @@ _SECOND_NS = 1_000_000_000
 _SHIFT_S = {0: 0, 1: -1, 1023: 1}
 """(host seconds - WR seconds + TAI-UTC) mod 1024 -> seconds to add to the host's: 1, the host clock already
 ticked to the next second; 1023, WR did. Any other difference: the clocks disagree, WR time is invalid."""
-
-
 _INT64 = np.dtype(np.int64)
 
 
