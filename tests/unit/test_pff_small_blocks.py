@@ -76,16 +76,20 @@ def _block(dp: str, rows: list[bytes], layout: HeaderLayout) -> FrameBlock:
 
 
 def _results(block: FrameBlock) -> dict:
-    """Everything the agent takes from a block, and the frame message it sends."""
-    n = len(block)
-    valid = block.valid_rows()
-    message = encode_frames(
-        source="s", origin="file", module_id=1, dp=block.dp.name, shape=block.dp.shape, run="r", file="f",
-        seqno=0, frame_number=block.frame_numbers, seq=block.frame_numbers + 7, wr_timestamp_ns=block.wr_timestamp_ns,
-        host_timestamp_ns=block.host_timestamp_ns, pff_fields=block.fields, image_bytes=block.image_bytes)
-    return {"valid": valid, "text": block.header_layout.matches_text(block.headers_raw),
+    """Everything the agent takes from a block."""
+    return {"valid": block.valid_rows(), "text": block.header_layout.matches_text(block.headers_raw),
             "decoded": block.header_layout.decode(block.headers_raw), "timing": block.timing_fields,
-            "wr": block.wr_timestamp_ns, "host": block.host_timestamp_ns, "message": message, "n": n}
+            "wr": block.wr_timestamp_ns, "host": block.host_timestamp_ns}
+
+
+def _message(block: FrameBlock, n: int) -> list[bytes]:
+    """The frame message of the block's first n frames, from the columns of the whole block."""
+    return encode_frames(
+        source="s", origin="file", module_id=1, dp=block.dp.name, shape=block.dp.shape, run="r", file="f", seqno=0,
+        frame_number=block.frame_numbers[:n], seq=block.frame_numbers[:n] + 7,
+        wr_timestamp_ns=block.wr_timestamp_ns[:n], host_timestamp_ns=block.host_timestamp_ns[:n],
+        pff_fields={k: v[:n] for k, v in block.fields.items()},
+        image_bytes=block.raw[:n, block.header_size :].tobytes())
 
 
 def _assert_same(small, bulk, n: int) -> None:
@@ -104,18 +108,10 @@ def _assert_same(small, bulk, n: int) -> None:
 
 def _check(dp: str, rows: list[bytes], example: bytes) -> None:
     layout = HeaderLayout(example[: len(example) - data_product(dp).image_size])
-    small = _results(_block(dp, rows, layout))
-    bulk = _results(_block(dp, (rows * BULK_ROWS)[:BULK_ROWS], layout))
+    small, bulk = _block(dp, rows, layout), _block(dp, (rows * BULK_ROWS)[:BULK_ROWS], layout)
     n = len(rows)
-    for key in ("valid", "text", "decoded", "timing", "wr", "host"):
-        _assert_same(small[key], bulk[key], n)
-    cut = _block(dp, (rows * BULK_ROWS)[:BULK_ROWS], layout)  # the message of its first n rows, bulk columns
-    bulk_message = encode_frames(
-        source="s", origin="file", module_id=1, dp=dp, shape=cut.dp.shape, run="r", file="f", seqno=0,
-        frame_number=cut.frame_numbers[:n], seq=cut.frame_numbers[:n] + 7, wr_timestamp_ns=cut.wr_timestamp_ns[:n],
-        host_timestamp_ns=cut.host_timestamp_ns[:n], pff_fields={k: v[:n] for k, v in cut.fields.items()},
-        image_bytes=cut.raw[:n, cut.header_size :].tobytes())
-    assert small["message"] == bulk_message
+    _assert_same(_results(small), _results(bulk), n)
+    assert _message(small, n) == _message(bulk, n)
 
 
 @settings(max_examples=300, deadline=None)
