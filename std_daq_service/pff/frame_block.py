@@ -9,7 +9,7 @@ import numpy as np
 
 from std_daq_service.pff.data_products import HEADER_END, DataProduct
 from std_daq_service.pff.errors import PffError
-from std_daq_service.pff.header import QUABO_FIELDS, HeaderLayout, parse_header
+from std_daq_service.pff.header import QUABO_FIELDS, SMALL_BLOCK_ROWS, HeaderLayout, parse_header
 from std_daq_service.pff.timestamps import WR_INVALID, host_unix_ns, wr_unix_ns
 
 
@@ -85,7 +85,11 @@ class FrameBlock:
         if not len(self):
             return np.zeros(0, dtype=bool)
         end = self.raw[:, self.header_size - len(HEADER_END) : self.header_size]
-        marker_ok = (end == np.frombuffer(HEADER_END, dtype=np.uint8)).all(axis=1)
+        if len(self) <= SMALL_BLOCK_ROWS:
+            ends, n = end.tobytes(), len(HEADER_END)
+            marker_ok = np.array([ends[i : i + n] == HEADER_END for i in range(0, len(ends), n)], dtype=bool)
+        else:
+            marker_ok = (end == np.frombuffer(HEADER_END, dtype=np.uint8)).all(axis=1)
         return marker_ok & self.header_layout.matches_text(self.headers_raw) & self._decoded[1]
 
     @cached_property
@@ -105,13 +109,19 @@ class FrameBlock:
         missing (zeroed).
         """
         f = self.fields
-        missing = np.zeros(len(self), dtype=np.int64)
         if not self.header_layout.is_module_image:
-            return {name: f.get(name, missing) for name in QUABO_FIELDS}
+            return {name: f[name] if name in f else np.zeros(len(self), dtype=np.int64) for name in QUABO_FIELDS}
+        if len(self) <= SMALL_BLOCK_ROWS:
+            timing = {next((q for q, tv_sec in enumerate(row) if tv_sec), 0) for row in f["tv_sec"].tolist()}
+            if len(timing) == 1:  # one quabo times all frames (as good as always): its columns
+                q = timing.pop()
+                return {name: f[name][:, q] if name in f else np.zeros(len(self), dtype=np.int64)
+                        for name in QUABO_FIELDS}
         present = f["tv_sec"] != 0
         which = np.where(present.any(axis=1), present.argmax(axis=1), 0)
         rows = np.arange(len(self))
-        return {name: f[name][rows, which] if name in f else missing for name in QUABO_FIELDS}
+        return {name: f[name][rows, which] if name in f else np.zeros(len(self), dtype=np.int64)
+                for name in QUABO_FIELDS}
 
     @cached_property
     def wr_timestamp_ns(self) -> np.ndarray:

@@ -59,6 +59,7 @@ PER_FRAME_COLUMNS = ("frame_number", "seq", "wr_timestamp_ns", "host_timestamp_n
 """The columns every frame message carries first, in this order; the PFF header columns follow."""
 PFF_COLUMN_PREFIX = "pff_header."
 COLUMN_DTYPE = "<i8"
+_COLUMN_DTYPE = np.dtype(COLUMN_DTYPE)
 _FRAME_PARTS = 4  # topic, header, columns, images
 _COLUMNS_PART = 2
 _IMAGES_PART = 3
@@ -198,7 +199,8 @@ def encode_frames(
     """
     columns = dict(zip(PER_FRAME_COLUMNS, (frame_number, seq, wr_timestamp_ns, host_timestamp_ns), strict=True))
     columns.update({f"{PFF_COLUMN_PREFIX}{name}": values for name, values in pff_fields.items()})
-    arrays = [np.ascontiguousarray(values, dtype=COLUMN_DTYPE) for values in columns.values()]
+    arrays = [values if type(values) is np.ndarray and values.dtype is _COLUMN_DTYPE  # (tobytes: C order)
+              else np.ascontiguousarray(values, dtype=COLUMN_DTYPE) for values in columns.values()]
     pixels = DATA_PRODUCTS[dp].dtype
     header = {
         "kind": "frames",
@@ -214,7 +216,7 @@ def encode_frames(
         "file": file,
         "seqno": seqno,
         "n_frames": len(frame_number),
-        "columns": [[name, COLUMN_DTYPE, list(a.shape[1:])] for name, a in zip(columns, arrays, strict=True)],
+        "columns": [(name, COLUMN_DTYPE, a.shape[1:]) for name, a in zip(columns, arrays, strict=True)],
     }
     if replay_id is not None:
         header["replay_id"] = replay_id
