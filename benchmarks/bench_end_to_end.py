@@ -256,7 +256,7 @@ def main() -> None:
           f"write) | {agent_cpu / elapsed:.0%} / {writer_cpu / elapsed:.0%} of one core over {elapsed:.1f} s |")
     print(f"| CPU seconds per million frames written, agent / writer | {agent_cpu / written * 1e6:.1f} / "
           f"{writer_cpu / written * 1e6:.1f} |")
-    print(f"| CPU of every process over that span, of the machine's {os.cpu_count()} cores | " +
+    print(f"| CPU of every process over that span, % of one core (the machine has {os.cpu_count()}) | " +
           ", ".join(f"{name} {seconds / elapsed:.0%}" for name, seconds in used.items()) +
           f"; all {sum(used.values()) / elapsed:.0%} |")
     print(f"| raw: file read | {raw_read:,.0f} img16 frames/s |")
