@@ -88,7 +88,9 @@ class FramePublisher(Lifecycle):
     messages, never the agent or other subscribers; it sees the loss as a gap in `seq`. Previews are
     encoded only while the preview socket has a subscriber; the first to subscribe gets the latest frame of
     every stream at the next `publish_previews` (later ones, as before, the next frames: a PUB socket cannot send
-    to one subscriber, and the others must not get a frame twice).
+    to one subscriber, and the others must not get a frame twice). The preview socket applies a subscription only
+    when `poll_monitors` reads it (XPUB_MANUAL): otherwise ZMQ applies it on its own, during any send, and a
+    subscriber could get the latest frames before its subscription is read as the first, and again after.
     """
 
     def __init__(self, service_name: str, data_bind: str, preview_bind: str, send_hwm: int):
@@ -113,6 +115,8 @@ class FramePublisher(Lifecycle):
         for name, bind in (("data", self.data_bind), ("preview", self.preview_bind)):
             sock = self._sockets[name] = context.socket(zmq.XPUB)  # a PUB that also hears the subscriptions
             sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # each (un)subscription, also on disconnect and repeated ones
+            if name == "preview":
+                sock.setsockopt(zmq.XPUB_MANUAL, 1)  # in effect when read: see the class
             sock.setsockopt(zmq.SNDHWM, self.send_hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.bind(bind)
@@ -218,12 +222,14 @@ class FramePublisher(Lifecycle):
         """Update `subscribers` from the sockets' connection events and the subscriptions that declare a kind."""
         for name, sock in self._sockets.items():
             self._connections[name] += _connection_change(self._monitors[name])
-            change = _read_subscriptions(sock, self._declared[name])
-            if name == "preview":
-                if change.first and not self._preview_subscriptions:  # nobody had them: no one gets one twice
-                    self._fresh.update(self._latest)
-                    self._last_preview = 0.0
-                self._preview_subscriptions += change.net
+            if name == "data":
+                _read_subscriptions(sock, self._declared[name])
+                continue
+            change = _read_subscriptions(sock, self._declared[name], self._preview_subscriptions)
+            if change.first:  # nobody had them: no one gets one twice
+                self._fresh.update(self._latest)
+                self._last_preview = 0.0
+            self._preview_subscriptions += change.net
         declared = [entry for counter in self._declared.values() for entry in counter.elements()]
         self.subscribers = Subscribers(self._connections["data"], self._connections["preview"], tuple(declared))
 
@@ -238,13 +244,17 @@ def _connection_change(monitor: zmq.Socket) -> int:
 
 class _SubscriptionChange(NamedTuple):
     first: bool
-    """A subscription came in."""
+    """A subscription came in (while there was none, when the count is known)."""
     net: int
     """Subscriptions minus unsubscriptions."""
 
 
-def _read_subscriptions(sock: zmq.Socket, declared: collections.Counter[tuple[str, str]]) -> _SubscriptionChange:
-    """Read the (un)subscriptions queued on an XPUB socket; apply those that declare a subscriber's kind."""
+def _read_subscriptions(sock: zmq.Socket, declared: collections.Counter[tuple[str, str]],
+                        subscriptions: int | None = None) -> _SubscriptionChange:
+    """Read the (un)subscriptions queued on an XPUB socket; apply those that declare a subscriber's kind.
+
+    `subscriptions`: how many the socket had, for an XPUB_MANUAL socket; each (un)subscription is applied as read.
+    """
     first, net = False, 0
     while True:
         try:
@@ -252,7 +262,9 @@ def _read_subscriptions(sock: zmq.Socket, declared: collections.Counter[tuple[st
         except zmq.Again:
             return _SubscriptionChange(first, net)
         subscribed = message[:1] == b"\x01"
-        first = first or subscribed
+        if subscriptions is not None:
+            sock.setsockopt(zmq.SUBSCRIBE if subscribed else zmq.UNSUBSCRIBE, message[1:])
+        first = first or (subscribed and (subscriptions is None or subscriptions + net <= 0))
         net += 1 if subscribed else -1
         entry = parse_subscriber_topic(message[1:])
         if entry is None:
