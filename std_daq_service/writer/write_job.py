@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 Pair = tuple[int, str]
 _SETTLE_S = 0.5
 _END_GRACE_S = 1.0
+_BEHIND_FLUSH_PERIOD_S = 1.0
 _FLOWING_S = 2.0
 """A stream whose last message came within this is flowing: a write gives the file its datasets at once."""
-MAX_BACKLOG_BYTES = 256 << 20
+MAX_BACKLOG_BYTES = 1 << 30
 """Default bytes of frames received but not yet written, per write; beyond, new frames are dropped and counted."""
 
 
@@ -228,11 +229,11 @@ class WriteJob:
                 self._check_silence()
                 try:
                     self._take(self._next(0.1))
-                    while not self.incoming.empty() and time.monotonic() - last_flush < FLUSH_PERIOD_S:
-                        self._take(self._next(None))  # a backlog never holds the flush back
+                    while not self.incoming.empty() and time.monotonic() - last_flush < self._flush_period():
+                        self._take(self._next(None))
                 except queue.Empty:
                     pass
-                if time.monotonic() - last_flush >= FLUSH_PERIOD_S:
+                if time.monotonic() - last_flush >= self._flush_period():
                     self.recording.flush()
                     last_flush = time.monotonic()
                 self.ctx.progress(f"{self._frames()} frames, {self.recording.bytes / 1e6:.1f} MB written",
@@ -302,6 +303,13 @@ class WriteJob:
                     f"ring buffer; the file starts at {oldest} ns")
         for received in past:
             self._take(received)
+
+    def _flush_period(self) -> float:
+        """`FLUSH_PERIOD_S`, or `_BEHIND_FLUSH_PERIOD_S` while the backlog is over half its bound: a flush costs the
+        file's throughput, and a frame dropped is worse than a row shown late."""
+        with self._backlog_lock:
+            behind = self._backlog_bytes > self.max_backlog_bytes // 2
+        return _BEHIND_FLUSH_PERIOD_S if behind else FLUSH_PERIOD_S
 
     def _frames(self) -> int:
         return sum(s.frames for s in self.pairs.values())
