@@ -109,19 +109,21 @@ class FrameBlock:
         missing (zeroed).
         """
         f = self.fields
-        if not self.header_layout.is_module_image:
-            return {name: f[name] if name in f else np.zeros(len(self), dtype=np.int64) for name in QUABO_FIELDS}
-        if len(self) <= SMALL_BLOCK_ROWS:
-            timing = {next((q for q, tv_sec in enumerate(row) if tv_sec), 0) for row in f["tv_sec"].tolist()}
-            if len(timing) == 1:  # one quabo times all frames (as good as always): its columns
-                q = timing.pop()
-                return {name: f[name][:, q] if name in f else np.zeros(len(self), dtype=np.int64)
-                        for name in QUABO_FIELDS}
-        present = f["tv_sec"] != 0
-        which = np.where(present.any(axis=1), present.argmax(axis=1), 0)
-        rows = np.arange(len(self))
-        return {name: f[name][rows, which] if name in f else np.zeros(len(self), dtype=np.int64)
+        return {name: f[name][self._timing_quabo] if name in f else np.zeros(len(self), dtype=np.int64)
                 for name in QUABO_FIELDS}
+
+    @cached_property
+    def _timing_quabo(self) -> tuple:
+        """The index into a quabo field that picks each frame's timing quabo (all of a pulse-height field)."""
+        if not self.header_layout.is_module_image:
+            return (Ellipsis,)
+        tv_sec = self.fields["tv_sec"]
+        if len(self) <= SMALL_BLOCK_ROWS:
+            timing = {next((q for q, sec in enumerate(row) if sec), 0) for row in tv_sec.tolist()}
+            if len(timing) == 1:  # one quabo times all frames (as good as always): its column
+                return slice(None), timing.pop()
+        present = tv_sec != 0
+        return np.arange(len(self)), np.where(present.any(axis=1), present.argmax(axis=1), 0)
 
     @cached_property
     def wr_timestamp_ns(self) -> np.ndarray:

@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 FLUSH_FRAMES = 4096
 """Frames queued per stream that are appended at once (a multiple of every data product's chunk)."""
 FLUSH_PERIOD_S = 1 / 3
-"""How often a job calls `flush()`: a frame reaches readers within two periods, 0.67 s (a partial chunk waits one)."""
+"""How often a job calls `flush()`: a frame reaches readers within two periods, 0.67 s (a partial chunk waits one).
+A write far behind its streams flushes less often (`write_job._flush_period`)."""
 
 
 def compression_options(name: str) -> dict[str, Any]:

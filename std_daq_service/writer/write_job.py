@@ -227,13 +227,14 @@ class WriteJob:
                 if finished:
                     return True, finished
                 self._check_silence()
+                period = self._flush_period()
                 try:
                     self._take(self._next(0.1))
-                    while not self.incoming.empty() and time.monotonic() - last_flush < self._flush_period():
+                    while not self.incoming.empty() and time.monotonic() - last_flush < period:
                         self._take(self._next(None))
                 except queue.Empty:
                     pass
-                if time.monotonic() - last_flush >= self._flush_period():
+                if time.monotonic() - last_flush >= period:
                     self.recording.flush()
                     last_flush = time.monotonic()
                 self.ctx.progress(f"{self._frames()} frames, {self.recording.bytes / 1e6:.1f} MB written",
