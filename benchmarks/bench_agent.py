@@ -1,7 +1,7 @@
 """Tail-and-publish benchmark of the node agent, next to raw file read and raw ZMQ rates of the same run.
 
 Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000] [--seconds 10] [--scrape-metrics]
-           [--dp img16|ph256] [--frames-per-write N]
+           [--dp img16|ph256] [--frames-per-write N] [--tmp-dir DIR] [--no-pin] [--dump FILE.npz]
        (--rate-hz 0: each module's writer appends as fast as it can; --scrape-metrics: the agent serves its
        Prometheus metrics and they are scraped every second during the run; --frames-per-write 1 --rate-hz 1000:
        small writes, as Hashpipe's pulse-height files flush every few KiB)
@@ -15,6 +15,12 @@ latency = arrival of a message - time of the write that completed its last frame
 comes from /proc. Same-run references: raw read and raw ZMQ rates, and the CPU of a minimal relay (inotify, read
 what is new, one ZMQ message per read, in one Python process) following the same writes. Needs Redis and
 RabbitMQ (./setup_dev_env.sh).
+
+By default the writer threads run on the first CPU and the agent, the subscriber and the relay on the others. On this
+VM a page-cache write costs 0.25-0.6 ms of CPU per MiB on memory the guest used recently but 3-5 ms on memory the host
+took back (free page reporting), so the writers need anything from a tenth of a core to a whole one at 4 x 25 kHz;
+unpinned, that swing starves the agent of CPU and is what the latency tail measured (`--no-pin` shows it). The
+writers' own CPU and their writes that took over 10 ms are reported.
 """
 
 from __future__ import annotations
@@ -283,13 +289,13 @@ def main() -> None:
     parser.add_argument("--scrape-metrics", action="store_true", help="serve and scrape the agent's metrics")
     parser.add_argument("--dump", help="save every message's (module, last seq, arrival, write end, write start) "
                                        "and the writers' logs (frames, end, start of each write; ns) to this .npz")
-    parser.add_argument("--pin", action="store_true",
-                        help="the synthetic Hashpipe's writer threads on the first CPU, the agent and the subscriber "
-                             "on the others (on a DAQ node Hashpipe has cores of its own)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the scheduler place everything (by default the synthetic Hashpipe's writer threads "
+                             "run on the first CPU, the agent and the subscriber on the others: on a DAQ node Hashpipe "
+                             "has cores of its own, and here its page-cache writes can take a whole core)")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
-    if args.pin and len(cpus) < 2:
-        parser.error("--pin needs two CPUs")
+    args.pin = not args.no_pin and len(cpus) > 1
     args.writer_cpus, args.service_cpus = ({cpus[0]}, set(cpus[1:])) if args.pin else (None, None)
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     redis = connect_redis()
