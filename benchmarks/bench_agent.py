@@ -132,7 +132,7 @@ def relay(paths: list[str], endpoint: str, ready, done, results, cpus: set[int] 
     pub.close(0)
 
 
-def subscriber(endpoint: str, dp: str, ready, done, results, cpus: set[int] | None) -> None:
+def subscriber(endpoint: str, dp: str, ready, done, results, cpus: set[int] | None = None) -> None:
     """Run in a child process: count frames and seq gaps from the headers; log (module, last seq, arrival)."""
     pin(0, cpus)  # before its ZMQ context, whose I/O thread inherits it
     sub = zmq.Context.instance().socket(zmq.SUB)
