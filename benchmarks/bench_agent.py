@@ -19,8 +19,8 @@ RabbitMQ (./setup_dev_env.sh).
 By default the writer threads run on the first CPU and the agent, the subscriber and the relay on the others. On this
 VM a page-cache write costs 0.25-0.6 ms of CPU per MiB on memory the guest used recently but 3-5 ms on memory the host
 took back (free page reporting), so the writers need anything from a tenth of a core to a whole one at 4 x 25 kHz;
-unpinned, that swing starves the agent of CPU and is what the latency tail measured (`--no-pin` shows it). The
-writers' own CPU and their writes that took over 10 ms are reported.
+unpinned, that swing starves the agent of CPU and made the latency tail come and go (`--no-pin` shows it). Other work
+on the agent's CPU still starves it. The writers' own CPU and their writes that took over 10 ms are reported.
 """
 
 from __future__ import annotations
