@@ -1,7 +1,7 @@
 """Tail-and-publish benchmark of the node agent, next to raw file read and raw ZMQ rates of the same run.
 
 Usage: .venv/bin/python benchmarks/bench_agent.py [--modules 4] [--rate-hz 25000] [--seconds 10] [--scrape-metrics]
-           [--dp img16|ph256] [--frames-per-write N]
+           [--dp img16|ph256] [--frames-per-write N] [--tmp-dir DIR] [--no-pin] [--dump FILE.npz]
        (--rate-hz 0: each module's writer appends as fast as it can; --scrape-metrics: the agent serves its
        Prometheus metrics and they are scraped every second during the run; --frames-per-write 1 --rate-hz 1000:
        small writes, as Hashpipe's pulse-height files flush every few KiB)
@@ -15,6 +15,12 @@ latency = arrival of a message - time of the write that completed its last frame
 comes from /proc. Same-run references: raw read and raw ZMQ rates, and the CPU of a minimal relay (inotify, read
 what is new, one ZMQ message per read, in one Python process) following the same writes. Needs Redis and
 RabbitMQ (./setup_dev_env.sh).
+
+By default the writer threads run on the first CPU and the agent, the subscriber and the relay on the others. On this
+VM a page-cache write costs 0.25-0.6 ms of CPU per MiB on memory the guest used recently but 3-5 ms on memory the host
+took back (free page reporting), so the writers need anything from a tenth of a core to a whole one at 4 x 25 kHz;
+unpinned, that swing starves the agent of CPU and made the latency tail come and go (`--no-pin` shows it). Other work
+on the agent's CPU still starves it. The writers' own CPU and their writes that took over 10 ms are reported.
 """
 
 from __future__ import annotations
@@ -61,35 +67,49 @@ def frame_size(dp: str) -> int:
     return data_product(dp).frame_size
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Keep every thread of process `pid` (0: only the calling thread) on `cpus`; None leaves the scheduler free."""
+    if cpus:
+        for tid in os.listdir(f"/proc/{pid}/task") if pid else [0]:
+            os.sched_setaffinity(int(tid), cpus)
+
+
 def hashpipe_writer(path: Path, dp: str, flush: int, rate_hz: float, seconds: float, stop: threading.Event,
-                    log: list) -> None:
+                    log: list, cpu: list, cpus: set[int] | None = None) -> None:
     """Append real frames as Hashpipe's stdio buffer does: `flush` bytes per write (1 MiB: every write ends in a torn
-    frame), at `rate_hz`; the rest at the end (its fclose). Log (whole frames in the file so far, time_ns) per write."""
+    frame), at `rate_hz`; the rest at the end (its fclose). Log (whole frames in the file so far, time_ns after the
+    write, time_ns before it) per write; add the thread's CPU seconds to `cpu`."""
+    pin(0, cpus)
     frame = frame_size(dp)
     source = excerpt(dp)
-    cycle = source * (2 + flush // len(source))
+    cycle = memoryview(source * (2 + flush // len(source)))  # slices without a copy
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     written = 0
+    cpu0 = time.thread_time()
     start = time.monotonic()
     while not stop.is_set() and time.monotonic() - start < seconds:
         due = (written + flush) // frame / rate_hz - (time.monotonic() - start) if rate_hz else 0
         if due > 0:
             time.sleep(due)  # one wake per write (polling every 0.5 ms woke 4 writers 8000 times a second)
         offset = written % len(source)
+        began = time.time_ns()
         os.write(fd, cycle[offset : offset + flush])
         written += flush
-        log.append((written // frame, time.time_ns()))
+        log.append((written // frame, time.time_ns(), began))
     rest = -written % frame
     offset = written % len(source)
+    began = time.time_ns()
     os.write(fd, cycle[offset : offset + rest])
     written += rest
-    log.append((written // frame, time.time_ns()))
+    log.append((written // frame, time.time_ns(), began))
     os.close(fd)
+    cpu.append(time.thread_time() - cpu0)
 
 
-def relay(paths: list[str], endpoint: str, ready, done, results) -> None:
+def relay(paths: list[str], endpoint: str, ready, done, results, cpus: set[int] | None) -> None:
     """Run in a child process, the reference: the least a Python tailer does per write (inotify wakes it, it reads
     what is new of each file and sends it as one ZMQ message); report (messages, CPU seconds of the process)."""
+    pin(0, cpus)
     from inotify_simple import INotify
     from inotify_simple import flags as inotify_flags
 
@@ -112,8 +132,9 @@ def relay(paths: list[str], endpoint: str, ready, done, results) -> None:
     pub.close(0)
 
 
-def subscriber(endpoint: str, dp: str, ready, done, results) -> None:
+def subscriber(endpoint: str, dp: str, ready, done, results, cpus: set[int] | None = None) -> None:
     """Run in a child process: count frames and seq gaps from the headers; log (module, last seq, arrival)."""
+    pin(0, cpus)  # before its ZMQ context, whose I/O thread inherits it
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.connect(endpoint)
@@ -190,16 +211,19 @@ def write_run(data_dir: Path, args) -> tuple[list[Path], dict[int, list]]:
     return paths, {m: [] for m in range(1, args.modules + 1)}
 
 
-def run_writers(paths: list[Path], logs: dict[int, list], args, stop: threading.Event) -> None:
-    """Append to every file in its own thread (as `--dp`, `--frames-per-write`, `--rate-hz` say); return when done."""
+def run_writers(paths: list[Path], logs: dict[int, list], args, stop: threading.Event) -> float:
+    """Append to every file in its own thread (as `--dp`, `--frames-per-write`, `--rate-hz` say); when done, return
+    the CPU seconds the writer threads used (system time of buffered writes included)."""
     flush = args.frames_per_write * frame_size(args.dp) if args.frames_per_write else FLUSH
+    cpu: list[float] = []
     writers = [threading.Thread(target=hashpipe_writer, args=(p, args.dp, flush, args.rate_hz, args.seconds, stop,
-                                                              logs[m]))
+                                                              logs[m], cpu, args.writer_cpus))
                for m, p in zip(logs, paths, strict=True)]
     for w in writers:
         w.start()
     for w in writers:
         w.join()
+    return sum(cpu)
 
 
 def relay_reference(tmp: Path, args) -> tuple[float, int, int]:
@@ -207,7 +231,8 @@ def relay_reference(tmp: Path, args) -> tuple[float, int, int]:
     paths, logs = write_run(tmp / "relay", args)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
-    child = multiprocessing.Process(target=relay, args=([str(p) for p in paths], endpoint, ready, done, results))
+    child = multiprocessing.Process(target=relay, args=([str(p) for p in paths], endpoint, ready, done, results,
+                                                        args.service_cpus))
     child.start()
     ready.wait(10)
     sub = zmq.Context.instance().socket(zmq.SUB)
@@ -262,7 +287,16 @@ def main() -> None:
     parser.add_argument("--tmp-dir", default=None, help="where the run is written (default: $TMPDIR or /tmp); "
                                                          "/dev/shm leaves the disk out")
     parser.add_argument("--scrape-metrics", action="store_true", help="serve and scrape the agent's metrics")
+    parser.add_argument("--dump", help="save every message's (module, last seq, arrival, write end, write start) "
+                                       "and the writers' logs (frames, end, start of each write; ns) to this .npz")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the scheduler place everything (by default the synthetic Hashpipe's writer threads "
+                             "run on the first CPU, the agent and the subscriber on the others: on a DAQ node Hashpipe "
+                             "has cores of its own, and here its page-cache writes can take a whole core)")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    args.pin = not args.no_pin and len(cpus) > 1
+    args.writer_cpus, args.service_cpus = ({cpus[0]}, set(cpus[1:])) if args.pin else (None, None)
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     redis = connect_redis()
     idle_cpu = None
@@ -273,13 +307,15 @@ def main() -> None:
         if args.scrape_metrics:
             config["metrics_port"] = free_port()
         agent = start_service("hp_io_agent", name, config, redis)
+        pin(agent.pid, args.service_cpus)
         scrapes: list[int] = []
         try:
             caller = RequestCaller(None, "bench").start()
             assert caller.call(name, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
             endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
             ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
-            child = multiprocessing.Process(target=subscriber, args=(endpoint, args.dp, ready, done, results))
+            child = multiprocessing.Process(target=subscriber, args=(endpoint, args.dp, ready, done, results,
+                                                                     args.service_cpus))
             child.start()
             ready.wait(10)
             time.sleep(0.5)
@@ -292,7 +328,7 @@ def main() -> None:
             cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
             if args.scrape_metrics:
                 scraper.start()
-            run_writers(paths, logs, args, stop)
+            writers_cpu = run_writers(paths, logs, args, stop)
             stop.set()
             elapsed = time.monotonic() - t0
             cpu = cpu_seconds(agent.pid) - cpu0
@@ -308,12 +344,18 @@ def main() -> None:
                 time.sleep(args.idle_seconds)
                 idle_cpu = (cpu_seconds(agent.pid) - idle0) / (time.monotonic() - i0)
             caller.close()
-            latencies = []
+            latencies, matched = [], []
             for module_id, seq_last, arrival in arrivals:
                 log = logs[module_id]
                 index = bisect.bisect_left(log, (seq_last + 1, 0))
                 if index < len(log):
                     latencies.append((arrival - log[index][1]) / 1e6)
+                    matched.append((module_id, seq_last, arrival, log[index][1], log[index][2]))
+            if args.dump:
+                np.savez(args.dump, messages=np.array(matched, dtype=np.int64), agent_pid=agent.pid,
+                         bench_pid=os.getpid(), subscriber_pid=child.pid,
+                         clock_offset_ns=time.time_ns() - time.monotonic_ns(),
+                         **{f"writes_{m}": np.array(log, dtype=np.int64) for m, log in logs.items()})
         finally:
             agent.terminate()
             agent.wait(20)
@@ -330,7 +372,9 @@ def main() -> None:
     lat = np.array(latencies)
     writes = f"{args.frames_per_write} frame(s) per write" if args.frames_per_write else "1 MiB writes"
     print(f"{args.dp}, {args.modules} modules, {'max' if not args.rate_hz else f'{args.rate_hz:g} Hz'} per module, "
-          f"{writes}, {args.seconds:g} s" + (f", metrics scraped {len(scrapes)} times" if args.scrape_metrics else ""))
+          f"{writes}, {args.seconds:g} s" + (f", metrics scraped {len(scrapes)} times" if args.scrape_metrics else "")
+          + (f", writers pinned to CPU {sorted(args.writer_cpus)}, agent and subscriber to {sorted(args.service_cpus)}"
+             if args.pin else ""))
     print("| measure | value |")
     print("|---|---:|")
     print(f"| frames written | {total:,} |")
@@ -340,6 +384,12 @@ def main() -> None:
     print(f"| latency write to receive p50 / p99 / max | {np.percentile(lat, 50):.1f} / {np.percentile(lat, 99):.1f}"
           f" / {lat.max():.1f} ms |")
     print(f"| agent CPU | {cpu / elapsed:.1%} of one core |")
+    mib = total * frame_size(args.dp) / FLUSH
+    print(f"| synthetic Hashpipe (writer threads in this process) CPU | {writers_cpu / elapsed:.1%} of one core, "
+          f"{writers_cpu / mib * 1e3:.2f} ms per MiB written |")
+    slow = sum(1 for log in logs.values() for _, end, began in log if end - began > 10e6)
+    print(f"| writes that took over 10 ms (writer starved of CPU or stalled) | {slow:,} of "
+          f"{sum(map(len, logs.values())):,} |")
     print(f"| agent: checkpoint writes / previews encoded / loop rounds / messages, per second | "
           f"{counters['checkpoint_writes'] / elapsed:,.1f} / {counters['previews_encoded'] / elapsed:,.1f} / "
           f"{counters['loop_rounds'] / elapsed:,.0f} / {counters['messages'] / elapsed:,.0f} |")
