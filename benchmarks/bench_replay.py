@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from bench_agent import EXCERPT, hashpipe_writer, subscriber
+from bench_agent import FLUSH, hashpipe_writer, subscriber
 from bench_common import cpu_seconds, start_service
 
+import std_daq_service
 from std_daq_service.broker import RequestCaller
 from std_daq_service.config import HpIoAgentConfig, connect_redis
 from std_daq_service.pff import PffReader, PffWriter, data_product, format_data_file_name, format_run_dir_name
@@ -47,6 +48,7 @@ from std_daq_service.protocol import (
 
 SECOND = 1_000_000_000
 FILE_BYTES = 1 << 30
+SAMPLES = Path(std_daq_service.__file__).parent / "sample_data"
 UNLIMITED = {"replay_max_frames_per_second": 1e9, "replay_max_bytes_per_second": 1e12}
 
 
@@ -56,7 +58,7 @@ def write_archive(directory: Path, n: int) -> tuple[Path, int, int]:
     run_dir = directory / format_run_dir_name("Bench", start, "sci-data")
     run_dir.mkdir(parents=True)
     product = data_product("img16")
-    with PffReader(EXCERPT) as reader:
+    with PffReader(next(SAMPLES.glob("*/*/*dp_img16*module_1*.pff"))) as reader:
         block = reader.block()
         images, header = block.raw[:, block.header_size :], block.header(0)
     first = int(start.timestamp()) * SECOND
@@ -126,7 +128,7 @@ def live_latency(agent: str, data_dir: Path, rate_hz: float, seconds: float, bus
         assert caller.call(agent, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
         endpoint = caller.call(agent, StreamRequest(), 20).results()[agent]["endpoints"]["data"]
     ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
-    child = multiprocessing.Process(target=subscriber, args=(endpoint, ready, done, results))
+    child = multiprocessing.Process(target=subscriber, args=(endpoint, "img16", ready, done, results))
     child.start()
     ready.wait(10)
     time.sleep(0.5)  # the subscription reaches the agent
@@ -137,7 +139,7 @@ def live_latency(agent: str, data_dir: Path, rate_hz: float, seconds: float, bus
     helper = threading.Thread(target=busy, args=(stop, replayed)) if busy else None
     if helper:
         helper.start()
-    hashpipe_writer(path, rate_hz, seconds, stop, log)
+    hashpipe_writer(path, "img16", FLUSH, rate_hz, seconds, stop, log, [])
     stop.set()
     if helper:
         helper.join()
