@@ -114,6 +114,7 @@ class SocketHook(Lifecycle):
         self._listeners: list[socket.socket] = []
         self._selector: selectors.BaseSelector | None = None
         self._wake_w: socket.socket | None = None
+        self._received = bytearray(_RECV_BYTES)
         self._loop = BackgroundThread("socket-hook", self._run, wake=self._wake)
 
     def _open(self) -> None:
@@ -218,13 +219,13 @@ class SocketHook(Lifecycle):
     def _receive(self, sock: socket.socket, connection: _Connection) -> int:
         """Take what the connection sent; return how many bytes (-1: the connection closed)."""
         try:
-            data = sock.recv(_RECV_BYTES)
+            nbytes = sock.recv_into(self._received)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
             log.warning("%s socket connection failed: %s", connection.dp.name, exc)
-            data = b""
-        if not data:
+            nbytes = 0
+        if not nbytes:
             self._parse(connection, final=True)
             if connection.buffer:
                 torn = connection.scanner.torn_prefixes(np.frombuffer(connection.buffer, dtype=np.uint8))
@@ -236,9 +237,11 @@ class SocketHook(Lifecycle):
             sock.close()
             self.counters.connections -= 1
             return -1
-        connection.buffer = connection.buffer + data if connection.buffer else data
+        with memoryview(self._received) as received:  # one buffer for every receive: no 1 MiB allocation each
+            data = received[:nbytes]
+            connection.buffer = connection.buffer + data if connection.buffer else bytes(data)
         self._parse(connection)
-        return len(data)
+        return nbytes
 
     def _parse(self, connection: _Connection, final: bool = False) -> None:
         """Queue every whole record of the buffer; keep an undecided tail."""

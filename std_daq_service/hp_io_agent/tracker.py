@@ -341,7 +341,9 @@ class Tracker(Lifecycle):
         return False
 
     def _publish_socket_frames(self) -> None:
-        """Publish what the socket hook queued: a stream's consecutive blocks (same header layout) as one message."""
+        """Publish what the socket hook queued: a stream's consecutive blocks (same header layout) as one message.
+
+        No `_ROUND_GAP_S` pause follows: the hook lets its records gather before it notifies."""
         if self.socket_hook is None:
             return
         blocks = self.socket_hook.blocks
@@ -362,7 +364,6 @@ class Tracker(Lifecycle):
         block = first if len(run) == 1 else FrameBlock(first.dp, np.concatenate([b.raw for b in run]),
                                                        first.first_frame_number, first.layout)
         self.publisher.publish_frames(FrameSource(key[0], key[1], "socket"), block, block.frame_numbers)
-        self._published = True
 
     def _pump(self, tracking: Tracking, slow: bool) -> None:
         """Read what is new (a few blocks per stream), checkpoint ahead, publish up to the horizon; `slow`: also
