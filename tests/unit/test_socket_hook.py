@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import shutil
 import socket
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from helpers.hashpipe import SnapshotSender, header_text, quabo_fields
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from std_daq_service.hp_io_agent.socket_hook import SocketHook
+from std_daq_service.hp_io_agent.socket_hook import SocketBlock, SocketHook
 from std_daq_service.pff import DATA_PRODUCTS, PffReader
 
 T0 = 1_721_882_092_779_007_488
@@ -27,11 +27,18 @@ def records(path: Path, module_id: int, n: int) -> list[bytes]:
     return [module_id.to_bytes(2, "big") + row.tobytes() for row in raw]
 
 
+class QueuedHook(SocketHook):
+    """A hook whose messages go to a queue (`published`) instead of a ZMQ socket."""
+
+    def __init__(self, path_template: str, max_frames: int = 1000):
+        self.published: queue.SimpleQueue[SocketBlock] = queue.SimpleQueue()
+        super().__init__(path_template, self.published.put, max_frames)
+
+
 @pytest.fixture
 def hook():
     directory = tempfile.mkdtemp(prefix="hook", dir="/tmp")  # AF_UNIX paths are limited to 107 bytes
-    woken = threading.Event()
-    with SocketHook(f"{directory}/hp.dp_{{dp}}.sock", woken.set) as hook:
+    with QueuedHook(f"{directory}/hp.dp_{{dp}}.sock") as hook:
         yield hook
     shutil.rmtree(directory)
 
@@ -54,9 +61,9 @@ def collect(hook: SocketHook, n: int, timeout: float = 10) -> list:
     return blocks
 
 
-def iter_queue(hook: SocketHook):
-    while not hook.blocks.empty():
-        yield hook.blocks.get()
+def iter_queue(hook: QueuedHook):
+    while not hook.published.empty():
+        yield hook.published.get()
 
 
 def frames_by_module(blocks) -> dict[int, np.ndarray]:
@@ -98,17 +105,17 @@ def test_garbage_is_dropped_and_the_stream_resynchronises(hook):
 
 def test_a_stale_socket_file_is_replaced_but_a_live_one_or_a_regular_file_is_not(hook):
     with pytest.raises(OSError, match="in use"):
-        SocketHook(str(hook.paths["img16"]).replace("img16", "{dp}"), lambda: None).start()
+        QueuedHook(str(hook.paths["img16"]).replace("img16", "{dp}")).start()
     directory = Path(tempfile.mkdtemp(prefix="hook", dir="/tmp"))
     try:
         (directory / "x.dp_img16.sock").write_text("not a socket")
         with pytest.raises(OSError, match="not a socket"):
-            SocketHook(f"{directory}/x.dp_{{dp}}.sock", lambda: None).start()
+            QueuedHook(f"{directory}/x.dp_{{dp}}.sock").start()
         assert not (directory / "x.dp_ph256.sock").exists(), "a failed start leaves nothing bound"
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(directory / "y.dp_img16.sock"))
         stale.close()  # the file stays, nobody listens
-        with SocketHook(f"{directory}/y.dp_{{dp}}.sock", lambda: None) as fresh:
+        with QueuedHook(f"{directory}/y.dp_{{dp}}.sock") as fresh:
             send(fresh, "img16", b"".join(records(SAMPLE_IMG16, 1, 3)), [])
             assert len(frames_by_module(collect(fresh, 3))[1]) == 3
         assert not (directory / "y.dp_img16.sock").exists(), "close removes the socket files"
