@@ -210,7 +210,8 @@ class SocketHook(Lifecycle):
         except BlockingIOError:
             return
         connection.setblocking(False)
-        scanner = FrameScanner(dp, prefix=_PREFIX, check_every_row=True, known_prefixes=self._module_prefixes[dp.name])
+        scanner = FrameScanner(dp, prefix=_PREFIX, max_rows=self.max_frames, check_every_row=True,
+                               known_prefixes=self._module_prefixes[dp.name])
         self._accepted += 1
         self._selector.register(connection, selectors.EVENT_READ, _Connection(dp, scanner, self._accepted))
         self.counters.connections += 1
