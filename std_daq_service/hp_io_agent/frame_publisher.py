@@ -169,7 +169,7 @@ class FramePublisher(Lifecycle):
         parts = self._encode(source, block, seq)
         key = (source.module_id, source.dp, source.origin)
         with self._lock:
-            self._send("data", parts)
+            self._send_data(parts)
             self._latest[key] = (source, block, seq)
             due = not self._fresh and self.subscribers.preview
             self._fresh.add(key)
@@ -195,15 +195,18 @@ class FramePublisher(Lifecycle):
         )
 
     def _send(self, socket_name: str, parts: list[bytes]) -> None:
-        """Send a message (holding the lock); wake the loop if (un)subscriptions wait on the data socket."""
-        sock = self._sockets[socket_name]
         try:
-            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts[-1]) < 65536)
+            self._sockets[socket_name].send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts[-1]) < 65536)
             self.messages += 1
         except zmq.Again:
             pass  # a PUB socket drops for a full subscriber rather than block; its subscriber sees a seq gap
-        if socket_name == "data" and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            self.wake()  # the send may have taken the descriptor's signal for them
+
+    def _send_data(self, parts: list[bytes]) -> None:
+        """Send on the data socket (holding the lock); wake the loop if (un)subscriptions wait there: the send may
+        have taken the descriptor's signal for them."""
+        self._send("data", parts)
+        if self._sockets["data"].getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.wake()
 
     @property
     def unread(self) -> bool:
@@ -252,7 +255,7 @@ class FramePublisher(Lifecycle):
         log.info("stream control %s: %s", event, message)
         parts = encode_control(self.service_name, event, message, **fields)
         with self._lock:
-            self._send("data", parts)
+            self._send_data(parts)
             self._send("preview", parts)
 
     def poll_monitors(self) -> None:
