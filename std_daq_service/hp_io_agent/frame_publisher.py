@@ -120,6 +120,7 @@ class FramePublisher(Lifecycle):
         self._preview_subscriptions = 0
         self._last_preview = 0.0
         self._sockets: dict[str, zmq.Socket] = {}  # "data", "preview"
+        self._data_fd = -1
         self._monitors: dict[str, zmq.Socket] = {}
 
     def _open(self) -> None:
@@ -136,6 +137,7 @@ class FramePublisher(Lifecycle):
             self._monitors[name] = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
             self._connections[name] = 0
             self._declared[name] = collections.Counter()
+        self._data_fd = self._sockets["data"].getsockopt(zmq.FD)
         self.data_endpoint = self._sockets["data"].getsockopt_string(zmq.LAST_ENDPOINT)
         self.preview_endpoint = self._sockets["preview"].getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -217,7 +219,7 @@ class FramePublisher(Lifecycle):
     @property
     def pollables(self) -> list[zmq.Socket | int]:
         """What is readable when `poll_monitors` has something to read (the data socket by its descriptor)."""
-        return [self._sockets["data"].getsockopt(zmq.FD), self._sockets["preview"], *self._monitors.values()]
+        return [self._data_fd, self._sockets["preview"], *self._monitors.values()]
 
     def preview_due(self, interval_s: float) -> float | None:
         """When (monotonic) `publish_previews(interval_s)` has something to send; None: not before something changes."""

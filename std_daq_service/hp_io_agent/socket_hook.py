@@ -14,7 +14,8 @@ no other thread (the tracker, busy with files) holds them up.
 
 A round's cost (wake-up, parse, publish) hardly depends on how many records it takes, so after a
 small receive records gather before the next round: `_GATHER_S`, or `_GATHER_LONG_S` after a
-round that took few records (low rates, where that fixed cost is most of the CPU).
+round that took few records (low rates, where that fixed cost is most of the CPU), counted from the
+round's start, so that the round's own work (parse, encode, send) overlaps the gathering.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ _PREFIX = 2
 _SETTLE_S = 0.02
 """How long a complete last record whose end could begin another waits for more bytes."""
 _GATHER_S = 0.002
-"""After a small receive, records gather this long before the next: parsing costs per receive, not per record."""
-_GATHER_LONG_S = 0.004
+"""After a small receive, the next round starts this long after it: a round costs per receive, not per record."""
+_GATHER_LONG_S = 0.005
 """The gather after a round that took fewer than `_FEW_RECORDS` records (low rates)."""
 _FEW_RECORDS = 8
 _SMALL_BYTES = 1 << 16
@@ -202,7 +203,8 @@ class SocketHook(Lifecycle):
             if self._round:
                 self._publish_round()
             if 0 < received < _SMALL_BYTES:
-                stop.wait(_GATHER_LONG_S if taken < _FEW_RECORDS else _GATHER_S)
+                gather = _GATHER_LONG_S if taken < _FEW_RECORDS else _GATHER_S
+                stop.wait(max(0.0, now + gather - time.monotonic()))
 
     def _accept(self, listener: socket.socket, dp: DataProduct) -> None:
         try:
