@@ -35,7 +35,7 @@ class Wakeup(NamedTuple):
     structure: bool
     """A file or directory was created, moved or deleted (always without inotify); not for a `wake()`."""
     sockets: bool
-    """One of the ZMQ sockets given to `wait` is readable."""
+    """One of the ZMQ sockets (or descriptors) given to `wait` is readable."""
 
 
 class FileWatcher(Lifecycle):
@@ -61,7 +61,7 @@ class FileWatcher(Lifecycle):
         self._dirs: dict[int, Path] = {}
         self._closed: dict[Path, tuple[int, int]] = {}
         self._poller = zmq.Poller()
-        self._sockets: set[zmq.Socket] = set()
+        self._sockets: set[zmq.Socket | int] = set()
 
     def _open(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -108,8 +108,8 @@ class FileWatcher(Lifecycle):
                     continue  # vanished since it was listed; the next scan finds out
         return added
 
-    def wait(self, timeout_s: float, sockets: Sequence[zmq.Socket] = ()) -> Wakeup:
-        """Block until a change, a `wake()`, a readable socket of `sockets` or the timeout."""
+    def wait(self, timeout_s: float, sockets: Sequence[zmq.Socket | int] = ()) -> Wakeup:
+        """Block until a change, a `wake()`, a readable socket or file descriptor of `sockets` or the timeout."""
         inotify_fd = self._inotify.fileno() if self._inotify is not None else None
         if inotify_fd is None:
             timeout_s = min(timeout_s, self.poll_interval_s)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -12,6 +14,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from std_daq_service.hp_io_agent.socket_hook import SocketBlock
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock
 from std_daq_service.lifecycle import Lifecycle
 from std_daq_service.pff import FrameBlock
@@ -82,7 +85,13 @@ class Subscribers:
 
 
 class FramePublisher(Lifecycle):
-    """Own the data and preview publishing (XPUB) sockets (use from one thread only); `start()` binds them.
+    """Own the data and preview publishing (XPUB) sockets; `start()` binds them.
+
+    Two threads publish: the tracker's and the socket hook's (`publish_frames`). A lock serialises every use of
+    the sockets and of the latest frames (a ZMQ socket may change threads behind a full memory barrier), and the
+    tracker's loop polls the data socket's file descriptor, not the socket (`pollables`): ZMQ signals on it only
+    once, so whichever thread sends and finds (un)subscriptions unread wakes the loop through `wake`, which is also
+    called when a preview becomes due.
 
     Messages are sent without blocking: a subscriber whose queue (send_hwm messages) is full loses
     messages, never the agent or other subscribers; it sees the loss as a gap in `seq`. Previews are
@@ -93,7 +102,10 @@ class FramePublisher(Lifecycle):
     subscriber could get the latest frames before its subscription is read as the first, and again after.
     """
 
-    def __init__(self, service_name: str, data_bind: str, preview_bind: str, send_hwm: int):
+    def __init__(self, service_name: str, data_bind: str, preview_bind: str, send_hwm: int,
+                 wake: Callable[[], None] = lambda: None):
+        self.wake = wake
+        self._lock = threading.Lock()
         self.service_name = service_name
         self.data_bind = data_bind
         self.preview_bind = preview_bind
@@ -108,6 +120,7 @@ class FramePublisher(Lifecycle):
         self._preview_subscriptions = 0
         self._last_preview = 0.0
         self._sockets: dict[str, zmq.Socket] = {}  # "data", "preview"
+        self._data_fd = -1
         self._monitors: dict[str, zmq.Socket] = {}
 
     def _open(self) -> None:
@@ -124,6 +137,7 @@ class FramePublisher(Lifecycle):
             self._monitors[name] = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
             self._connections[name] = 0
             self._declared[name] = collections.Counter()
+        self._data_fd = self._sockets["data"].getsockopt(zmq.FD)
         self.data_endpoint = self._sockets["data"].getsockopt_string(zmq.LAST_ENDPOINT)
         self.preview_endpoint = self._sockets["preview"].getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -147,12 +161,22 @@ class FramePublisher(Lifecycle):
         source = FrameSource(f.module_id, f.dp, origin, f.run, f.path.name, f.seqno)
         self.publish_frames(source, stream.block, stream.seq)
 
+    def publish_socket(self, received: SocketBlock) -> None:
+        """Send frames of the socket hook as one message (`seq` numbers them in their stream)."""
+        block = received.block
+        self.publish_frames(FrameSource(received.module_id, received.dp, "socket"), block, block.frame_numbers)
+
     def publish_frames(self, source: FrameSource, block: FrameBlock, seq: np.ndarray) -> None:
         """Send a block of frames of one stream as one message and remember its last frame for the preview."""
-        self._send("data", self._encode(source, block, seq))
+        parts = self._encode(source, block, seq)
         key = (source.module_id, source.dp, source.origin)
-        self._latest[key] = (source, block, seq)
-        self._fresh.add(key)
+        with self._lock:
+            self._send_data(parts)
+            self._latest[key] = (source, block, seq)
+            due = not self._fresh and self.subscribers.preview
+            self._fresh.add(key)
+        if due:
+            self.wake()
 
     def _encode(self, source: FrameSource, block: FrameBlock, seq: np.ndarray) -> list[bytes]:
         return encode_frames(
@@ -179,10 +203,23 @@ class FramePublisher(Lifecycle):
         except zmq.Again:
             pass  # a PUB socket drops for a full subscriber rather than block; its subscriber sees a seq gap
 
+    def _send_data(self, parts: list[bytes]) -> None:
+        """Send on the data socket (holding the lock); wake the loop if (un)subscriptions wait there: the send may
+        have taken the descriptor's signal for them."""
+        self._send("data", parts)
+        if self._sockets["data"].getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.wake()
+
     @property
-    def pollables(self) -> list[zmq.Socket]:
-        """Sockets that are readable when `poll_monitors` has something to read."""
-        return [*self._sockets.values(), *self._monitors.values()]
+    def unread(self) -> bool:
+        """Do (un)subscriptions wait on the data socket (whose descriptor may not say so any more)?"""
+        with self._lock:
+            return bool(self._sockets["data"].getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+    @property
+    def pollables(self) -> list[zmq.Socket | int]:
+        """What is readable when `poll_monitors` has something to read (the data socket by its descriptor)."""
+        return [self._data_fd, self._sockets["preview"], *self._monitors.values()]
 
     def preview_due(self, interval_s: float) -> float | None:
         """When (monotonic) `publish_previews(interval_s)` has something to send; None: not before something changes."""
@@ -199,36 +236,42 @@ class FramePublisher(Lifecycle):
         if now - self._last_preview < interval_s:
             return
         self._last_preview = now
-        for key in self._fresh:
-            source, block, seq = self._latest[key]
-            self._send("preview", self._encode(source, block[len(block) - 1 :], seq[-1:]))
+        with self._lock:
+            latest = [self._latest[key] for key in self._fresh]
+            self._fresh.clear()
+        for source, block, seq in latest:
+            parts = self._encode(source, block[len(block) - 1 :], seq[-1:])
+            with self._lock:
+                self._send("preview", parts)
             self.previews_encoded += 1
-        self._fresh.clear()
 
     def forget_file_streams(self) -> None:
         """Drop the latest frames of the streams read from files (a new tracking); socket streams stay."""
-        for key in [key for key in self._latest if key[2] != "socket"]:
-            del self._latest[key]
-            self._fresh.discard(key)
+        with self._lock:
+            for key in [key for key in self._latest if key[2] != "socket"]:
+                del self._latest[key]
+                self._fresh.discard(key)
 
     def control(self, event: str, message: str, **fields) -> None:
         """Announce a run start or end, a re-initialisation or a stop on both sockets."""
         log.info("stream control %s: %s", event, message)
         parts = encode_control(self.service_name, event, message, **fields)
-        self._send("data", parts)
-        self._send("preview", parts)
+        with self._lock:
+            self._send_data(parts)
+            self._send("preview", parts)
 
     def poll_monitors(self) -> None:
         """Update `subscribers` from the sockets' connection events and the subscriptions that declare a kind."""
         for name, sock in self._sockets.items():
             self._connections[name] += _connection_change(self._monitors[name])
-            if name == "data":
-                _read_subscriptions(sock, self._declared[name])
-                continue
-            change = _read_subscriptions(sock, self._declared[name], self._preview_subscriptions)
-            if change.first:  # nobody had them: no one gets one twice
-                self._fresh.update(self._latest)
-                self._last_preview = 0.0
+            with self._lock:
+                if name == "data":
+                    _read_subscriptions(sock, self._declared[name])
+                    continue
+                change = _read_subscriptions(sock, self._declared[name], self._preview_subscriptions)
+                if change.first:  # nobody had them: no one gets one twice
+                    self._fresh.update(self._latest)
+                    self._last_preview = 0.0
             self._preview_subscriptions += change.net
         declared = [entry for counter in self._declared.values() for entry in counter.elements()]
         self.subscribers = Subscribers(self._connections["data"], self._connections["preview"], tuple(declared))

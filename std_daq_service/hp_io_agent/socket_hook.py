@@ -8,18 +8,19 @@ that reads files. A `writev` that sent only part of a record is never completed:
 follows directly, so a record is only taken when it is whole (its own header and image, then the
 next record's start); a torn record is dropped, counted, and shows as a `seq` gap of its
 module's stream. A last record whose end could be the start of the next one waits for more
-bytes, at most `_SETTLE_S`. Blocks of whole frames go to a queue that the tracker thread drains
-(the ZMQ sockets belong to that thread), which is notified once per round of receives.
+bytes, at most `_SETTLE_S`. At the end of each round of receives the hook thread publishes the
+round's frames itself, a stream's consecutive blocks as one message: one thread wakes per round, and
+no other thread (the tracker, busy with files) holds them up.
 
 A round's cost (wake-up, parse, publish) hardly depends on how many records it takes, so after a
 small receive records gather before the next round: `_GATHER_S`, or `_GATHER_LONG_S` after a
-round that took few records (low rates, where that fixed cost is most of the CPU).
+round that took few records (low rates, where that fixed cost is most of the CPU), counted from the
+round's start, so that the round's own work (parse, encode, send) overlaps the gathering.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import selectors
 import socket
 import stat
@@ -41,10 +42,9 @@ _PREFIX = 2
 _SETTLE_S = 0.02
 """How long a complete last record whose end could begin another waits for more bytes."""
 _GATHER_S = 0.002
-"""After a small receive, records gather this long before the next: parsing costs per receive, not per record."""
-_GATHER_LONG_S = 0.004
-"""The gather after a round that took fewer than `_FEW_RECORDS` records. It is longer than the tracker's
-pause after publishing (2 ms), so the tracker is ready when the round's frames come."""
+"""After a small receive, the next round starts this long after it: a round costs per receive, not per record."""
+_GATHER_LONG_S = 0.005
+"""The gather after a round that took fewer than `_FEW_RECORDS` records (low rates)."""
 _FEW_RECORDS = 8
 _SMALL_BYTES = 1 << 16
 
@@ -93,19 +93,22 @@ def _in_use(path: Path) -> bool:
 
 
 class SocketHook(Lifecycle):
-    """Listen on one Unix socket per data product in a thread; frames go to `blocks`.
+    """Listen on one Unix socket per data product in a thread that publishes the frames through `publish`.
 
     `start()` binds every socket (raises OSError, leaving nothing bound) and starts the thread.
 
     Args:
         path_template: socket path with a `{dp}` placeholder.
-        notify: called (from the hook thread) after blocks were queued.
+        publish: called from the hook thread with each message's frames: a stream's consecutive blocks of one
+            round (same header layout), at most `max_frames`; it must not block.
+        max_frames: most frames in one message.
     """
 
-    def __init__(self, path_template: str, notify: Callable[[], None]):
-        self.notify = notify
+    def __init__(self, path_template: str, publish: Callable[[SocketBlock], None], max_frames: int):
+        self.publish = publish
+        self.max_frames = max_frames
         self.paths = {dp: Path(path_template.format(dp=dp)) for dp in DATA_PRODUCTS}
-        self.blocks: queue.SimpleQueue[SocketBlock] = queue.SimpleQueue()
+        self._round: list[SocketBlock] = []
         self.counters = HookCounters()
         self._next_seq: dict[tuple[int, str], int] = {}
         self._module_prefixes: dict[str, set[bytes]] = {dp: set() for dp in DATA_PRODUCTS}
@@ -114,6 +117,7 @@ class SocketHook(Lifecycle):
         self._listeners: list[socket.socket] = []
         self._selector: selectors.BaseSelector | None = None
         self._wake_w: socket.socket | None = None
+        self._received = bytearray(_RECV_BYTES)
         self._loop = BackgroundThread("socket-hook", self._run, wake=self._wake)
 
     def _open(self) -> None:
@@ -178,7 +182,7 @@ class SocketHook(Lifecycle):
         while not stop.is_set():
             events = self._selector.select(_SETTLE_S if self._waiting else None)
             now = time.monotonic()
-            frames, changed = self.counters.frames, False
+            frames = self.counters.frames
             for connection in list(self._waiting):
                 if now - connection.waiting_since >= _SETTLE_S:
                     self._parse(connection, final=True)
@@ -192,16 +196,15 @@ class SocketHook(Lifecycle):
                     if sock in self._listeners:
                         self._accept(sock, key.data)
                     else:
-                        nbytes = self._receive(sock, key.data)
-                        received += max(nbytes, 0)
-                        changed = changed or nbytes < 0
+                        received += max(self._receive(sock, key.data), 0)
                 except Exception:  # a bug must not close the hook for every connection: say it, go on
                     log.exception("socket hook error on %s; going on", key.data)
             taken = self.counters.frames - frames
-            if taken or changed:
-                self.notify()
+            if self._round:
+                self._publish_round()
             if 0 < received < _SMALL_BYTES:
-                stop.wait(_GATHER_LONG_S if taken < _FEW_RECORDS else _GATHER_S)
+                gather = _GATHER_LONG_S if taken < _FEW_RECORDS else _GATHER_S
+                stop.wait(max(0.0, now + gather - time.monotonic()))
 
     def _accept(self, listener: socket.socket, dp: DataProduct) -> None:
         try:
@@ -209,7 +212,8 @@ class SocketHook(Lifecycle):
         except BlockingIOError:
             return
         connection.setblocking(False)
-        scanner = FrameScanner(dp, prefix=_PREFIX, check_every_row=True, known_prefixes=self._module_prefixes[dp.name])
+        scanner = FrameScanner(dp, prefix=_PREFIX, max_rows=self.max_frames, check_every_row=True,
+                               known_prefixes=self._module_prefixes[dp.name])
         self._accepted += 1
         self._selector.register(connection, selectors.EVENT_READ, _Connection(dp, scanner, self._accepted))
         self.counters.connections += 1
@@ -218,13 +222,13 @@ class SocketHook(Lifecycle):
     def _receive(self, sock: socket.socket, connection: _Connection) -> int:
         """Take what the connection sent; return how many bytes (-1: the connection closed)."""
         try:
-            data = sock.recv(_RECV_BYTES)
+            nbytes = sock.recv_into(self._received)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
             log.warning("%s socket connection failed: %s", connection.dp.name, exc)
-            data = b""
-        if not data:
+            nbytes = 0
+        if not nbytes:
             self._parse(connection, final=True)
             if connection.buffer:
                 torn = connection.scanner.torn_prefixes(np.frombuffer(connection.buffer, dtype=np.uint8))
@@ -236,9 +240,11 @@ class SocketHook(Lifecycle):
             sock.close()
             self.counters.connections -= 1
             return -1
-        connection.buffer = connection.buffer + data if connection.buffer else data
+        with memoryview(self._received) as received:  # one buffer for every receive: no 1 MiB allocation each
+            data = received[:nbytes]
+            connection.buffer = connection.buffer + data if connection.buffer else bytes(data)
         self._parse(connection)
-        return len(data)
+        return nbytes
 
     def _parse(self, connection: _Connection, final: bool = False) -> None:
         """Queue every whole record of the buffer; keep an undecided tail."""
@@ -285,9 +291,39 @@ class SocketHook(Lifecycle):
             self._put(int(module_id), dp, FrameBlock(dp, block.raw[module_ids == module_id], 0, block.layout))
 
     def _put(self, module_id: int, dp: DataProduct, block: FrameBlock) -> None:
-        """Number the block's frames in its module's stream (its `seq`) and queue it."""
+        """Number the block's frames in its module's stream (its `seq`) and add it to the round's."""
         key = (module_id, dp.name)
         block.first_frame_number = self._next_seq.get(key, 0)
         self._next_seq[key] = block.first_frame_number + len(block)
         self.counters.frames += len(block)
-        self.blocks.put(SocketBlock(*key, block))
+        self._round.append(SocketBlock(*key, block))
+
+    def _publish_round(self) -> None:
+        """Publish the round's blocks, a stream's consecutive ones (same header layout) as one message."""
+        runs: dict[tuple[int, str], list[FrameBlock]] = {}
+        try:
+            for received in self._round:
+                key = (received.module_id, received.dp)
+                run = runs.setdefault(key, [])
+                if run and not _continues(run, received.block, self.max_frames):
+                    self._publish_run(key, run)
+                    run.clear()
+                run.append(received.block)
+            for key, run in runs.items():
+                self._publish_run(key, run)
+        except Exception:  # a bug must not stop the hook: the round's frames are lost, seen as seq gaps
+            log.exception("socket hook: publishing failed; going on")
+        self._round.clear()
+
+    def _publish_run(self, key: tuple[int, str], run: list[FrameBlock]) -> None:
+        first = run[0]
+        block = first if len(run) == 1 else FrameBlock(first.dp, np.concatenate([b.raw for b in run]),
+                                                       first.first_frame_number, first.layout)
+        self.publish(SocketBlock(*key, block))
+
+
+def _continues(run: list[FrameBlock], block: FrameBlock, max_frames: int) -> bool:
+    """Does `block` follow the frames of `run` (next numbers, same header layout) and fit in one message?"""
+    last = run[-1]
+    return (block.first_frame_number == last.first_frame_number + len(last) and block.layout is last.layout
+            and sum(len(b) for b in run) + len(block) <= max_frames)

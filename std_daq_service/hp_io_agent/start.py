@@ -32,8 +32,10 @@ DESCRIPTION = (
 def main(argv: list[str] | None = None) -> int:
     with ServiceRuntime.boot("hp_io_agent", DESCRIPTION, HpIoAgentConfig, argv) as (runtime, stack, config):
         options = runtime.options
+        watcher = stack.enter_context(FileWatcher(config.poll_interval_seconds))
         publisher = runtime.start_or_refuse(
-            stack, FramePublisher(options.service_name, config.data_bind, config.preview_bind, config.send_hwm),
+            stack, FramePublisher(options.service_name, config.data_bind, config.preview_bind, config.send_hwm,
+                                  watcher.wake),
             f"cannot bind {config.data_bind} / {config.preview_bind}", zmq.ZMQError,
         )
         replays = runtime.start_or_refuse(
@@ -41,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
                                    config.replay_max_bytes_per_second),
             f"cannot bind {config.replay_bind}", zmq.ZMQError,
         )
-        watcher = stack.enter_context(FileWatcher(config.poll_interval_seconds))
         hook = None
         if config.socket_hook:
-            hook = runtime.start_or_refuse(stack, SocketHook(config.socket_path_template, watcher.wake),
-                                           "socket hook")
+            hook = runtime.start_or_refuse(
+                stack, SocketHook(config.socket_path_template, publisher.publish_socket, config.max_batch_frames),
+                "socket hook")
         checkpoint = stack.enter_context(Checkpoint(options.redis_url, options.service_name, watcher.wake))
         state = checkpoint.load()
         tracker = stack.enter_context(

@@ -9,11 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from std_daq_service.hp_io_agent.checkpoint import Checkpoint
 from std_daq_service.hp_io_agent.file_watcher import FileWatcher
-from std_daq_service.hp_io_agent.frame_publisher import FramePublisher, FrameSource
+from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
 from std_daq_service.hp_io_agent.run_discovery import (
     StreamFile,
     discover,
@@ -27,7 +25,6 @@ from std_daq_service.hp_io_agent.seq_index import SeqIndex
 from std_daq_service.hp_io_agent.socket_hook import SocketHook
 from std_daq_service.hp_io_agent.stream_tailer import StreamBlock, StreamTailer
 from std_daq_service.lifecycle import BackgroundThread, Lifecycle
-from std_daq_service.pff import FrameBlock
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +82,10 @@ class Tracker(Lifecycle):
     every stream goes on from its checkpoint, and runs that started meanwhile are read from their
     first frame with `seq` continuing. Streams are independent: an error in one is reported in its
     status and the log and keeps no other stream from publishing. Frames from the Hashpipe socket
-    hook (if any) are published whether or not a data dir is tracked, as streams of their own.
+    hook (if any) are published by the hook's thread, whether or not a data dir is tracked, as streams of
+    their own.
 
-    The loop sleeps until inotify, a socket (the hook's frames, a subscriber coming or going) or a timer
+    The loop sleeps until inotify, a socket (a subscriber coming or going) or a timer
     (a preview due, a checkpoint, the 1 s rescan) needs it. A frame read from a file is published once
     the checkpoint's horizon for its stream is past its `seq` (see `checkpoint`).
     """
@@ -282,12 +280,11 @@ class Tracker(Lifecycle):
                     stop.wait(_ROUND_GAP_S)
                 woken = self.watcher.wait(self._timeout(last_discovery), self.publisher.pollables)
                 self.rounds += 1
-                if woken.sockets:
+                if woken.sockets or self.publisher.unread:
                     self.publisher.poll_monitors()
                 if self._changed.is_set():
                     self._apply_change()
                     last_discovery = time.monotonic()
-                self._publish_socket_frames()
                 tracking = self._tracking
                 if tracking is None:
                     self.publisher.publish_previews(1.0)
@@ -339,30 +336,6 @@ class Tracker(Lifecycle):
         self._hold_until = 0.0
         log.info("publishing again after the restart, to %d subscriber(s)", self.publisher.subscribers.data)
         return False
-
-    def _publish_socket_frames(self) -> None:
-        """Publish what the socket hook queued: a stream's consecutive blocks (same header layout) as one message."""
-        if self.socket_hook is None:
-            return
-        blocks = self.socket_hook.blocks
-        runs: dict[tuple[int, str], list[FrameBlock]] = {}
-        while not blocks.empty():
-            received = blocks.get()
-            key = (received.module_id, received.dp)
-            run = runs.setdefault(key, [])
-            if run and not _continues(run, received.block, self.max_batch_frames):
-                self._publish_socket_run(key, run)
-                run.clear()
-            run.append(received.block)
-        for key, run in runs.items():
-            self._publish_socket_run(key, run)
-
-    def _publish_socket_run(self, key: tuple[int, str], run: list[FrameBlock]) -> None:
-        first = run[0]
-        block = first if len(run) == 1 else FrameBlock(first.dp, np.concatenate([b.raw for b in run]),
-                                                       first.first_frame_number, first.layout)
-        self.publisher.publish_frames(FrameSource(key[0], key[1], "socket"), block, block.frame_numbers)
-        self._published = True
 
     def _pump(self, tracking: Tracking, slow: bool) -> None:
         """Read what is new (a few blocks per stream), checkpoint ahead, publish up to the horizon; `slow`: also
@@ -511,9 +484,3 @@ class Tracker(Lifecycle):
             "error": self.error,
         }
 
-
-def _continues(run: list[FrameBlock], block: FrameBlock, max_frames: int) -> bool:
-    """Does `block` follow the frames of `run` (next numbers, same header layout) and fit in one message?"""
-    last = run[-1]
-    return (block.first_frame_number == last.first_frame_number + len(last) and block.layout is last.layout
-            and sum(len(b) for b in run) + len(block) <= max_frames)

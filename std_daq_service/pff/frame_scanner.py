@@ -177,9 +177,9 @@ class FrameScanner:
         return out
 
     def _remember(self, prefixes: np.ndarray) -> None:
-        if self.prefix and len(prefixes):
-            for value in np.unique(prefixes.view(f"V{self.prefix}").ravel()):
-                self.known_prefixes.add(value.tobytes())
+        if self.prefix:
+            values, n = prefixes.tobytes(), self.prefix
+            self.known_prefixes.update({values[i : i + n] for i in range(0, len(values), n)})
 
     def _known_prefix_start(self, tail: bytes) -> bool:
         """Are these last bytes the start of a prefix seen before (a module id of this connection)?"""
@@ -195,6 +195,9 @@ class FrameScanner:
         for offset in _offsets(window, b"{", end + self.prefix - image_start):
             candidate, begin = image_start + offset, image_start + offset - self.prefix
             visible = window[offset : offset + len(lead)]
+            if (candidate < end - 1 and visible[1:2] != lead[1:2]
+                    and window[offset + 1 + self.prefix : offset + 2 + self.prefix] != b"{"):
+                continue  # image data: no opening text follows, nor a record cut after this `{`
             if visible == lead:
                 return "torn", begin
             # a torn record may end exactly where the row does (the next record, if any, right after it)
@@ -256,19 +259,23 @@ class FrameScanner:
     def _embedded_starts(self, buf: np.ndarray, pos: int, k: int, row: int, layout: HeaderLayout) -> np.ndarray:
         """Bool per row of the k rows at `pos`: may a frame (its `{` and opening text) begin inside its image?
 
-        Opening text cut off by the row end counts as far as it goes; `_verdict` decides such rows.
+        Opening text cut off by the row end counts as far as it goes; `_verdict` decides such rows. (A search
+        for the opening's first two bytes, rare in image data, per row: a few calls, whatever the image.)
         """
         image = self.prefix + layout.size
-        braces = np.flatnonzero(buf[pos : pos + k * row] == _BRACE)
-        rows, columns = np.divmod(braces, row)
-        inside = columns >= image
-        braces, rows, columns = braces[inside] + pos, rows[inside], columns[inside]
-        width = min(len(layout.lead), 8)
-        index = braces[:, None] + np.arange(1, width)
-        seen = (index < len(buf)) & ((columns[:, None] + np.arange(1, width)) < row)
-        match = (buf[np.minimum(index, len(buf) - 1)] == np.frombuffer(layout.lead[1:width], np.uint8)) | ~seen
+        lead = layout.lead[:8]
+        pair = lead[:2]
+        data = buf[pos : pos + k * row].tobytes()
         out = np.zeros(k, dtype=bool)
-        out[rows[match.all(axis=1)]] = True
+        for i in range(k):
+            begin, end = i * row + image, (i + 1) * row
+            if data[end - 1] == _BRACE:  # only its `{` fits in the row
+                out[i] = True
+                continue
+            at = data.find(pair, begin, end)
+            while at >= 0 and not lead.startswith(data[at : min(at + len(lead), end)]):
+                at = data.find(pair, at + 1, end)
+            out[i] = at >= 0
         return out
 
     def _frame_at(self, buf: np.ndarray, pos: int) -> HeaderLayout | str | None:

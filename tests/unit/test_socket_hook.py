@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import shutil
 import socket
 import tempfile
@@ -10,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 from conftest import SAMPLE_IMG16, SAMPLE_PH256_M1, SAMPLE_PH256_M3, wait_until
 from helpers.hashpipe import SnapshotSender, header_text, quabo_fields
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from std_daq_service.hp_io_agent.socket_hook import SocketHook
+from std_daq_service.hp_io_agent.file_watcher import FileWatcher
+from std_daq_service.hp_io_agent.frame_publisher import FramePublisher
+from std_daq_service.hp_io_agent.socket_hook import SocketBlock, SocketHook
+from std_daq_service.hp_io_agent.tracker import Tracker
 from std_daq_service.pff import DATA_PRODUCTS, PffReader
+from std_daq_service.protocol import SOCKET_TOPIC_PREFIX, subscriber_topic
 
 T0 = 1_721_882_092_779_007_488
 
@@ -27,11 +33,18 @@ def records(path: Path, module_id: int, n: int) -> list[bytes]:
     return [module_id.to_bytes(2, "big") + row.tobytes() for row in raw]
 
 
+class QueuedHook(SocketHook):
+    """A hook whose messages go to a queue (`published`) instead of a ZMQ socket."""
+
+    def __init__(self, path_template: str, max_frames: int = 1000):
+        self.published: queue.SimpleQueue[SocketBlock] = queue.SimpleQueue()
+        super().__init__(path_template, self.published.put, max_frames)
+
+
 @pytest.fixture
 def hook():
     directory = tempfile.mkdtemp(prefix="hook", dir="/tmp")  # AF_UNIX paths are limited to 107 bytes
-    woken = threading.Event()
-    with SocketHook(f"{directory}/hp.dp_{{dp}}.sock", woken.set) as hook:
+    with QueuedHook(f"{directory}/hp.dp_{{dp}}.sock") as hook:
         yield hook
     shutil.rmtree(directory)
 
@@ -54,9 +67,9 @@ def collect(hook: SocketHook, n: int, timeout: float = 10) -> list:
     return blocks
 
 
-def iter_queue(hook: SocketHook):
-    while not hook.blocks.empty():
-        yield hook.blocks.get()
+def iter_queue(hook: QueuedHook):
+    while not hook.published.empty():
+        yield hook.published.get()
 
 
 def frames_by_module(blocks) -> dict[int, np.ndarray]:
@@ -98,17 +111,17 @@ def test_garbage_is_dropped_and_the_stream_resynchronises(hook):
 
 def test_a_stale_socket_file_is_replaced_but_a_live_one_or_a_regular_file_is_not(hook):
     with pytest.raises(OSError, match="in use"):
-        SocketHook(str(hook.paths["img16"]).replace("img16", "{dp}"), lambda: None).start()
+        QueuedHook(str(hook.paths["img16"]).replace("img16", "{dp}")).start()
     directory = Path(tempfile.mkdtemp(prefix="hook", dir="/tmp"))
     try:
         (directory / "x.dp_img16.sock").write_text("not a socket")
         with pytest.raises(OSError, match="not a socket"):
-            SocketHook(f"{directory}/x.dp_{{dp}}.sock", lambda: None).start()
+            QueuedHook(f"{directory}/x.dp_{{dp}}.sock").start()
         assert not (directory / "x.dp_ph256.sock").exists(), "a failed start leaves nothing bound"
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(directory / "y.dp_img16.sock"))
         stale.close()  # the file stays, nobody listens
-        with SocketHook(f"{directory}/y.dp_{{dp}}.sock", lambda: None) as fresh:
+        with QueuedHook(f"{directory}/y.dp_{{dp}}.sock") as fresh:
             send(fresh, "img16", b"".join(records(SAMPLE_IMG16, 1, 3)), [])
             assert len(frames_by_module(collect(fresh, 3))[1]) == 3
         assert not (directory / "y.dp_img16.sock").exists(), "close removes the socket files"
@@ -219,3 +232,43 @@ def test_blocks_of_one_module_or_several_give_the_same_frames_seq_and_gaps_whate
     assert received == expected
     assert hook.counters.torn_records - torn_before == 3
     assert {m: hook._next_seq.get((m, "img16"), 0) for m in seq} == seq
+
+
+def test_the_agent_sees_subscribers_come_and_go_while_the_hook_publishes_all_the_time():
+    """The hook's thread sends on the data socket while the tracker's loop sleeps on its descriptor, which ZMQ
+    signals once: a send that takes the signal of a (un)subscription must still get it read."""
+    directory = tempfile.mkdtemp(prefix="hook", dir="/tmp")
+    context = zmq.Context()
+    stop = threading.Event()
+    data = b"".join(records(SAMPLE_IMG16, 1, 10))
+
+    def hashpipe(path: str) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            while not stop.is_set():
+                client.sendall(data)
+                stop.wait(0.001)
+
+    with (FileWatcher() as watcher,
+          FramePublisher("t", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 1000, watcher.wake) as publisher,
+          SocketHook(f"{directory}/hp.dp_{{dp}}.sock", publisher.publish_socket, 20) as hook,  # copied sends
+          Tracker(publisher, watcher, 60.0, 1000, hook) as tracker):
+        sender = threading.Thread(target=hashpipe, args=(str(hook.paths["img16"]),))
+        sender.start()
+        try:
+            for i in range(5):
+                sub = context.socket(zmq.SUB)
+                sub.connect(publisher.data_endpoint)
+                sub.setsockopt(zmq.SUBSCRIBE, subscriber_topic("writer", f"w{i}"))
+                sub.setsockopt(zmq.SUBSCRIBE, SOCKET_TOPIC_PREFIX)
+                wait_until(lambda: tracker.status()["subscribed"]["names"].get("writer") == [f"w{i}"], 10,  # noqa: B023
+                           message=f"subscriber w{i} seen")
+                assert sub.poll(10_000), "the hook's frames reach the subscriber"
+                sub.close(0)
+                wait_until(lambda: not tracker.status()["subscribed"]["names"], 10, message=f"w{i} gone")
+        finally:
+            stop.set()
+            sender.join()
+            context.term()
+    assert hook.counters.frames > 0 and hook.counters.bad_records == 0
+    shutil.rmtree(directory)
