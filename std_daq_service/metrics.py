@@ -72,6 +72,8 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
     MetricSpec("std_daq_agent_socket_hook_bad_records", "counter", (), "Socket-hook records that did not parse."),
     MetricSpec("std_daq_agent_socket_hook_bad_bytes", "counter", (), "Socket-hook bytes skipped as bad."),
     MetricSpec("std_daq_agent_socket_hook_resyncs", "counter", (), "Times the socket hook searched for a header."),
+    MetricSpec("std_daq_agent_socket_hook_unpublished_frames", "counter", (),
+               "Socket-hook frames lost to an error while publishing them."),
     # writer
     MetricSpec("std_daq_writer_frames_received", "counter", ("agent", "module", "dp"), "Frames received per stream."),
     MetricSpec("std_daq_writer_messages_received", "counter", ("agent", "module", "dp"),
@@ -183,7 +185,7 @@ def fill_agent(families: Families, status: dict[str, Any], origin: str) -> None:
     if hook is not None:
         families.add("std_daq_agent_socket_hook_connections", hook["connections"])
         families.add("std_daq_agent_socket_hook_frames", hook["frames_received"])
-        for name in ("torn_records", "bad_records", "bad_bytes", "resyncs"):
+        for name in ("torn_records", "bad_records", "bad_bytes", "resyncs", "unpublished_frames"):
             families.add(f"std_daq_agent_socket_hook_{name}", hook[name])
 
 

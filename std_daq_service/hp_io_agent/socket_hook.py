@@ -81,6 +81,8 @@ class HookCounters:
     bad_records: int = 0
     bad_bytes: int = 0
     resyncs: int = 0
+    unpublished_frames: int = 0
+    """Taken from a socket, then lost to an error while publishing them (seq gaps of their streams)."""
 
 
 def _in_use(path: Path) -> bool:
@@ -176,6 +178,7 @@ class SocketHook(Lifecycle):
             "bad_records": c.bad_records,
             "bad_bytes": c.bad_bytes,
             "resyncs": c.resyncs,
+            "unpublished_frames": c.unpublished_frames,
         }
 
     def _run(self, stop: threading.Event) -> None:
@@ -301,25 +304,29 @@ class SocketHook(Lifecycle):
     def _publish_round(self) -> None:
         """Publish the round's blocks, a stream's consecutive ones (same header layout) as one message."""
         runs: dict[tuple[int, str], list[FrameBlock]] = {}
+        unpublished = sum(len(received.block) for received in self._round)
         try:
             for received in self._round:
                 key = (received.module_id, received.dp)
                 run = runs.setdefault(key, [])
                 if run and not _continues(run, received.block, self.max_frames):
-                    self._publish_run(key, run)
+                    unpublished -= self._publish_run(key, run)
                     run.clear()
                 run.append(received.block)
             for key, run in runs.items():
-                self._publish_run(key, run)
-        except Exception:  # a bug must not stop the hook: the round's frames are lost, seen as seq gaps
-            log.exception("socket hook: publishing failed; going on")
+                unpublished -= self._publish_run(key, run)
+        except Exception:  # a bug must not stop the hook: the frames not sent are counted, and seen as seq gaps
+            log.exception("socket hook: publishing failed, %d frames lost; going on", unpublished)
+            self.counters.unpublished_frames += unpublished
         self._round.clear()
 
-    def _publish_run(self, key: tuple[int, str], run: list[FrameBlock]) -> None:
+    def _publish_run(self, key: tuple[int, str], run: list[FrameBlock]) -> int:
+        """Publish `run` as one message; return its frames."""
         first = run[0]
         block = first if len(run) == 1 else FrameBlock(first.dp, np.concatenate([b.raw for b in run]),
                                                        first.first_frame_number, first.layout)
         self.publish(SocketBlock(*key, block))
+        return len(block)
 
 
 def _continues(run: list[FrameBlock], block: FrameBlock, max_frames: int) -> bool:

@@ -109,6 +109,40 @@ def test_garbage_is_dropped_and_the_stream_resynchronises(hook):
     assert len(frames_by_module(collect(hook, 5))[7]) == 5
 
 
+class FailingOnceHook(QueuedHook):
+    """A hook whose first publish raises, as a bug in the publisher would."""
+
+    def __init__(self, path_template: str):
+        super().__init__(path_template)
+        self.failed = threading.Event()
+        put = self.publish
+
+        def publish(block: SocketBlock) -> None:
+            if not self.failed.is_set():
+                self.failed.set()
+                raise RuntimeError("planted")
+            put(block)
+
+        self.publish = publish
+
+
+def test_frames_lost_to_a_failing_publish_are_counted_and_are_a_seq_gap():
+    directory = tempfile.mkdtemp(prefix="hook", dir="/tmp")
+    try:
+        with FailingOnceHook(f"{directory}/hp.dp_{{dp}}.sock") as hook:
+            first = records(SAMPLE_IMG16, 1, 5)
+            send(hook, "img16", b"".join(first), [])
+            wait_until(lambda: hook.counters.unpublished_frames > 0, 10, message="the failed round counted")
+            lost = hook.counters.unpublished_frames
+            send(hook, "img16", b"".join(records(SAMPLE_IMG16, 1, 3)), [])
+            got = collect(hook, 8 - lost)
+            assert hook.status()["unpublished_frames"] == lost
+            assert got[0].block.first_frame_number == lost, "the next published frame's seq shows the gap"
+            assert sum(len(b.block) for b in got) == 8 - lost
+    finally:
+        shutil.rmtree(directory)
+
+
 def test_a_stale_socket_file_is_replaced_but_a_live_one_or_a_regular_file_is_not(hook):
     with pytest.raises(OSError, match="in use"):
         QueuedHook(str(hook.paths["img16"]).replace("img16", "{dp}")).start()
