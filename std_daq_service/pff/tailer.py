@@ -205,13 +205,28 @@ class PffTailer:
             self.lost_frames += max(1, round(nbytes / self.frame_size))
             self.corrupt_bytes += nbytes
 
-    def _read(self, final: bool = False, count: bool = True) -> FrameBlock | None:
+    def _new_bytes(self, final: bool) -> tuple[int, bytes]:
+        """The file's size and the bytes after the offset (at most max_bytes + MAX_HEADER), once the file was checked
+        for a truncation or rewrite.
+
+        A read that returns data but less than asked ended at the end of the file, so it tells the size without an
+        `fstat` (small appends); otherwise (nothing new, a last read, a backlog) the size is asked for first.
+        """
+        limit, offset = self.max_bytes + MAX_HEADER, self.offset
+        data = b"" if final else os.pread(self._descriptor, limit, offset)
+        if 0 < len(data) < limit:
+            self._check_rewritten(offset + len(data))
+            if self.offset == offset:
+                return offset + len(data), data
         size = self.size()
         self._check_rewritten(size)
-        want = min(size - self.offset, self.max_bytes + MAX_HEADER)
-        if want <= 0:
+        want = min(size - self.offset, limit)
+        return size, os.pread(self._descriptor, want, self.offset) if want > 0 else b""  # shorter if it shrank
+
+    def _read(self, final: bool = False, count: bool = True) -> FrameBlock | None:
+        size, data = self._new_bytes(final)
+        if not data:
             return None
-        data = os.pread(self._descriptor, want, self.offset)  # may be shorter if the file shrank meanwhile
         buf = np.frombuffer(data, dtype=np.uint8)
         whole = final and self.offset + len(data) >= size
         position = 0
