@@ -15,6 +15,9 @@ from std_daq_service.pff.reader import resolve_data_product
 
 log = logging.getLogger(__name__)
 
+_PROBE_BYTES = 65536
+"""First read of `_new_bytes`: small appends fit, and its buffer is not worth an mmap."""
+
 
 class PffTailer:
     """Follow a PFF file that Hashpipe is still writing.
@@ -209,12 +212,14 @@ class PffTailer:
         """The file's size and the bytes after the offset (at most max_bytes + MAX_HEADER), once the file was checked
         for a truncation or rewrite.
 
-        A read that returns data but less than asked ended at the end of the file, so it tells the size without an
-        `fstat` (small appends); otherwise (nothing new, a last read, a backlog) the size is asked for first.
+        A first read of at most `_PROBE_BYTES` that returns data but less than asked ended at the end of the file, so
+        it tells the size without an `fstat` (small appends); otherwise (nothing new, a last read, a backlog) the size
+        is asked for first. (Asked for more, `pread` would allocate its whole buffer for the few bytes it gets.)
         """
         limit, offset = self.max_bytes + MAX_HEADER, self.offset
-        data = b"" if final else os.pread(self._descriptor, limit, offset)
-        if 0 < len(data) < limit:
+        probe = min(limit, _PROBE_BYTES)
+        data = b"" if final else os.pread(self._descriptor, probe, offset)
+        if 0 < len(data) < probe:
             self._check_rewritten(offset + len(data))
             if self.offset == offset:
                 return offset + len(data), data
