@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,14 +18,18 @@ from std_daq_service.lifecycle import Lifecycle
 log = logging.getLogger(__name__)
 
 _REMEMBERED = 4096
+_EVENT = struct.Struct("iIII")
+"""An inotify event's fixed part (wd, mask, cookie, name length); its NUL-padded name follows."""
+_READ_SIZE = 65536
 
 try:
     from inotify_simple import INotify
     from inotify_simple import flags as _flags
 
-    _MASK = (_flags.MODIFY | _flags.CREATE | _flags.MOVED_TO | _flags.MOVED_FROM | _flags.DELETE
-             | _flags.DELETE_SELF | _flags.CLOSE_WRITE)
-    _STRUCTURE = _flags.CREATE | _flags.MOVED_TO | _flags.MOVED_FROM | _flags.DELETE | _flags.DELETE_SELF
+    _MASK = int(_flags.MODIFY | _flags.CREATE | _flags.MOVED_TO | _flags.MOVED_FROM | _flags.DELETE
+                | _flags.DELETE_SELF | _flags.CLOSE_WRITE)
+    _STRUCTURE = int(_flags.CREATE | _flags.MOVED_TO | _flags.MOVED_FROM | _flags.DELETE | _flags.DELETE_SELF)
+    _CLOSE_WRITE = int(_flags.CLOSE_WRITE)
 except ImportError:  # not Linux: polling only
     INotify = None
 
@@ -67,7 +72,7 @@ class FileWatcher(Lifecycle):
         self._wake_r, self._wake_w = os.pipe()
         if INotify is not None:
             try:
-                self._inotify = INotify()
+                self._inotify = INotify(nonblocking=True)
             except OSError as exc:
                 log.warning("inotify unavailable (%s); polling every %.2f s", exc, self.poll_interval_s)
         self._poller = zmq.Poller()
@@ -122,12 +127,26 @@ class FileWatcher(Lifecycle):
         if self._wake_r in ready:
             os.read(self._wake_r, 4096)
         if inotify_fd is not None and inotify_fd in ready:
-            for event in self._inotify.read(timeout=0):
-                if event.mask & _STRUCTURE:
-                    structure = True
-                if event.mask & _flags.CLOSE_WRITE and event.wd in self._dirs:
-                    self._note_close(self._dirs[event.wd] / event.name)
+            structure = self._read_events(inotify_fd)
         return Wakeup(structure, len(ready) > (self._wake_r in ready) + (inotify_fd in ready))
+
+    def _read_events(self, fd: int) -> bool:
+        """Read the queued inotify events (one read: appends are a MODIFY each); note closes; say if the structure
+        changed. More than one read's worth leaves the fd readable for the next `wait`."""
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return False
+        structure, pos, unpack = False, 0, _EVENT.unpack_from
+        while pos < len(data):
+            wd, mask, _, length = unpack(data, pos)
+            pos += _EVENT.size + length
+            if mask & _STRUCTURE:
+                structure = True
+            if mask & _CLOSE_WRITE and wd in self._dirs:
+                name = data[pos - length : pos].split(b"\0", 1)[0]
+                self._note_close(self._dirs[wd] / os.fsdecode(name))
+        return structure
 
     def _note_close(self, path: Path) -> None:
         try:

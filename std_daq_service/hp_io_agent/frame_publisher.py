@@ -34,6 +34,9 @@ class FrameSource(NamedTuple):
     seqno: int | None = None
 
 
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_LAST = int(zmq.NOBLOCK)
+
 USER = "user"
 """The kind of subscriber whose stream an init must not break unasked; every other declared kind is infrastructure."""
 
@@ -197,8 +200,12 @@ class FramePublisher(Lifecycle):
         )
 
     def _send(self, socket_name: str, parts: list[bytes]) -> None:
+        """`send_multipart` without its per-call type checks and flag enums (the parts are bytes)."""
+        sock, copy = self._sockets[socket_name], len(parts[-1]) < 65536
         try:
-            self._sockets[socket_name].send_multipart(parts, flags=zmq.NOBLOCK, copy=len(parts[-1]) < 65536)
+            for part in parts[:-1]:
+                sock.send(part, _MORE, copy=copy)
+            sock.send(parts[-1], _LAST, copy=copy)
             self.messages += 1
         except zmq.Again:
             pass  # a PUB socket drops for a full subscriber rather than block; its subscriber sees a seq gap

@@ -312,13 +312,17 @@ class Tracker(Lifecycle):
         if self._more:
             return 0.0
         tracking = self._tracking
-        due = [self.publisher.preview_due(tracking.update_interval_s if tracking else 1.0)]
-        if tracking is not None:
-            due.append(last_discovery + _REDISCOVER_S)
-            due.append(self._hold_until or None)
-            if any(self._held.values()) and self.checkpoint is not None and not self.checkpoint.busy:
-                due.append(self._last_request + self._checkpoint_gap())
-        return max(0.0, min((d for d in due if d is not None), default=time.monotonic() + 1.0) - time.monotonic())
+        preview = self.publisher.preview_due(tracking.update_interval_s if tracking else 1.0)
+        if tracking is None:
+            return 1.0 if preview is None else max(0.0, preview - time.monotonic())
+        due = last_discovery + _REDISCOVER_S
+        if preview is not None:
+            due = min(due, preview)
+        if self._hold_until:
+            due = min(due, self._hold_until)
+        if self.checkpoint is not None and not self.checkpoint.busy and any(self._held.values()):
+            due = min(due, self._last_request + self._checkpoint_gap())
+        return max(0.0, due - time.monotonic())
 
     def _holding(self) -> bool:
         """After a restart, hold publishing up to _RESUME_HOLD_S, ending _SUBSCRIBE_SETTLE_S after a subscriber is back.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -27,11 +28,11 @@ class DataProduct:
     def bytes_per_pixel(self) -> int:
         return self.dtype.itemsize
 
-    @property
+    @cached_property
     def image_size(self) -> int:
         return self.shape[0] * self.shape[1] * self.dtype.itemsize
 
-    @property
+    @cached_property
     def frame_size(self) -> int:
         return self.header_size + self.image_size
 

@@ -52,12 +52,12 @@ _SURE_MATCH = 8
 _LAYOUT_CACHE = 64
 
 
-def _offsets(data: bytes, byte: bytes, stop: int) -> Iterator[int]:
-    """Offsets of `byte` in `data[:stop]`, in order (a row's image: cheaper on bytes than as an array)."""
-    at = data.find(byte, 0, stop)
+def _offsets(data: bytes, needle: bytes, stop: int) -> Iterator[int]:
+    """Offsets of `needle` within `data[:stop]`, in order (a row's image: cheaper on bytes than as an array)."""
+    at = data.find(needle, 0, stop)
     while at >= 0:
         yield at
-        at = data.find(byte, at + 1, stop)
+        at = data.find(needle, at + 1, stop)
 
 
 @dataclass
@@ -192,7 +192,7 @@ class FrameScanner:
         lead = layout.lead
         # a frame beginning inside the row: its `{` lies in the image, or (prefixed records) just past the row
         window = buf[image_start : end + self.prefix + len(lead)].tobytes()
-        for offset in _offsets(window, b"{", end + self.prefix - image_start):
+        for offset in self._candidates(window, end + self.prefix - image_start, lead):
             candidate, begin = image_start + offset, image_start + offset - self.prefix
             visible = window[offset : offset + len(lead)]
             if (candidate < end - 1 and visible[1:2] != lead[1:2]
@@ -220,6 +220,19 @@ class FrameScanner:
                 if own.startswith(tail) or self._known_prefix_start(tail):
                     return "undecided", 0
         return "whole", 0
+
+    def _candidates(self, window: bytes, stop: int, lead: bytes) -> Iterator[int]:
+        """Offsets in `window[:stop]` of the `{` that `_verdict` must look at.
+
+        Without record prefixes (a file: one writer appending whole frames) only a `{` followed by the layout's
+        next opening byte can begin a frame, or a `{` that ends the data; any other `{` in an image decides nothing.
+        """
+        if self.prefix:
+            yield from _offsets(window, b"{", stop)
+            return
+        yield from _offsets(window, lead[:2], stop + 1)
+        if len(window) == stop and window.endswith(b"{"):
+            yield stop - 1
 
     def _sure_start(self, buf: np.ndarray, begin: int, seen: int, start: int, end: int) -> bool:
         """Is a frame whose opening text is cut off after `seen` bytes (by the row or data end, or the next

@@ -15,6 +15,9 @@ from std_daq_service.pff.reader import resolve_data_product
 
 log = logging.getLogger(__name__)
 
+_PROBE_BYTES = 65536
+"""First read of `_new_bytes`: small appends fit, and its buffer is not worth an mmap."""
+
 
 class PffTailer:
     """Follow a PFF file that Hashpipe is still writing.
@@ -205,13 +208,30 @@ class PffTailer:
             self.lost_frames += max(1, round(nbytes / self.frame_size))
             self.corrupt_bytes += nbytes
 
-    def _read(self, final: bool = False, count: bool = True) -> FrameBlock | None:
+    def _new_bytes(self, final: bool) -> tuple[int, bytes]:
+        """The file's size and the bytes after the offset (at most max_bytes + MAX_HEADER), once the file was checked
+        for a truncation or rewrite.
+
+        A first read of at most `_PROBE_BYTES` that returns data but less than asked ended at the end of the file, so
+        it tells the size without an `fstat` (small appends); otherwise (nothing new, a last read, a backlog) the size
+        is asked for first. (Asked for more, `pread` would allocate its whole buffer for the few bytes it gets.)
+        """
+        limit, offset = self.max_bytes + MAX_HEADER, self.offset
+        probe = min(limit, _PROBE_BYTES)
+        data = b"" if final else os.pread(self._descriptor, probe, offset)
+        if 0 < len(data) < probe:
+            self._check_rewritten(offset + len(data))
+            if self.offset == offset:
+                return offset + len(data), data
         size = self.size()
         self._check_rewritten(size)
-        want = min(size - self.offset, self.max_bytes + MAX_HEADER)
-        if want <= 0:
+        want = min(size - self.offset, limit)
+        return size, os.pread(self._descriptor, want, self.offset) if want > 0 else b""  # shorter if it shrank
+
+    def _read(self, final: bool = False, count: bool = True) -> FrameBlock | None:
+        size, data = self._new_bytes(final)
+        if not data:
             return None
-        data = os.pread(self._descriptor, want, self.offset)  # may be shorter if the file shrank meanwhile
         buf = np.frombuffer(data, dtype=np.uint8)
         whole = final and self.offset + len(data) >= size
         position = 0

@@ -26,7 +26,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Literal
 
 import numpy as np
@@ -87,6 +87,7 @@ def frame_time_ns(wr_timestamp_ns: Any, host_timestamp_ns: Any) -> Any:
     return int(times) if times.ndim == 0 else times
 
 
+@lru_cache(maxsize=1024)
 def frame_topic(dp: str, module_id: int, origin: str = "file") -> bytes:
     """Topic of a stream; a SUB prefix of `<dp>.` or `<dp>.<module:03d>.` selects exactly.
 
