@@ -70,6 +70,7 @@ class FileWatcher(Lifecycle):
 
     def _open(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a waker never blocks: a full pipe already wakes `wait`
         if INotify is not None:
             try:
                 self._inotify = INotify(nonblocking=True)
@@ -166,7 +167,10 @@ class FileWatcher(Lifecycle):
     def wake(self) -> None:
         """Make a waiting `wait()` return at once (thread-safe); nothing once closed."""
         if self._wake_w >= 0:
-            os.write(self._wake_w, b"x")
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full of wakes not yet read
 
     def _release(self) -> None:
         if self._inotify is not None:

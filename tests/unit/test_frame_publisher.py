@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import zmq
 from conftest import SAMPLE_IMG16, wait_until
 
+from std_daq_service.hp_io_agent.file_watcher import FileWatcher
 from std_daq_service.hp_io_agent.frame_publisher import FramePublisher, FrameSource
 from std_daq_service.pff import PffReader
 from std_daq_service.protocol import FrameBatch, decode_stream_message
@@ -97,3 +99,30 @@ def test_a_late_subscriber_gets_the_latest_at_once_and_the_others_nothing_twice(
         first.close()
         late.close()
         context.term()
+
+
+def test_a_sender_never_blocks_on_wakes_while_the_loop_is_away_from_its_wait(frames):
+    """Every data send that finds a subscription unread wakes the loop; a loop held up elsewhere (a slow
+    checkpoint, a scan) must not make the socket hook's sends block on the wake pipe, holding the publisher."""
+    block, seq = frames(0, 1)
+    sent = threading.Event()
+    context = zmq.Context()
+    with FileWatcher() as watcher, FramePublisher("test", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", 10,
+                                                  watcher.wake) as publisher:
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(publisher.data_endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, b"nothing.")
+        wait_until(lambda: publisher.unread, 10, message="the subscription waits on the data socket")
+
+        def hook() -> None:
+            for _ in range(70_000):  # more wakes than a pipe holds (64 KiB)
+                publisher.publish_frames(FrameSource(1, "img16", "socket"), block, seq)
+            sent.set()
+
+        thread = threading.Thread(target=hook, daemon=True)
+        thread.start()
+        assert sent.wait(120), "the sender blocked on the wake pipe"
+        assert watcher.wait(0).sockets or publisher.unread, "the loop is still told to read the subscription"
+        sub.close()
+    context.term()
