@@ -16,7 +16,9 @@ comes from /proc. Same-run references: raw read and raw ZMQ rates, and the CPU o
 what is new, one ZMQ message per read, in one Python process) following the same writes. Needs Redis and
 RabbitMQ (./setup_dev_env.sh).
 
-By default the writer threads run on the first CPU and the agent, the subscriber and the relay on the others. On this
+By default the writer threads run on the first CPU; the agent, the subscriber and the relay go where the scheduler
+puts them (the agent pinned to the other CPU, beside the subscriber, had p99 17-32 ms on /dev/shm, against 11-17 ms
+unpinned in the same hour). On this
 VM a page-cache write costs 0.25-0.6 ms of CPU per MiB on memory the guest used recently but 3-5 ms on memory the host
 took back (free page reporting), so the writers need anything from a tenth of a core to a whole one at 4 x 25 kHz;
 unpinned, that swing starves the agent of CPU and made the latency tail come and go (`--no-pin` shows it). Other work
@@ -67,11 +69,10 @@ def frame_size(dp: str) -> int:
     return data_product(dp).frame_size
 
 
-def pin(pid: int, cpus: set[int] | None) -> None:
-    """Keep every thread of process `pid` (0: only the calling thread) on `cpus`; None leaves the scheduler free."""
+def pin(cpus: set[int] | None) -> None:
+    """Keep the calling thread on `cpus`; None leaves the scheduler free."""
     if cpus:
-        for tid in os.listdir(f"/proc/{pid}/task") if pid else [0]:
-            os.sched_setaffinity(int(tid), cpus)
+        os.sched_setaffinity(0, cpus)
 
 
 def hashpipe_writer(path: Path, dp: str, flush: int, rate_hz: float, seconds: float, stop: threading.Event,
@@ -79,7 +80,7 @@ def hashpipe_writer(path: Path, dp: str, flush: int, rate_hz: float, seconds: fl
     """Append real frames as Hashpipe's stdio buffer does: `flush` bytes per write (1 MiB: every write ends in a torn
     frame), at `rate_hz`; the rest at the end (its fclose). Log (whole frames in the file so far, time_ns after the
     write, time_ns before it) per write; add the thread's CPU seconds to `cpu`."""
-    pin(0, cpus)
+    pin(cpus)
     frame = frame_size(dp)
     source = excerpt(dp)
     cycle = memoryview(source * (2 + flush // len(source)))  # slices without a copy
@@ -106,10 +107,9 @@ def hashpipe_writer(path: Path, dp: str, flush: int, rate_hz: float, seconds: fl
     cpu.append(time.thread_time() - cpu0)
 
 
-def relay(paths: list[str], endpoint: str, ready, done, results, cpus: set[int] | None) -> None:
+def relay(paths: list[str], endpoint: str, ready, done, results) -> None:
     """Run in a child process, the reference: the least a Python tailer does per write (inotify wakes it, it reads
     what is new of each file and sends it as one ZMQ message); report (messages, CPU seconds of the process)."""
-    pin(0, cpus)
     from inotify_simple import INotify
     from inotify_simple import flags as inotify_flags
 
@@ -132,9 +132,8 @@ def relay(paths: list[str], endpoint: str, ready, done, results, cpus: set[int] 
     pub.close(0)
 
 
-def subscriber(endpoint: str, dp: str, ready, done, results, cpus: set[int] | None = None) -> None:
+def subscriber(endpoint: str, dp: str, ready, done, results) -> None:
     """Run in a child process: count frames and seq gaps from the headers; log (module, last seq, arrival)."""
-    pin(0, cpus)  # before its ZMQ context, whose I/O thread inherits it
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.connect(endpoint)
@@ -231,8 +230,7 @@ def relay_reference(tmp: Path, args) -> tuple[float, int, int]:
     paths, logs = write_run(tmp / "relay", args)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
-    child = multiprocessing.Process(target=relay, args=([str(p) for p in paths], endpoint, ready, done, results,
-                                                        args.service_cpus))
+    child = multiprocessing.Process(target=relay, args=([str(p) for p in paths], endpoint, ready, done, results))
     child.start()
     ready.wait(10)
     sub = zmq.Context.instance().socket(zmq.SUB)
@@ -291,12 +289,12 @@ def main() -> None:
                                        "and the writers' logs (frames, end, start of each write; ns) to this .npz")
     parser.add_argument("--no-pin", action="store_true",
                         help="let the scheduler place everything (by default the synthetic Hashpipe's writer threads "
-                             "run on the first CPU, the agent and the subscriber on the others: on a DAQ node Hashpipe "
+                             "run on the first CPU only, leaving the other to the agent: on a DAQ node Hashpipe "
                              "has cores of its own, and here its page-cache writes can take a whole core)")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     args.pin = not args.no_pin and len(cpus) > 1
-    args.writer_cpus, args.service_cpus = ({cpus[0]}, set(cpus[1:])) if args.pin else (None, None)
+    args.writer_cpus = {cpus[0]} if args.pin else None
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     redis = connect_redis()
     idle_cpu = None
@@ -307,15 +305,13 @@ def main() -> None:
         if args.scrape_metrics:
             config["metrics_port"] = free_port()
         agent = start_service("hp_io_agent", name, config, redis)
-        pin(agent.pid, args.service_cpus)
         scrapes: list[int] = []
         try:
             caller = RequestCaller(None, "bench").start()
             assert caller.call(name, InitHpIoRequest(data_dir=str(data_dir)), 20).ok
             endpoint = caller.call(name, StreamRequest(), 20).finals[name].result["endpoints"]["data"]
             ready, done, results = multiprocessing.Event(), multiprocessing.Event(), multiprocessing.Queue()
-            child = multiprocessing.Process(target=subscriber, args=(endpoint, args.dp, ready, done, results,
-                                                                     args.service_cpus))
+            child = multiprocessing.Process(target=subscriber, args=(endpoint, args.dp, ready, done, results))
             child.start()
             ready.wait(10)
             time.sleep(0.5)
@@ -373,7 +369,7 @@ def main() -> None:
     writes = f"{args.frames_per_write} frame(s) per write" if args.frames_per_write else "1 MiB writes"
     print(f"{args.dp}, {args.modules} modules, {'max' if not args.rate_hz else f'{args.rate_hz:g} Hz'} per module, "
           f"{writes}, {args.seconds:g} s" + (f", metrics scraped {len(scrapes)} times" if args.scrape_metrics else "")
-          + (f", writers pinned to CPU {sorted(args.writer_cpus)}, agent and subscriber to {sorted(args.service_cpus)}"
+          + (f", writers pinned to CPU {sorted(args.writer_cpus)}"
              if args.pin else ""))
     print("| measure | value |")
     print("|---|---:|")
