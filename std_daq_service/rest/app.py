@@ -33,6 +33,7 @@ from std_daq_service.protocol import (
     WriteRequest,
     describe_validation_error,
 )
+from std_daq_service.rest import json_body
 from std_daq_service.rest.openapi import ANY_OBJECT, TARGET_FIELDS, Route, openapi_document
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ HISTORY_LIMIT = 1000
 
 
 def _json(payload: dict[str, Any], code: int = 200) -> Response:
-    return Response(orjson.dumps(payload, default=str), status=code, mimetype="application/json")
+    return Response(json_body.dumps(payload), status=code, mimetype="application/json")
 
 
 def _error(message: str, code: int, **extra: Any) -> Response:

@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, Response, redirect, render_template
 from std_daq_service.broker import SharedCaller, read_history
 from std_daq_service.config import RestConfig, live_services, service_kind
 from std_daq_service.pff import DATA_PRODUCTS
+from std_daq_service.rest import json_body
 from std_daq_service.rest.frame_png import COLOUR_MAP, PngCache
 from std_daq_service.rest.preview_feed import PH_WINDOWS_S, PreviewFeed
 
@@ -117,7 +118,7 @@ def add_live_page(app: Flask, page: LivePage) -> None:
                           template_folder="templates")
 
     def json_answer(payload: dict[str, Any]) -> Response:
-        return Response(orjson.dumps(payload, default=str, option=orjson.OPT_SERIALIZE_NUMPY),
+        return Response(json_body.dumps(payload, orjson.OPT_SERIALIZE_NUMPY),
                         mimetype="application/json", headers={"Cache-Control": "no-store"})
 
     @blueprint.get("/")
@@ -126,7 +127,7 @@ def add_live_page(app: Flask, page: LivePage) -> None:
 
     @blueprint.get("/ui")
     def ui():
-        state = orjson.dumps(page.state(), default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        state = json_body.dumps(page.state(), orjson.OPT_SERIALIZE_NUMPY).decode()
         return render_template("live.html", state=state, service=page.service_name, refresh=REFRESH_SECONDS,
                                windows=PH_WINDOWS_S, colours=[f"rgb({r},{g},{b})" for r, g, b in COLOUR_MAP[::32]])
 
@@ -138,7 +139,7 @@ def add_live_page(app: Flask, page: LivePage) -> None:
     def image(agent: str, module_id: int, dp: str):
         png = page.png(agent, module_id, dp) if dp in DATA_PRODUCTS else None
         if png is None:
-            return Response(orjson.dumps({"status": "error", "message": f"no frame of {agent} {module_id} {dp}"}),
+            return Response(json_body.dumps({"status": "error", "message": f"no frame of {agent} {module_id} {dp}"}),
                             status=404, mimetype="application/json")
         return Response(png, mimetype="image/png", headers={"Cache-Control": "no-store"})
 
