@@ -18,11 +18,11 @@ RabbitMQ (./setup_dev_env.sh).
 
 By default the writer threads run on the first CPU; the agent, the subscriber and the relay go where the scheduler
 puts them (the agent pinned to the other CPU, beside the subscriber, had p99 17-32 ms on /dev/shm, against 11-17 ms
-unpinned in the same hour). On this
-VM a page-cache write costs 0.25-0.6 ms of CPU per MiB on memory the guest used recently but 3-5 ms on memory the host
-took back (free page reporting), so the writers need anything from a tenth of a core to a whole one at 4 x 25 kHz;
-unpinned, that swing starves the agent of CPU and made the latency tail come and go (`--no-pin` shows it). Other work
-on the agent's CPU still starves it. The writers' own CPU and their writes that took over 10 ms are reported.
+unpinned in the same hour). On this VM a page-cache write costs 0.25-0.6 ms of CPU per MiB on memory the guest used
+recently but 3-5 ms on memory the host took back (free page reporting), so the writers need anything from a tenth of
+a core to a whole one at 4 x 25 kHz; unpinned, that swing starves the agent of CPU and made the latency tail come and
+go (`--no-pin` shows it). Other work on the agent's CPU still starves it. The writers' own CPU and their writes that
+took over 10 ms are reported.
 """
 
 from __future__ import annotations
@@ -293,8 +293,7 @@ def main() -> None:
                              "has cores of its own, and here its page-cache writes can take a whole core)")
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
-    args.pin = not args.no_pin and len(cpus) > 1
-    args.writer_cpus = {cpus[0]} if args.pin else None
+    args.writer_cpus = {cpus[0]} if not args.no_pin and len(cpus) > 1 else None
     name = f"bench.{uuid.uuid4().hex[:6]}.hp_io_agent"
     redis = connect_redis()
     idle_cpu = None
@@ -369,8 +368,7 @@ def main() -> None:
     writes = f"{args.frames_per_write} frame(s) per write" if args.frames_per_write else "1 MiB writes"
     print(f"{args.dp}, {args.modules} modules, {'max' if not args.rate_hz else f'{args.rate_hz:g} Hz'} per module, "
           f"{writes}, {args.seconds:g} s" + (f", metrics scraped {len(scrapes)} times" if args.scrape_metrics else "")
-          + (f", writers pinned to CPU {sorted(args.writer_cpus)}"
-             if args.pin else ""))
+          + (f", writers pinned to CPU {sorted(args.writer_cpus)}" if args.writer_cpus else ""))
     print("| measure | value |")
     print("|---|---:|")
     print(f"| frames written | {total:,} |")

@@ -304,18 +304,19 @@ class SocketHook(Lifecycle):
     def _publish_round(self) -> None:
         """Publish the round's blocks, a stream's consecutive ones (same header layout) as one message."""
         runs: dict[tuple[int, str], list[FrameBlock]] = {}
-        unpublished = sum(len(received.block) for received in self._round)
+        published = 0
         try:
             for received in self._round:
                 key = (received.module_id, received.dp)
                 run = runs.setdefault(key, [])
                 if run and not _continues(run, received.block, self.max_frames):
-                    unpublished -= self._publish_run(key, run)
+                    published += self._publish_run(key, run)
                     run.clear()
                 run.append(received.block)
             for key, run in runs.items():
-                unpublished -= self._publish_run(key, run)
+                published += self._publish_run(key, run)
         except Exception:  # a bug must not stop the hook: the frames not sent are counted, and seen as seq gaps
+            unpublished = sum(len(received.block) for received in self._round) - published
             log.exception("socket hook: publishing failed, %d frames lost; going on", unpublished)
             self.counters.unpublished_frames += unpublished
         self._round.clear()
