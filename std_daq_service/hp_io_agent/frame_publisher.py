@@ -135,11 +135,11 @@ class FramePublisher(Lifecycle):
                 sock.setsockopt(zmq.XPUB_MANUAL, 1)  # in effect when read: see the class
             sock.setsockopt(zmq.SNDHWM, self.send_hwm)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(bind)
-        for name, sock in self._sockets.items():
+            # watched before it binds: a subscriber already retrying its connect is accepted at once, and counted
             self._monitors[name] = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
             self._connections[name] = 0
             self._declared[name] = collections.Counter()
+            sock.bind(bind)
         self._data_fd = self._sockets["data"].getsockopt(zmq.FD)
         self.data_endpoint = self._sockets["data"].getsockopt_string(zmq.LAST_ENDPOINT)
         self.preview_endpoint = self._sockets["preview"].getsockopt_string(zmq.LAST_ENDPOINT)
